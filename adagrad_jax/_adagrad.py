@@ -1,0 +1,310 @@
+"""The Adagrad transform: `ScaleByAdagradState`, `scale_by_adagrad`, `adagrad`."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adagrad_jax import _validation
+
+_LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def accumulator_dtype_for(param_dtype: Any, accumulator_dtype: Any = None) -> jnp.dtype:
+    """The dtype of the sum of squares kept for a parameter of `param_dtype`.
+
+    An explicit `accumulator_dtype` wins. Otherwise bfloat16 and float16
+    parameters get a float32 accumulator (a bfloat16 sum of ones stops growing
+    at 256 and float16 squares overflow above 256), complex parameters get the
+    real dtype of their precision, and every other dtype keeps its own.
+
+    >>> import jax.numpy as jnp
+    >>> accumulator_dtype_for(jnp.bfloat16).name
+    'float32'
+    >>> accumulator_dtype_for(jnp.complex64).name
+    'float32'
+    """
+    if accumulator_dtype is not None:
+        return jnp.dtype(accumulator_dtype)
+    dtype = jnp.dtype(param_dtype)
+    if dtype in _LOW_PRECISION:
+        return jnp.dtype(jnp.float32)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        return jnp.finfo(dtype).dtype  # complex64 -> float32, complex128 -> float64
+    return dtype
+
+
+def squared_magnitude(g: jax.Array, dtype: Any) -> jax.Array:
+    """|g|^2 computed in `dtype` (re^2 + im^2 for complex `g`).
+
+    The cast comes first, so float16 gradients above 256 do not overflow.
+    """
+    if jnp.iscomplexobj(g):
+        re = jnp.real(g).astype(dtype)
+        im = jnp.imag(g).astype(dtype)
+        return re * re + im * im
+    g = g.astype(dtype)
+    return g * g
+
+
+def adagrad_direction(
+    g: jax.Array, sum_of_squares: jax.Array, eps: Any, eps_root: Any, *, guard: bool
+) -> jax.Array:
+    """g / (sqrt(sum_of_squares + eps_root) + eps), in the gradient's dtype.
+
+    The denominator is formed in the accumulator's dtype; the division in the
+    wider of the gradient's and the accumulator's dtype. With `guard`, a zero
+    denominator (which only happens while every gradient so far was 0 and both
+    epsilons are 0) gives an update of exactly 0 instead of 0/0 = NaN.
+    """
+    acc_dtype = sum_of_squares.dtype
+    compute_dtype = jnp.promote_types(g.dtype, acc_dtype)
+    denom = jnp.sqrt(sum_of_squares + jnp.asarray(eps_root, acc_dtype))
+    denom = denom + jnp.asarray(eps, acc_dtype)
+    if guard:
+        safe = jnp.where(denom > 0, denom, jnp.ones_like(denom))
+        out = g.astype(compute_dtype) / safe.astype(compute_dtype)
+        out = jnp.where(denom > 0, out, jnp.zeros_like(out))
+    else:
+        out = g.astype(compute_dtype) / denom.astype(compute_dtype)
+    return out.astype(g.dtype)
+
+
+def needs_zero_guard(initial_accumulator_value: Any, eps: Any, eps_root: Any) -> bool:
+    """False when a Python constant proves the denominator is never 0."""
+    return not any(
+        _validation.is_positive_constant(v)
+        for v in (initial_accumulator_value, eps, eps_root)
+    )
+
+
+def init_sum_of_squares(
+    fn: str, params: Any, initial_accumulator_value: Any, accumulator_dtype: Any
+) -> Any:
+    """A tree like `params` filled with tau, in the accumulator dtype.
+
+    Works on arrays and `jax.ShapeDtypeStruct`s and keeps each leaf's sharding.
+    """
+
+    def leaf(path, p):
+        _validation.check_param_dtype(fn, path, p.dtype)
+        dtype = accumulator_dtype_for(p.dtype, accumulator_dtype)
+        sharding = getattr(p, "sharding", None)
+        if isinstance(p, jax.ShapeDtypeStruct) or sharding is None:
+            return jnp.full(p.shape, initial_accumulator_value, dtype, device=sharding)
+        return jnp.full_like(p, initial_accumulator_value, dtype=dtype)
+
+    return jax.tree_util.tree_map_with_path(leaf, params)
+
+
+class ScaleByAdagradState(NamedTuple):
+    """State of `scale_by_adagrad`.
+
+    Attributes:
+      sum_of_squares: a tree like the parameters holding G_t, the running sum of
+        squared gradients (started at `initial_accumulator_value`). Its dtype is
+        fixed at `init` (float32 for bfloat16/float16 parameters, the real dtype
+        for complex parameters) and never changes.
+    """
+
+    sum_of_squares: optax.Updates
+
+
+@_validation.checked_arguments
+def scale_by_adagrad(
+    initial_accumulator_value: jax.typing.ArrayLike = 0.0,
+    eps: jax.typing.ArrayLike = 1e-8,
+    *,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    accumulator_dtype: Any = None,
+) -> optax.GradientTransformation:
+    r"""Scales updates by the inverse root of the sum of all squared gradients.
+
+    The Adagrad preconditioner without the learning rate. For every coordinate
+    of every leaf, at step t = 1, 2, ...::
+
+        G_0 = initial_accumulator_value                       (tau, at init)
+        G_t = G_{t-1} + |g_t|^2                               (before use)
+        u_t = g_t / (sqrt(G_t + eps_root) + eps)              (eps outside, eps_root inside)
+        u_t = 0  where  sqrt(G_t + eps_root) + eps == 0       (never NaN)
+
+    The zero case only arises while every gradient so far was 0 and tau, eps
+    and eps_root are all 0. For complex gradients |g|^2 = re^2 + im^2 and the
+    accumulator is real. Chain with `optax.scale_by_learning_rate` (or use
+    `adagrad`) to get the step -lr_t * u_t.
+
+    Args:
+      initial_accumulator_value: tau, the starting value of G (>= 0). Default 0.
+      eps: added to the square root, outside it (>= 0). Default 1e-8.
+      eps_root: added to G under the square root (>= 0). Default 0. Adding it
+        is the same as starting the accumulator at tau + eps_root.
+      accumulator_dtype: real floating dtype of G. Default None: float32 for
+        bfloat16 and float16 parameters, the real counterpart for complex
+        parameters, the parameter's dtype otherwise. Updates always come back
+        in the gradient's dtype.
+
+    Returns:
+      An `optax.GradientTransformation` whose state is `ScaleByAdagradState`.
+
+    Raises:
+      ValueError: at construction for a negative or non-finite
+        `initial_accumulator_value`, `eps` or `eps_root`, or a non-floating
+        `accumulator_dtype`; at trace time for gradients whose tree differs
+        from the state's (the message names the first differing path).
+      TypeError: at `init` for integer or boolean parameter leaves.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import adagrad_jax
+      >>> tx = adagrad_jax.scale_by_adagrad(eps=0.0)
+      >>> state = tx.init(jnp.zeros(2))
+      >>> u, state = tx.update(jnp.array([3.0, 0.0]), state)
+      >>> u        # 3 / sqrt(9) = 1; the zero coordinate stays exactly 0
+      Array([1., 0.], dtype=float32)
+      >>> u, state = tx.update(jnp.array([4.0, 0.0]), state)
+      >>> u        # 4 / sqrt(9 + 16)
+      Array([0.8, 0. ], dtype=float32)
+      >>> state.sum_of_squares
+      Array([25.,  0.], dtype=float32)
+
+    References:
+      Duchi, Hazan and Singer, "Adaptive Subgradient Methods for Online
+      Learning and Stochastic Optimization", JMLR 12, 2011.
+
+    Differences from other libraries:
+      `optax.scale_by_rss` puts its epsilon inside the root and starts at
+      tau = 0.1: it equals ``scale_by_adagrad(0.1, eps=0.0, eps_root=1e-7)``.
+      PyTorch and the paper put epsilon outside, as our `eps` does.
+    """
+    fn = "scale_by_adagrad"
+    _validation.check_number(fn, "initial_accumulator_value", initial_accumulator_value)
+    _validation.check_number(fn, "eps", eps)
+    _validation.check_number(fn, "eps_root", eps_root)
+    accumulator_dtype = _validation.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
+    guard = needs_zero_guard(initial_accumulator_value, eps, eps_root)
+
+    def init_fn(params):
+        return ScaleByAdagradState(
+            sum_of_squares=init_sum_of_squares(
+                fn, params, initial_accumulator_value, accumulator_dtype
+            )
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        _validation.check_same_structure(
+            fn, "updates", updates, "state.sum_of_squares", state.sum_of_squares
+        )
+        sum_of_squares = jax.tree.map(
+            lambda g, s: s + squared_magnitude(g, s.dtype), updates, state.sum_of_squares
+        )
+        updates = jax.tree.map(
+            lambda g, s: adagrad_direction(g, s, eps, eps_root, guard=guard),
+            updates,
+            sum_of_squares,
+        )
+        return updates, ScaleByAdagradState(sum_of_squares=sum_of_squares)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+@_validation.checked_arguments
+def adagrad(
+    learning_rate: optax.ScalarOrSchedule = 0.01,
+    initial_accumulator_value: jax.typing.ArrayLike = 0.0,
+    eps: jax.typing.ArrayLike = 1e-8,
+    *,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    accumulator_dtype: Any = None,
+) -> optax.GradientTransformation:
+    r"""Adagrad: per-coordinate steps of lr over the root of summed squared gradients.
+
+    For every coordinate of every leaf, at step t = 1, 2, ... (count = t - 1)::
+
+        g_t     = grad_t + weight_decay * w_t                 (coupled L2)
+        G_0     = initial_accumulator_value                   (tau, at init)
+        G_t     = G_{t-1} + |g_t|^2                           (before use)
+        u_t     = -lr(count) * g_t / (sqrt(G_t + eps_root) + eps)
+        u_t     = 0  where  sqrt(G_t + eps_root) + eps == 0   (never NaN)
+        w_{t+1} = w_t + u_t                                   (optax.apply_updates)
+
+    Coordinates with large past gradients take small steps; rarely updated
+    ones keep large steps. Because G only grows, every step eventually
+    shrinks towards 0: Adagrad's known weakness on long, non-convex runs.
+
+    This is ``optax.chain(add_decayed_weights(weight_decay) or identity,
+    scale_by_adagrad(...), optax.scale_by_learning_rate(learning_rate))``, so its
+    state is a 3-tuple whose middle entry is a `ScaleByAdagradState`.
+
+    Args:
+      learning_rate: lr, a number >= 0 or an optax schedule of the step count
+        (0 at the first step). Default 0.01.
+      initial_accumulator_value: tau, the starting value of G (>= 0). Default 0.
+      eps: added outside the square root (>= 0). Default 1e-8.
+      eps_root: added inside the square root (>= 0). Default 0.
+      weight_decay: coupled L2 coefficient, added to the gradient before it is
+        accumulated, as in PyTorch (>= 0). Default 0. Needs `params` in
+        `update`.
+      accumulator_dtype: real floating dtype of G. Default None: float32 for
+        bfloat16/float16 parameters, the real counterpart for complex ones, the
+        parameter's dtype otherwise.
+
+    Returns:
+      An `optax.GradientTransformation`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import adagrad_jax
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> tx = adagrad_jax.adagrad(learning_rate=0.1)
+      >>> state = tx.init(params)
+      >>> @jax.jit
+      ... def step(params, state):
+      ...     grads = jax.grad(lambda p: jnp.sum(p["w"] ** 2))(params)
+      ...     updates, state = tx.update(grads, state, params)
+      ...     return optax.apply_updates(params, updates), state
+      >>> params, state = step(params, state)
+      >>> params["w"]      # the first step moves each coordinate by lr * sign(g)
+      Array([ 0.9, -1.9], dtype=float32)
+
+    References:
+      Duchi, Hazan and Singer, "Adaptive Subgradient Methods for Online
+      Learning and Stochastic Optimization", JMLR 12, 2011.
+
+    Differences from other libraries:
+      PyTorch defaults to eps=1e-10; optax to tau=0.1 and eps=1e-7 inside the
+      root; Keras 3 to lr=0.001, tau=0.1, eps=1e-7 inside the root and
+      decoupled weight decay. `adagrad_jax.compat` reproduces each exactly.
+    """
+    fn = "adagrad"
+    _validation.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
+    _validation.check_number(fn, "initial_accumulator_value", initial_accumulator_value)
+    _validation.check_number(fn, "eps", eps)
+    _validation.check_number(fn, "eps_root", eps_root)
+    _validation.check_number(fn, "weight_decay", weight_decay)
+    _validation.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
+    return optax.chain(
+        _coupled_weight_decay(weight_decay),
+        scale_by_adagrad(
+            initial_accumulator_value,
+            eps,
+            eps_root=eps_root,
+            accumulator_dtype=accumulator_dtype,
+        ),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def _coupled_weight_decay(weight_decay: Any) -> optax.GradientTransformation:
+    """`optax.add_decayed_weights`, or `optax.identity` for a constant 0.
+
+    Both have an empty state, so the chain's state has the same structure
+    either way; skipping the constant 0 saves a multiply-add per element.
+    """
+    if _validation.is_zero_constant(weight_decay):
+        return optax.identity()
+    return optax.add_decayed_weights(weight_decay)
