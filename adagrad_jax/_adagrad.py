@@ -61,7 +61,8 @@ def adagrad_direction(
     epsilons are 0) gives an update of exactly 0 instead of 0/0 = NaN.
     """
     acc_dtype = sum_of_squares.dtype
-    compute_dtype = jnp.promote_types(g.dtype, acc_dtype)
+    with jax.numpy_dtype_promotion("standard"):  # A dtype query, not a mix.
+        compute_dtype = jnp.promote_types(g.dtype, acc_dtype)
     denom = jnp.sqrt(sum_of_squares + jnp.asarray(eps_root, acc_dtype))
     denom = denom + jnp.asarray(eps, acc_dtype)
     if guard:

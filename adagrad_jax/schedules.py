@@ -1,7 +1,8 @@
 """Learning-rate schedules that belong with Adagrad.
 
 Both are optax schedules: functions of the step count (0 at the first step)
-that return a float32 scalar, usable wherever optax takes a learning rate.
+that return a scalar of JAX's default float dtype (float32, or float64 when
+64-bit mode is on), usable wherever optax takes a learning rate.
 """
 
 from __future__ import annotations
@@ -11,6 +12,11 @@ import jax.numpy as jnp
 import optax
 
 from adagrad_jax import _validation
+
+
+def _as_default_float(*values):
+    dtype = jnp.result_type(float)
+    return tuple(jnp.asarray(v).astype(dtype) for v in values)
 
 
 @_validation.checked_arguments
@@ -36,8 +42,8 @@ def inverse_sqrt_decay(init_value: jax.typing.ArrayLike) -> optax.Schedule:
     _validation.check_number("inverse_sqrt_decay", "init_value", init_value)
 
     def schedule(count):
-        t = jnp.asarray(count).astype(jnp.float32)
-        return jnp.asarray(init_value, jnp.float32) / jnp.sqrt(t + 1.0)
+        t, lr = _as_default_float(count, init_value)
+        return lr / jnp.sqrt(t + 1)
 
     return schedule
 
@@ -69,8 +75,7 @@ def inverse_time_decay(
     _validation.check_number("inverse_time_decay", "decay_rate", decay_rate)
 
     def schedule(count):
-        t = jnp.asarray(count).astype(jnp.float32)
-        rate = jnp.asarray(decay_rate, jnp.float32)
-        return jnp.asarray(init_value, jnp.float32) / (1.0 + rate * t)
+        t, lr, rate = _as_default_float(count, init_value, decay_rate)
+        return lr / (1 + rate * t)
 
     return schedule

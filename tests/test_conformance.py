@@ -1,0 +1,382 @@
+"""The conformance suite: what every optimizer in `specs.SPECS` must do.
+
+DESIGN.md section 6 lists the contract; each test below checks one clause for
+every spec. Numbers are compared against the NumPy references in
+`tests/reference.py` (float64 transcriptions of the documented rules).
+"""
+
+from __future__ import annotations
+
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import adagrad_jax
+from tests import specs as specs_lib
+
+SPECS = specs_lib.SPECS
+ids = [s.name for s in SPECS]
+parametrize = pytest.mark.parametrize("spec", SPECS, ids=ids)
+parametrize_descending = pytest.mark.parametrize(
+    "spec", specs_lib.DESCENDING, ids=[s.name for s in specs_lib.DESCENDING]
+)
+
+NUM_STEPS = 5
+
+
+def make_params(dtype=jnp.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = {"w": (3, 4), "b": (4,), "deep": [(2,), (1, 1)]}
+
+    def draw(shape):
+        x = rng.normal(size=shape)
+        if jnp.issubdtype(dtype, jnp.complexfloating):
+            x = x + 1j * rng.normal(size=shape)
+        return jnp.asarray(x, dtype)
+
+    return {"w": draw(shapes["w"]), "b": draw(shapes["b"]),
+            "deep": [draw(s) for s in shapes["deep"]]}
+
+
+def make_grads(params, num_steps=NUM_STEPS, seed=1):
+    return [
+        jax.tree.map(lambda p: p * 0 + jnp.asarray(p.dtype.type(1)) * jnp.asarray(
+            np.random.default_rng(seed + t).normal(size=p.shape)
+            + (1j * np.random.default_rng(seed + 100 + t).normal(size=p.shape)
+               if jnp.iscomplexobj(p) else 0), p.dtype), params)
+        for t in range(num_steps)
+    ]
+
+
+def run_steps(tx, params, grads, state=None, jit=True):
+    state = tx.init(params) if state is None else state
+    update = jax.jit(tx.update) if jit else tx.update
+    for g in grads:
+        updates, state = update(g, state, params)
+        params = optax.apply_updates(params, updates)
+    return params, state
+
+
+def adagrad_states(state):
+    """Every ScaleByAdagradState inside an optimizer state, in tree order."""
+    return [
+        x for x in jax.tree.leaves(
+            state, is_leaf=lambda x: isinstance(x, adagrad_jax.ScaleByAdagradState))
+        if isinstance(x, adagrad_jax.ScaleByAdagradState)
+    ]
+
+
+def reference_run(spec, params, grads):
+    """Runs the NumPy reference leaf by leaf; returns (params, accumulators)."""
+    def leaf(p, *gs):
+        w = np.asarray(p, np.complex128 if np.iscomplexobj(p) else np.float64)
+        acc = np.full(w.shape, spec.tau, np.float64)
+        for t, g in enumerate(gs, start=1):
+            w, acc, _ = spec.reference(w, np.asarray(g).astype(w.dtype), acc, t)
+        return w, acc
+    out = jax.tree.map(leaf, params, *grads)
+    is_pair = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], np.ndarray)
+    ws = jax.tree.map(lambda x: x[0], out, is_leaf=is_pair)
+    accs = jax.tree.map(lambda x: x[1], out, is_leaf=is_pair)
+    return ws, accs
+
+
+def assert_trees_close(actual, expected, rtol, atol=0.0):
+    jax.tree.map(
+        lambda a, e: np.testing.assert_allclose(
+            np.asarray(a).astype(np.asarray(e).dtype), e, rtol=rtol, atol=atol),
+        actual, expected)
+
+
+def assert_same_types(a, b):
+    """Same tree structure, shapes and dtypes (what jit and lax.cond require)."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert (x.shape, x.dtype) == (y.shape, y.dtype)
+
+
+# --- numbers ------------------------------------------------------------------
+
+@parametrize
+def test_matches_numpy_reference(spec):
+    """Source: the documented formula of each spec, in tests/reference.py."""
+    params = make_params()
+    grads = make_grads(params)
+    new_params, state = run_steps(spec.build(), params, grads)
+    ref_params, ref_accs = reference_run(spec, params, grads)
+    assert_trees_close(new_params, ref_params, rtol=2e-6, atol=1e-7)
+    (acc_state,) = adagrad_states(state)
+    assert_trees_close(acc_state.sum_of_squares, ref_accs, rtol=2e-6)
+
+
+@parametrize
+def test_matches_numpy_reference_float64(spec):
+    """In float64 the agreement is to rounding: the rule is the formula."""
+    with jax.enable_x64(True):
+        params = make_params(jnp.float64)
+        grads = make_grads(params)
+        new_params, _ = run_steps(spec.build(), params, grads)
+        ref_params, _ = reference_run(spec, params, grads)
+        assert_trees_close(new_params, ref_params, rtol=1e-13, atol=1e-15)
+
+
+@parametrize
+def test_jit_equals_eager(spec):
+    params = make_params()
+    grads = make_grads(params)
+    eager, _ = run_steps(spec.build(), params, grads, jit=False)
+    jitted, _ = run_steps(spec.build(), params, grads, jit=True)
+    assert_trees_close(jitted, eager, rtol=1e-6, atol=1e-7)
+
+
+@parametrize
+def test_no_retrace_on_second_call(spec):
+    tx = spec.build()
+    traces = []
+
+    @jax.jit
+    def step(params, state, grads):
+        traces.append(1)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    params = make_params()
+    state = tx.init(params)
+    for g in make_grads(params, 3):
+        params, state = step(params, state, g)
+    assert len(traces) == 1
+
+
+# --- state --------------------------------------------------------------------
+
+def _dtype_cases():
+    """(spec, dtype) pairs: complex only for specs whose rule covers it."""
+    for spec in SPECS:
+        for dtype in (jnp.bfloat16, jnp.float16, jnp.float32, jnp.complex64):
+            if jnp.issubdtype(dtype, jnp.complexfloating) and not spec.complex_params:
+                continue
+            yield pytest.param(spec, dtype, id=f"{spec.name}-{jnp.dtype(dtype).name}")
+
+
+@pytest.mark.parametrize("spec, dtype", list(_dtype_cases()))
+def test_dtypes_state_stable_and_updates_in_grad_dtype(spec, dtype):
+    tx = spec.build()
+    params = make_params(dtype)
+    state0 = tx.init(params)
+    state = state0
+    for g in make_grads(params, 3):
+        updates, state = jax.jit(tx.update)(g, state, params)
+        assert_same_types(state, state0)
+        assert_same_types(updates, g)
+        assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+    (acc,) = adagrad_states(state)
+    expected = jnp.float32
+    assert all(a.dtype == expected for a in jax.tree.leaves(acc.sum_of_squares))
+
+
+@parametrize
+def test_float64_state_stays_float64(spec):
+    with jax.enable_x64(True):
+        tx = spec.build()
+        params = make_params(jnp.float64)
+        state0 = tx.init(params)
+        _, state = run_steps(tx, params, make_grads(params, 2), state0)
+        assert_same_types(state, state0)
+        (acc,) = adagrad_states(state)
+        assert all(a.dtype == jnp.float64 for a in jax.tree.leaves(acc.sum_of_squares))
+
+
+@parametrize
+def test_low_precision_close_to_reference(spec):
+    """bfloat16 parameters, float32 accumulator: updates round to bfloat16 only."""
+    params = make_params(jnp.bfloat16)
+    grads = make_grads(params, 3)
+    tx = spec.build()
+    state = tx.init(params)
+    updates = None
+    for g in grads:
+        updates, state = tx.update(g, state, params)
+    # Reference with the bf16-rounded inputs, params held fixed (no apply).
+    def ref_leaf(p, *gs):
+        w = np.asarray(p.astype(jnp.float32), np.float64)
+        acc = np.full(w.shape, spec.tau)
+        u = None
+        for t, g in enumerate(gs, start=1):
+            _, acc, u = spec.reference(w, np.asarray(g.astype(jnp.float32), np.float64), acc, t)
+        return u
+    expected = jax.tree.map(ref_leaf, params, *grads)
+    assert_trees_close(updates, expected, rtol=1e-2, atol=1e-6)
+
+
+@parametrize
+def test_state_is_stable_inside_lax_cond(spec):
+    tx = spec.build()
+    params = make_params()
+    state = tx.init(params)
+    grads = make_grads(params, 1)[0]
+
+    @jax.jit
+    def maybe_step(pred, params, state, grads):
+        return jax.lax.cond(
+            pred,
+            lambda: tx.update(grads, state, params),
+            lambda: (jax.tree.map(jnp.zeros_like, grads), state))
+
+    u_skip, s_skip = maybe_step(False, params, state, grads)
+    u_take, s_take = maybe_step(True, params, state, grads)
+    assert_trees_close(s_skip, state, rtol=0)
+    expected_u, expected_s = tx.update(grads, state, params)
+    assert_trees_close(u_take, expected_u, rtol=1e-6)
+    assert_trees_close(s_take, expected_s, rtol=1e-6)
+
+
+@parametrize
+def test_init_on_shape_dtype_structs(spec):
+    tx = spec.build()
+    params = make_params()
+    abstract = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
+    from_structs = tx.init(abstract)
+    assert_same_types(from_structs, tx.init(params))
+    assert_same_types(jax.eval_shape(tx.init, params), tx.init(params))
+
+
+@parametrize
+def test_init_keeps_sharding(spec):
+    mesh = jax.make_mesh((1,), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    params = {"w": jax.device_put(jnp.ones((4, 2)), sharding)}
+    (acc,) = adagrad_states(spec.build().init(params))
+    assert acc.sum_of_squares["w"].sharding == sharding
+
+
+@parametrize
+def test_checkpoint_round_trip_through_numpy(spec):
+    """Save the state as NumPy arrays mid-run; resuming gives identical results."""
+    tx = spec.build()
+    params = make_params()
+    grads = make_grads(params, 6)
+    full_params, full_state = run_steps(tx, params, grads)
+
+    mid_params, mid_state = run_steps(tx, params, grads[:3])
+    buffer = io.BytesIO()
+    leaves = jax.tree.leaves((mid_params, mid_state))
+    np.savez(buffer, *[np.asarray(x) for x in leaves])
+    buffer.seek(0)
+    loaded = np.load(buffer)
+    restored = [jnp.asarray(loaded[f"arr_{i}"]) for i in range(len(leaves))]
+    treedef = jax.tree.structure((mid_params, mid_state))
+    params2, state2 = jax.tree.unflatten(treedef, restored)
+    resumed_params, resumed_state = run_steps(tx, params2, grads[3:], state2)
+    assert_trees_close(resumed_params, full_params, rtol=0)
+    assert_trees_close(resumed_state, full_state, rtol=0)
+
+
+# --- composition --------------------------------------------------------------
+
+@parametrize
+def test_none_leaves(spec):
+    tx = spec.build()
+    params = {"a": jnp.ones(3), "frozen": None}
+    state = tx.init(params)
+    grads = {"a": jnp.full(3, 0.5), "frozen": None}
+    updates, _ = jax.jit(tx.update)(grads, state, params)
+    assert updates["frozen"] is None
+    expected, _ = tx.update({"a": grads["a"]}, tx.init({"a": params["a"]}), {"a": params["a"]})
+    np.testing.assert_allclose(updates["a"], expected["a"], rtol=1e-6)
+
+
+@parametrize
+def test_inside_optax_chain_with_clipping(spec):
+    params = make_params()
+    grads = make_grads(params)
+    chained, _ = run_steps(optax.chain(optax.clip(0.5), spec.build()), params, grads)
+    clipped = [jax.tree.map(lambda g: jnp.clip(g, -0.5, 0.5), g) for g in grads]
+    direct, _ = run_steps(spec.build(), params, clipped)
+    assert_trees_close(chained, direct, rtol=1e-6, atol=1e-7)
+
+
+@parametrize
+def test_masked_and_multi_transform(spec):
+    params = make_params()
+    grads = make_grads(params)
+    mask = {"w": True, "b": False, "deep": [True, False]}
+    masked, _ = run_steps(optax.masked(spec.build(), mask), params, grads)
+    sgd = optax.sgd(0.1)
+    labels = {"w": "ada", "b": "sgd", "deep": ["ada", "sgd"]}
+    multi, _ = run_steps(
+        optax.multi_transform({"ada": spec.build(), "sgd": sgd}, labels), params, grads)
+    full, _ = run_steps(spec.build(), params, grads)
+    sgd_only, _ = run_steps(sgd, params, grads)
+    for tree in (masked, multi):
+        np.testing.assert_allclose(tree["w"], full["w"], rtol=1e-6)
+        np.testing.assert_allclose(tree["deep"][0], full["deep"][0], rtol=1e-6)
+    # Masked-out leaves get the raw gradient as "update"; multi_transform's get SGD.
+    np.testing.assert_allclose(multi["b"], sgd_only["b"], rtol=1e-6)
+    np.testing.assert_allclose(
+        masked["b"], params["b"] + sum(g["b"] for g in grads), rtol=1e-5)
+
+
+@parametrize
+def test_inject_hyperparams_same_numbers(spec):
+    """Numeric hyperparameters become (traced) arrays and give the same numbers."""
+    params = make_params()
+    grads = make_grads(params)
+    injected_tx = optax.inject_hyperparams(spec.make)(**spec.hyperparams)
+    injected, state = run_steps(injected_tx, params, grads, jit=True)
+    plain, _ = run_steps(spec.build(), params, grads)
+    assert_trees_close(injected, plain, rtol=2e-6, atol=1e-7)
+    assert set(spec.hyperparams) <= set(state.hyperparams)
+
+
+@parametrize
+def test_multi_steps_accumulates_then_steps(spec):
+    params = make_params()
+    g1, g2 = make_grads(params, 2)
+    tx = optax.MultiSteps(spec.build(), every_k_schedule=2)
+    state = tx.init(params)
+    # optax.MultiSteps divides by its int32 step count: not strict-clean (optax).
+    with jax.numpy_dtype_promotion("standard"):
+        u1, state = jax.jit(tx.update)(g1, state, params)
+        u2, state = jax.jit(tx.update)(g2, state, params)
+    assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(u1))
+    mean = jax.tree.map(lambda a, b: (a + b) / 2, g1, g2)
+    expected, _ = spec.build().update(mean, spec.build().init(params), params)
+    assert_trees_close(u2, expected, rtol=1e-5, atol=1e-7)
+
+
+# --- convergence --------------------------------------------------------------
+
+def _minimise(tx, loss, x0, num_steps):
+    @jax.jit
+    def run(x):
+        def body(carry, _):
+            x, s = carry
+            g = jax.grad(loss)(x)
+            u, s = tx.update(g, s, x)
+            return (optax.apply_updates(x, u), s), None
+        (x, _), _ = jax.lax.scan(body, (x, tx.init(x)), None, length=num_steps)
+        return x
+    return run(x0)
+
+
+@parametrize_descending
+def test_converges_on_parabola(spec):
+    """An ill-conditioned parabola with its minimum at c."""
+    c = jnp.array([1.0, -2.0, 3.0])
+    scales = jnp.array([1.0, 10.0, 100.0])
+    loss = lambda x: jnp.sum(scales * (x - c) ** 2)
+    x = _minimise(spec.build(**spec.converge), loss, jnp.zeros(3), 2000)
+    np.testing.assert_allclose(x, c, atol=1e-3)
+
+
+@parametrize_descending
+def test_converges_on_rosenbrock(spec):
+    """Rosenbrock's valley, from the classic start (-1.2, 1); minimum (1, 1)."""
+    loss = lambda x: (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
+    x0 = jnp.array([-1.2, 1.0])
+    x = _minimise(spec.build(**spec.converge), loss, x0, 20000)
+    assert float(loss(x)) < 1e-4 < float(loss(x0))
