@@ -99,35 +99,40 @@ def check_param_dtype(fn: str, path: Any, dtype: Any) -> None:
 
 
 def check_same_structure(
-        fn: str, name_a: str, tree_a: Any, name_b: str, tree_b: Any
+    fn: str, name_a: str, tree_a: Any, name_b: str, tree_b: Any
 ) -> None:
-    """Raises ValueError naming the first path where two trees differ."""
+    """Raises ValueError naming the first path where two trees differ.
+
+    `tree_b` is the reference (the state); the message names the first of its
+    leaves that `tree_a` lacks, else the first leaf of `tree_a` it lacks, else
+    the first position whose node types differ.
+    """
     treedef_a = jax.tree.structure(tree_a)
     treedef_b = jax.tree.structure(tree_b)
     if treedef_a == treedef_b:
         return
-    paths_a = [p for p, _ in jax.tree_util.tree_flatten_with_path(tree_a)[0]]
-    paths_b = [p for p, _ in jax.tree_util.tree_flatten_with_path(tree_b)[0]]
-    for pa, pb in zip(paths_a, paths_b):
-        if pa != pb:
-            detail = (
-                    f"first difference: {name_a} has {jax.tree_util.keystr(pa)} where"
-                    f" {name_b} has {jax.tree_util.keystr(pb)}"
-            )
-            break
+    keystr = jax.tree_util.keystr
+    paths_a = [keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree_a)[0]]
+    paths_b = [keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree_b)[0]]
+    missing = [p for p in paths_b if p not in set(paths_a)]
+    extra = [p for p in paths_a if p not in set(paths_b)]
+    if missing:
+        detail = f"{name_b} has a leaf at {missing[0]} that {name_a} lacks"
+    elif extra:
+        detail = f"{name_a} has a leaf at {extra[0]} that {name_b} lacks"
     else:
-        if len(paths_a) > len(paths_b):
-            extra = jax.tree_util.keystr(paths_a[len(paths_b)])
-            detail = f"first difference: {name_a} has {extra}, missing in {name_b}"
-        elif len(paths_b) > len(paths_a):
-            extra = jax.tree_util.keystr(paths_b[len(paths_a)])
-            detail = f"first difference: {name_b} has {extra}, missing in {name_a}"
-        else:
-            detail = f"{name_a}: {treedef_a}; {name_b}: {treedef_b}"
+        detail = f"same leaf paths, different node types: {treedef_a} vs {treedef_b}"
     raise ValueError(
-            f"{fn}: the structure of {name_a} differs from {name_b} ({detail}). Pass"
-            f" {name_a} with the tree structure the state was initialised with."
+        f"{fn}: the tree of {name_a} differs from {name_b}: {detail}. Pass"
+        f" {name_a} with the structure the state was initialised with."
     )
+
+
+_ALIASES = {
+    "lr": "learning_rate", "learning_rate": "lr", "epsilon": "eps", "eps": "epsilon",
+    "initial_accumulator": "initial_accumulator_value", "decay": "weight_decay",
+    "wd": "weight_decay",
+}
 
 
 def checked_arguments(fn: _F) -> _F:
@@ -144,7 +149,8 @@ def checked_arguments(fn: _F) -> _F:
         unknown = [k for k in kwargs if k not in signature.parameters]
         if unknown:
             name = unknown[0]
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+            close = [_ALIASES[name]] if _ALIASES.get(name) in known else (
+          difflib.get_close_matches(name, known, n=1, cutoff=0.5))
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise TypeError(
                     f"{fn.__name__}({name}={kwargs[name]!r}): unknown argument {name!r}."
