@@ -12,7 +12,8 @@ import functools
 import inspect
 import math
 import numbers
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +34,12 @@ def _python_number(value: Any) -> float | None:
 
 
 def check_number(
-        fn: str, arg: str, value: Any, *, positive: bool = False,
-        allow_schedule: bool = False,
+    fn: str,
+    arg: str,
+    value: Any,
+    *,
+    positive: bool = False,
+    allow_schedule: bool = False,
 ) -> None:
     """Checks that `value` is a finite number >= 0 (> 0 if `positive`).
 
@@ -51,10 +56,7 @@ def check_number(
     number = _python_number(value)
     if number is None:
         kind = "a number or an optax schedule" if allow_schedule else "a number"
-        raise TypeError(
-                f"{fn}({arg}={value!r}): {arg} must be {kind}, got"
-                f" {type(value).__name__}."
-        )
+        raise TypeError(f"{fn}({arg}={value!r}): {arg} must be {kind}, got {type(value).__name__}.")
     bound = "> 0" if positive else ">= 0"
     if not math.isfinite(number) or number < 0 or (positive and number == 0):
         raise ValueError(f"{fn}({arg}={value!r}): {arg} must be finite and {bound}.")
@@ -82,8 +84,7 @@ def check_float_dtype(fn: str, arg: str, dtype: Any) -> jnp.dtype | None:
         raise TypeError(f"{fn}({arg}={dtype!r}): {arg} is not a dtype.") from e
     if not jnp.issubdtype(parsed, jnp.floating):
         raise ValueError(
-                f"{fn}({arg}={dtype!r}): {arg} must be a real floating dtype such as"
-                " jnp.float32."
+            f"{fn}({arg}={dtype!r}): {arg} must be a real floating dtype such as jnp.float32."
         )
     return parsed
 
@@ -92,15 +93,13 @@ def check_param_dtype(fn: str, path: Any, dtype: Any) -> None:
     """Raises TypeError for parameter leaves that are not float or complex."""
     if not jnp.issubdtype(dtype, jnp.inexact):
         raise TypeError(
-                f"{fn}: parameter {jax.tree_util.keystr(path) or '<root>'} has dtype"
-                f" {jnp.dtype(dtype).name}; Adagrad needs floating or complex"
-                " parameters. Exclude integer leaves with optax.masked or cast them."
+            f"{fn}: parameter {jax.tree_util.keystr(path) or '<root>'} has dtype"
+            f" {jnp.dtype(dtype).name}; Adagrad needs floating or complex"
+            " parameters. Exclude integer leaves with optax.masked or cast them."
         )
 
 
-def check_same_structure(
-    fn: str, name_a: str, tree_a: Any, name_b: str, tree_b: Any
-) -> None:
+def check_same_structure(fn: str, name_a: str, tree_a: Any, name_b: str, tree_b: Any) -> None:
     """Raises ValueError naming the first path where two trees differ.
 
     `tree_b` is the reference (the state); the message names the first of its
@@ -129,8 +128,12 @@ def check_same_structure(
 
 
 _ALIASES = {
-    "lr": "learning_rate", "learning_rate": "lr", "epsilon": "eps", "eps": "epsilon",
-    "initial_accumulator": "initial_accumulator_value", "decay": "weight_decay",
+    "lr": "learning_rate",
+    "learning_rate": "lr",
+    "epsilon": "eps",
+    "eps": "epsilon",
+    "initial_accumulator": "initial_accumulator_value",
+    "decay": "weight_decay",
     "wd": "weight_decay",
 }
 
@@ -149,12 +152,15 @@ def checked_arguments(fn: _F) -> _F:
         unknown = [k for k in kwargs if k not in signature.parameters]
         if unknown:
             name = unknown[0]
-            close = [_ALIASES[name]] if _ALIASES.get(name) in known else (
-          difflib.get_close_matches(name, known, n=1, cutoff=0.5))
+            close = (
+                [_ALIASES[name]]
+                if _ALIASES.get(name) in known
+                else (difflib.get_close_matches(name, known, n=1, cutoff=0.5))
+            )
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise TypeError(
-                    f"{fn.__name__}({name}={kwargs[name]!r}): unknown argument {name!r}."
-                    f" Valid arguments: {', '.join(known)}.{hint}"
+                f"{fn.__name__}({name}={kwargs[name]!r}): unknown argument {name!r}."
+                f" Valid arguments: {', '.join(known)}.{hint}"
             )
         try:
             signature.bind(*args, **kwargs)

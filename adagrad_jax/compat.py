@@ -17,8 +17,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from adagrad_jax import _validation
-from adagrad_jax import schedules
+from adagrad_jax import _validation, schedules
 from adagrad_jax._adagrad import scale_by_adagrad
 
 

@@ -43,13 +43,16 @@ def make_params(dtype=jnp.float32, seed=0):
 
 
 def make_grads(params, num_steps=NUM_STEPS, seed=1):
-    return [
-        jax.tree.map(lambda p: p * 0 + jnp.asarray(p.dtype.type(1)) * jnp.asarray(
-            np.random.default_rng(seed + t).normal(size=p.shape)
-            + (1j * np.random.default_rng(seed + 100 + t).normal(size=p.shape)
-               if jnp.iscomplexobj(p) else 0), p.dtype), params)
-        for t in range(num_steps)
-    ]
+    """`num_steps` gradient trees like `params`, drawn from a fixed seed."""
+    rng = np.random.default_rng(seed)
+
+    def draw(p):
+        x = rng.normal(size=p.shape)
+        if jnp.iscomplexobj(p):
+            x = x + 1j * rng.normal(size=p.shape)
+        return jnp.asarray(x, p.dtype)
+
+    return [jax.tree.map(draw, params) for _ in range(num_steps)]
 
 
 def run_steps(tx, params, grads, state=None, jit=True):
@@ -226,7 +229,7 @@ def test_state_is_stable_inside_lax_cond(spec):
             lambda: tx.update(grads, state, params),
             lambda: (jax.tree.map(jnp.zeros_like, grads), state))
 
-    u_skip, s_skip = maybe_step(False, params, state, grads)
+    _, s_skip = maybe_step(False, params, state, grads)
     u_take, s_take = maybe_step(True, params, state, grads)
     assert_trees_close(s_skip, state, rtol=0)
     expected_u, expected_s = tx.update(grads, state, params)
