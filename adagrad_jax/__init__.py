@@ -5,13 +5,25 @@ from adagrad_jax import schedules as schedules
 from adagrad_jax._adagrad import ScaleByAdagradState as ScaleByAdagradState
 from adagrad_jax._adagrad import adagrad as adagrad
 from adagrad_jax._adagrad import scale_by_adagrad as scale_by_adagrad
+from adagrad_jax._sparse import RowSparse as RowSparse
+from adagrad_jax._sparse import apply_updates as apply_updates
+from adagrad_jax._sparse import on_row_values as on_row_values
+from adagrad_jax._sparse import scale_by_sparse_adagrad as scale_by_sparse_adagrad
+from adagrad_jax._sparse import sparse_adagrad as sparse_adagrad
+from adagrad_jax._sparse import value_and_row_grad as value_and_row_grad
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "RowSparse",
     "ScaleByAdagradState",
     "adagrad",
+    "apply_updates",
     "compat",
+    "on_row_values",
     "scale_by_adagrad",
+    "scale_by_sparse_adagrad",
     "schedules",
+    "sparse_adagrad",
+    "value_and_row_grad",
 ]

@@ -83,6 +83,15 @@ SPECS = [
         converge={"learning_rate": schedules.inverse_time_decay(0.5, 1e-4)},
     ),
     Spec(
+        name="sparse_adagrad-dense-leaves",
+        make=adagrad_jax.sparse_adagrad,
+        hyperparams=dict(learning_rate=0.05, initial_accumulator_value=0.2, eps=1e-6,
+                         eps_root=0.1),
+        reference=_ref(reference.adagrad_step, lr=0.05, eps=1e-6, eps_root=0.1),
+        tau=0.2,
+        converge={"learning_rate": 0.5},
+    ),
+    Spec(
         name="scale_by_adagrad",
         make=adagrad_jax.scale_by_adagrad,
         hyperparams=dict(initial_accumulator_value=0.1, eps=1e-6),
