@@ -50,3 +50,15 @@ def test_demo_runs_and_prints_the_table():
     assert [r[0] for r in rows] == ["optax.sgd", "adagrad_jax.adagrad", "optax.adagrad"]
     losses = [float(r[1]) for r in rows]
     assert all(0 < loss < 0.6931 for loss in losses)  # below the initial log(2)
+
+
+def test_readme_badges_point_at_the_repository_and_existing_notebooks():
+    """The repository URL lives in pyproject.toml; README badges must follow it."""
+    import tomllib
+    url = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    repo = url.removeprefix("https://github.com/")
+    links = re.findall(r"https://colab\.research\.google\.com/github/([^)]+)", README)
+    notebooks = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+    assert sorted(link.rsplit("/", 1)[1] for link in links) == notebooks
+    for link in links:
+        assert link.startswith(f"{repo}/blob/main/notebooks/"), link
