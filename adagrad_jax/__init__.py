@@ -5,6 +5,9 @@ from adagrad_jax import schedules as schedules
 from adagrad_jax._adagrad import ScaleByAdagradState as ScaleByAdagradState
 from adagrad_jax._adagrad import adagrad as adagrad
 from adagrad_jax._adagrad import scale_by_adagrad as scale_by_adagrad
+from adagrad_jax._packed import PackedAdagrad as PackedAdagrad
+from adagrad_jax._packed import PackedAdagradState as PackedAdagradState
+from adagrad_jax._packed import packed_adagrad as packed_adagrad
 from adagrad_jax._sparse import RowSparse as RowSparse
 from adagrad_jax._sparse import apply_updates as apply_updates
 from adagrad_jax._sparse import on_row_values as on_row_values
@@ -15,12 +18,15 @@ from adagrad_jax._sparse import value_and_row_grad as value_and_row_grad
 __version__ = "0.1.0"
 
 __all__ = [
+    "PackedAdagrad",
+    "PackedAdagradState",
     "RowSparse",
     "ScaleByAdagradState",
     "adagrad",
     "apply_updates",
     "compat",
     "on_row_values",
+    "packed_adagrad",
     "scale_by_adagrad",
     "scale_by_sparse_adagrad",
     "schedules",

@@ -1,0 +1,50 @@
+"""Timing: every method of a scenario measured round-robin, under the same load.
+
+On a shared machine the load changes from second to second. Timing method A
+for a while and then method B would charge A and B with different loads, so a
+scenario times one step of each method per round, rotating the order every
+round, and reports the median, minimum and maximum over the rounds.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def round_robin(
+    steps: dict[str, Callable[[], Any]], *, rounds: int, warmup: int = 2
+) -> dict[str, list[float]]:
+    """Seconds per call of each step, one call of each per round, order rotated."""
+    names = list(steps)
+    for _ in range(warmup):
+        for name in names:
+            steps[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def stats_ms(seconds: list[float]) -> dict[str, float]:
+    """Median, minimum and maximum, in milliseconds."""
+    ms = [1e3 * s for s in seconds]
+    return {
+        "median_ms": statistics.median(ms),
+        "min_ms": min(ms),
+        "max_ms": max(ms),
+        "rounds": len(ms),
+    }
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """(fn(), seconds it took)."""
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
