@@ -218,6 +218,63 @@ def test_table_touched_by_every_id():
     assert not np.any(np.asarray(sparse[0]["t"]) == np.asarray(params["t"]))  # every row moved
 
 
+def _dedup_reference(ids, num_rows):
+    """_dedup's documented result, from NumPy's first positions of each id."""
+    ids = np.asarray(ids)
+    k = ids.size
+    slot = np.arange(k, dtype=np.int32)
+    rows = num_rows + np.arange(k, dtype=np.int32)
+    live = ids < num_rows
+    if live.any():
+        distinct, first, inverse = np.unique(ids[live], return_index=True, return_inverse=True)
+        positions = np.flatnonzero(live)[first]  # first position of each distinct live id
+        slot[live] = positions[inverse.reshape(-1)]
+        rows[positions] = distinct
+    return rows, slot
+
+
+@pytest.mark.parametrize("table_bits", [None, 1, 3])
+def test_dedup_matches_numpy_reference(table_bits):
+    # Source: NumPy reference (_dedup_reference). table_bits=1 and 3 force 2 and
+    # 8 buckets, so ids collide in every round and the loop runs many rounds.
+    from adagrad_jax._sparse import _dedup
+
+    rng = np.random.default_rng(11)
+    num_rows = 1000
+    cases = [
+        _ids(rng, num_rows, 300),                                  # Zipf: many repeats
+        rng.permutation(num_rows)[:257].astype(np.int32),          # all distinct
+        np.full(40, 17, np.int32),                                 # one id
+        np.full(9, num_rows, np.int32),                            # all dead
+        np.array([5], np.int32),                                   # k = 1
+        np.where(rng.random(200) < 0.3, num_rows, _ids(rng, num_rows, 200)).astype(np.int32),
+        np.array([0, num_rows, 0, num_rows - 1, num_rows, num_rows - 1], np.int32),
+    ]
+    dedup = jax.jit(lambda ids: _dedup(ids, num_rows, table_bits=table_bits))
+    for ids in cases:
+        rows, slot = dedup(jnp.asarray(ids))
+        expected_rows, expected_slot = _dedup_reference(ids, num_rows)
+        assert rows.dtype == slot.dtype == jnp.int32
+        np.testing.assert_array_equal(slot, expected_slot)
+        np.testing.assert_array_equal(rows, expected_rows)
+
+
+def test_update_lists_distinct_ids_in_order_of_first_appearance():
+    # Hand computation, eps = 0, tau = 0 (first step: u = g_r / |g_r|) on a 6-row
+    # table; -1 is padding and 9 out of range, both dead:
+    #   row 5: 1 + 3 = 4 -> u = 1, G = 16;  row 2: -2 - 5 = -7 -> u = -1, G = 49;
+    #   row 0: 7 -> u = 1, G = 49.
+    # Rows are listed at each id's first position (0, 1, 6); the other slots j
+    # hold the out-of-range id 6 + j and a zero update.
+    tx = adagrad_jax.scale_by_sparse_adagrad(eps=0.0)
+    g = RowSparse(jnp.array([5, 2, 5, -1, 2, 9, 0]),
+                  jnp.array([[1.0], [-2.0], [3.0], [4.0], [-5.0], [6.0], [7.0]]))
+    u, state = jax.jit(tx.update)(g, tx.init(jnp.zeros((6, 1))))
+    np.testing.assert_array_equal(u.indices, [5, 2, 8, 9, 10, 11, 0])
+    np.testing.assert_array_equal(u.values[:, 0], [1.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(state.sum_of_squares[:, 0], [49.0, 0.0, 49.0, 0.0, 0.0, 16.0])
+
+
 # ---------------------------------------------------------------------------
 # structure of the compiled step
 # ---------------------------------------------------------------------------
