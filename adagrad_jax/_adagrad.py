@@ -51,35 +51,29 @@ def squared_magnitude(g: jax.Array, dtype: Any) -> jax.Array:
 
 
 def adagrad_direction(
-    g: jax.Array, sum_of_squares: jax.Array, eps: Any, eps_root: Any, *, guard: bool
+    g: jax.Array, sum_of_squares: jax.Array, eps: Any, eps_root: Any, *, tau: Any
 ) -> jax.Array:
     """g / (sqrt(sum_of_squares + eps_root) + eps), in the gradient's dtype.
 
     The denominator is formed in the accumulator's dtype; the division in the
-    wider of the gradient's and the accumulator's dtype. With `guard`, a zero
-    denominator (which only happens while every gradient so far was 0 and both
-    epsilons are 0) gives an update of exactly 0 instead of 0/0 = NaN.
+    wider of the gradient's and the accumulator's dtype. A zero denominator
+    (only while every gradient so far was 0 and tau = `tau`, eps and eps_root
+    are all 0 once rounded to the accumulator's dtype) gives an update of
+    exactly 0 instead of 0/0 = NaN. The guard is compiled in unless a Python
+    constant among tau, eps and eps_root stays positive in that dtype (1e-8 is
+    positive in float32 but 0 in float16).
     """
     acc_dtype = sum_of_squares.dtype
     with jax.numpy_dtype_promotion("standard"):  # A dtype query, not a mix.
         compute_dtype = jnp.promote_types(g.dtype, acc_dtype)
     denom = jnp.sqrt(sum_of_squares + jnp.asarray(eps_root, acc_dtype))
     denom = denom + jnp.asarray(eps, acc_dtype)
-    if guard:
-        safe = jnp.where(denom > 0, denom, jnp.ones_like(denom))
-        out = g.astype(compute_dtype) / safe.astype(compute_dtype)
-        out = jnp.where(denom > 0, out, jnp.zeros_like(out))
-    else:
-        out = g.astype(compute_dtype) / denom.astype(compute_dtype)
-    return out.astype(g.dtype)
-
-
-def needs_zero_guard(initial_accumulator_value: Any, eps: Any, eps_root: Any) -> bool:
-    """False when a Python constant proves the denominator is never 0."""
-    return not any(
-        _validation.is_positive_constant(v)
-        for v in (initial_accumulator_value, eps, eps_root)
-    )
+    if any(_validation.is_positive_in(v, acc_dtype) for v in (tau, eps, eps_root)):
+        return (g.astype(compute_dtype) / denom.astype(compute_dtype)).astype(g.dtype)
+    positive = denom > 0
+    safe = jnp.where(positive, denom, jnp.ones_like(denom))
+    out = g.astype(compute_dtype) / safe.astype(compute_dtype)
+    return jnp.where(positive, out, jnp.zeros_like(out)).astype(g.dtype)
 
 
 def init_sum_of_squares(
@@ -185,7 +179,6 @@ def scale_by_adagrad(
     _validation.check_number(fn, "eps", eps)
     _validation.check_number(fn, "eps_root", eps_root)
     accumulator_dtype = _validation.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
-    guard = needs_zero_guard(initial_accumulator_value, eps, eps_root)
 
     def init_fn(params):
         return ScaleByAdagradState(
@@ -203,7 +196,7 @@ def scale_by_adagrad(
             lambda g, s: s + squared_magnitude(g, s.dtype), updates, state.sum_of_squares
         )
         updates = jax.tree.map(
-            lambda g, s: adagrad_direction(g, s, eps, eps_root, guard=guard),
+            lambda g, s: adagrad_direction(g, s, eps, eps_root, tau=initial_accumulator_value),
             updates,
             sum_of_squares,
         )
@@ -219,7 +212,7 @@ def adagrad(
     eps: jax.typing.ArrayLike = 1e-8,
     *,
     eps_root: jax.typing.ArrayLike = 0.0,
-    weight_decay: jax.typing.ArrayLike = 0.0,
+    weight_decay: jax.typing.ArrayLike | None = None,
     accumulator_dtype: Any = None,
 ) -> optax.GradientTransformation:
     r"""Adagrad: per-coordinate steps of lr over the root of summed squared gradients.
@@ -248,8 +241,10 @@ def adagrad(
       eps: added outside the square root (>= 0). Default 1e-8.
       eps_root: added inside the square root (>= 0). Default 0.
       weight_decay: coupled L2 coefficient, added to the gradient before it is
-        accumulated, as in PyTorch (>= 0). Default 0. Needs `params` in
-        `update`.
+        accumulated, as in PyTorch (>= 0), or None for none. Default None
+        (the same as 0, but it stays out of the chain under
+        `optax.inject_hyperparams`, so `update` needs `params` only when a
+        decay is set).
       accumulator_dtype: real floating dtype of G. Default None: float32 for
         bfloat16/float16 parameters, the real counterpart for complex ones, the
         parameter's dtype otherwise.
@@ -286,10 +281,11 @@ def adagrad(
     _validation.check_number(fn, "initial_accumulator_value", initial_accumulator_value)
     _validation.check_number(fn, "eps", eps)
     _validation.check_number(fn, "eps_root", eps_root)
-    _validation.check_number(fn, "weight_decay", weight_decay)
+    if weight_decay is not None:
+        _validation.check_number(fn, "weight_decay", weight_decay)
     _validation.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
     return optax.chain(
-        _coupled_weight_decay(weight_decay),
+        coupled_weight_decay(weight_decay),
         scale_by_adagrad(
             initial_accumulator_value,
             eps,
@@ -300,12 +296,12 @@ def adagrad(
     )
 
 
-def _coupled_weight_decay(weight_decay: Any) -> optax.GradientTransformation:
-    """`optax.add_decayed_weights`, or `optax.identity` for a constant 0.
+def coupled_weight_decay(weight_decay: Any) -> optax.GradientTransformation:
+    """`optax.add_decayed_weights`, or `optax.identity` for None or a constant 0.
 
     Both have an empty state, so the chain's state has the same structure
     either way; skipping the constant 0 saves a multiply-add per element.
     """
-    if _validation.is_zero_constant(weight_decay):
+    if weight_decay is None or _validation.is_zero_constant(weight_decay):
         return optax.identity()
     return optax.add_decayed_weights(weight_decay)

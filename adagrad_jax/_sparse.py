@@ -33,7 +33,6 @@ from adagrad_jax._adagrad import (
     ScaleByAdagradState,
     adagrad_direction,
     init_sum_of_squares,
-    needs_zero_guard,
     squared_magnitude,
 )
 
@@ -308,13 +307,13 @@ def _row_sharding(p: Any) -> Any:
     return None
 
 
-def _dense_leaf(g, s, *, eps, eps_root, guard, row_wise):
+def _dense_leaf(g, s, *, eps, eps_root, tau, row_wise):
     if not row_wise:
         # Exactly scale_by_adagrad's arithmetic.
         s = s + squared_magnitude(g, s.dtype)
-        return adagrad_direction(g, s, eps, eps_root, guard=guard), s
+        return adagrad_direction(g, s, eps, eps_root, tau=tau), s
     s = s + _row_mean(squared_magnitude(g, s.dtype))
-    return adagrad_direction(g, _per_row(s, g.ndim), eps, eps_root, guard=guard), s
+    return adagrad_direction(g, _per_row(s, g.ndim), eps, eps_root, tau=tau), s
 
 
 _HASH_MULTIPLIER = 0x9E3779B1  # odd, about 2**32 / golden ratio (Fibonacci hashing)
@@ -373,7 +372,7 @@ def _dedup(
     return rows, slot
 
 
-def _sparse_leaf(fn, where, g, s, *, eps, eps_root, guard, row_wise, pad_id, out_of_range):
+def _sparse_leaf(fn, where, g, s, *, eps, eps_root, tau, row_wise, pad_id, out_of_range):
     num_rows = s.shape[0]
     k = g.indices.shape[0]
     _check_row_count(fn, where, num_rows, k)
@@ -414,7 +413,7 @@ def _sparse_leaf(fn, where, g, s, *, eps, eps_root, guard, row_wise, pad_id, out
     s_rows = s_rows + (_row_mean(sq) if row_wise else sq)
     s = s.at[rows].set(s_rows, mode="drop", unique_indices=True)
     denominator_rows = _per_row(s_rows, summed.ndim) if row_wise else s_rows
-    u = adagrad_direction(summed, denominator_rows, eps, eps_root, guard=guard)
+    u = adagrad_direction(summed, denominator_rows, eps, eps_root, tau=tau)
     return RowSparse(rows, u), s
 
 
@@ -548,7 +547,6 @@ def _scale_by_sparse_adagrad(
     fn, initial_accumulator_value, eps, eps_root, accumulator_dtype, row_wise, pad_id,
     out_of_range,
 ) -> optax.GradientTransformation:
-    guard = needs_zero_guard(initial_accumulator_value, eps, eps_root)
 
     def init_fn(params):
         if row_wise:
@@ -581,8 +579,8 @@ def _scale_by_sparse_adagrad(
                     )
                 _check_row_sparse(fn, where, g, None if row_wise else s.shape[1:])
                 u, s = _sparse_leaf(
-                    fn, where, g, s, eps=eps, eps_root=eps_root, guard=guard,
-                    row_wise=row_wise, pad_id=pad_id, out_of_range=out_of_range,
+                    fn, where, g, s, eps=eps, eps_root=eps_root,
+                    tau=initial_accumulator_value, row_wise=row_wise, pad_id=pad_id, out_of_range=out_of_range,
                 )
             else:
                 if row_wise and tuple(s.shape) != tuple(jnp.shape(g)[:1]):
@@ -591,7 +589,8 @@ def _scale_by_sparse_adagrad(
                         f" its row-wise accumulator has shape {s.shape}."
                     )
                 u, s = _dense_leaf(
-                    g, s, eps=eps, eps_root=eps_root, guard=guard, row_wise=row_wise
+                    g, s, eps=eps, eps_root=eps_root, tau=initial_accumulator_value,
+                    row_wise=row_wise
                 )
             new_updates.append(u)
             new_sums.append(s)

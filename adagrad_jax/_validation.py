@@ -29,7 +29,10 @@ def _python_number(value: Any) -> float | None:
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value.item()
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # An int beyond float range: reported as not finite.
+            return math.inf if value > 0 else -math.inf
     return None
 
 
@@ -62,10 +65,10 @@ def check_number(
         raise ValueError(f"{fn}({arg}={value!r}): {arg} must be finite and {bound}.")
 
 
-def is_positive_constant(value: Any) -> bool:
-    """True if `value` is a Python/NumPy number known to be > 0 at trace time."""
+def is_positive_in(value: Any, dtype: Any) -> bool:
+    """True if `value` is a Python/NumPy number that stays > 0 in `dtype`."""
     number = _python_number(value)
-    return number is not None and number > 0
+    return number is not None and bool(np.asarray(number, dtype) > 0)
 
 
 def is_zero_constant(value: Any) -> bool:

@@ -18,14 +18,14 @@ import jax
 import optax
 
 from adagrad_jax import _validation, schedules
-from adagrad_jax._adagrad import scale_by_adagrad
+from adagrad_jax._adagrad import coupled_weight_decay, scale_by_adagrad
 
 
 @_validation.checked_arguments
 def torch_adagrad(
     lr: optax.ScalarOrSchedule = 0.01,
     lr_decay: jax.typing.ArrayLike = 0.0,
-    weight_decay: jax.typing.ArrayLike = 0.0,
+    weight_decay: jax.typing.ArrayLike | None = None,
     initial_accumulator_value: jax.typing.ArrayLike = 0.0,
     eps: jax.typing.ArrayLike = 1e-10,
     maximize: bool = False,
@@ -44,7 +44,9 @@ def torch_adagrad(
       lr: learning rate (>= 0) or an optax schedule. Default 0.01.
       lr_decay: inverse time decay of `lr` (>= 0). Default 0. Only with a
         constant `lr`.
-      weight_decay: coupled L2 coefficient (>= 0). Default 0.
+      weight_decay: coupled L2 coefficient (>= 0), or None. Default None,
+        which is PyTorch's 0 (None keeps the decay out of the chain under
+        `optax.inject_hyperparams`, so `update` needs no `params`).
       initial_accumulator_value: tau (>= 0). Default 0.
       eps: added outside the square root (>= 0). Default 1e-10.
       maximize: ascend instead of descend. Default False.
@@ -70,7 +72,8 @@ def torch_adagrad(
     fn = "torch_adagrad"
     _validation.check_number(fn, "lr", lr, allow_schedule=True)
     _validation.check_number(fn, "lr_decay", lr_decay)
-    _validation.check_number(fn, "weight_decay", weight_decay)
+    if weight_decay is not None:
+        _validation.check_number(fn, "weight_decay", weight_decay)
     _validation.check_number(fn, "initial_accumulator_value", initial_accumulator_value)
     _validation.check_number(fn, "eps", eps)
     if not isinstance(maximize, bool):
@@ -86,8 +89,7 @@ def torch_adagrad(
         learning_rate = schedules.inverse_time_decay(lr, lr_decay)
     return optax.chain(
         optax.scale(-1.0) if maximize else optax.identity(),
-        optax.identity() if _validation.is_zero_constant(weight_decay)
-        else optax.add_decayed_weights(weight_decay),
+        coupled_weight_decay(weight_decay),
         scale_by_adagrad(initial_accumulator_value, eps),
         optax.scale_by_learning_rate(learning_rate),
     )
@@ -140,14 +142,10 @@ def keras_adagrad(
     _validation.check_number(fn, "epsilon", epsilon)
     if weight_decay is not None:
         _validation.check_number(fn, "weight_decay", weight_decay)
-    decay = (
-        optax.identity()
-        if weight_decay is None or _validation.is_zero_constant(weight_decay)
-        else optax.add_decayed_weights(weight_decay)
-    )
     return optax.chain(
         scale_by_adagrad(initial_accumulator_value, 0.0, eps_root=epsilon),
-        decay,
+        # Decoupled: added after the preconditioner, so it is lr * wd * w.
+        coupled_weight_decay(weight_decay),
         optax.scale_by_learning_rate(learning_rate),
     )
 

@@ -80,9 +80,25 @@ def test_zero_gradients_give_exact_zero_never_nan():
     tx = adagrad_jax.adagrad(learning_rate=1.0, eps=0.0)
     u, state = one_update(tx, jnp.zeros(3), steps=3)
     np.testing.assert_array_equal(u, jnp.zeros(3))
-    assert not np.signbit(np.asarray(u)).any() or True  # -0.0 is still exactly 0
     u, _ = tx.update(jnp.array([0.0, 2.0, 0.0]), state)
     np.testing.assert_allclose(u, [0.0, -1.0, 0.0])
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"eps": 1e-8, "accumulator_dtype": jnp.float16},  # 1e-8 rounds to 0 in float16
+    {"eps": 1e-50},                                    # rounds to 0 in float32
+    {"eps": 0.0, "initial_accumulator_value": 1e-50},
+])
+def test_zero_guard_when_positive_constants_round_to_zero(kwargs):
+    """A positive Python epsilon that rounds to 0 must not switch the guard off."""
+    tx = adagrad_jax.adagrad(learning_rate=0.1, **kwargs)
+    u, _ = jax.jit(tx.update)(jnp.zeros(3), tx.init(jnp.zeros(3)))
+    np.testing.assert_array_equal(u, jnp.zeros(3))
+
+
+def test_huge_integer_hyperparameter_is_a_clear_value_error():
+    with pytest.raises(ValueError, match=r"adagrad\(learning_rate=1000.*must be finite"):
+        adagrad_jax.adagrad(learning_rate=10**400)
 
 
 def test_zero_guard_with_traced_hyperparameters():

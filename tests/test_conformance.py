@@ -293,6 +293,20 @@ def test_none_leaves(spec):
 
 
 @parametrize
+def test_update_without_params_unless_weight_decay_is_set(spec):
+    """optax allows update(g, state) for transforms that need no params: plain,
+    and under inject_hyperparams (which turns every default into an array)."""
+    params = make_params()
+    (g,) = make_grads(params, 1)
+    hyper = spec.hyperparams if not spec.uses_params else {
+        k: v for k, v in spec.hyperparams.items() if k != "weight_decay"}
+    for tx in (spec.make(**hyper), optax.inject_hyperparams(spec.make)(**hyper)):
+        u, _ = jax.jit(tx.update)(g, tx.init(params))
+        with_params, _ = jax.jit(tx.update)(g, tx.init(params), params)
+        assert_trees_close(u, with_params, rtol=0)
+
+
+@parametrize
 def test_inside_optax_chain_with_clipping(spec):
     params = make_params()
     grads = make_grads(params)
