@@ -561,14 +561,17 @@ def _scale_by_sparse_adagrad(
         )
 
     def update_fn(updates, state, params=None):
-        del params
         _validation.check_same_structure(
             fn, "updates", _values_view(updates), "state.sum_of_squares", state.sum_of_squares
         )
         leaves, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=_is_row_sparse)
         sums = treedef.flatten_up_to(state.sum_of_squares)
+        # Row-wise accumulators have no row shape; check rows against the
+        # parameters instead, when they are given.
+        tables = treedef.flatten_up_to(params) if row_wise and params is not None else (
+            [None] * len(sums))
         new_updates, new_sums = [], []
-        for (path, g), s in zip(leaves, sums):
+        for (path, g), s, p in zip(leaves, sums, tables):
             where = _path(path)
             if _is_row_sparse(g):
                 if s.ndim < 1:
@@ -577,7 +580,9 @@ def _scale_by_sparse_adagrad(
                         " scalar; only tables (arrays with a row axis) take row"
                         " gradients."
                     )
-                _check_row_sparse(fn, where, g, None if row_wise else s.shape[1:])
+                row_shape = s.shape[1:] if not row_wise else (
+                    None if p is None else jnp.shape(p)[1:])
+                _check_row_sparse(fn, where, g, row_shape)
                 u, s = _sparse_leaf(
                     fn, where, g, s, eps=eps, eps_root=eps_root,
                     tau=initial_accumulator_value, row_wise=row_wise, pad_id=pad_id, out_of_range=out_of_range,

@@ -792,3 +792,17 @@ def test_value_and_row_grad_argument_errors():
         grad_fn(params, {"t": None, "s": jnp.array([0])})
     with pytest.raises(ValueError, match="ids must mirror params"):
         grad_fn(params, {"t": jnp.array([0])})
+
+
+def test_row_wise_checks_row_shape_against_params():
+    """Row-wise state has no row shape: with params given, a wrong row shape is
+    caught in update (not only later in apply_updates)."""
+    tx = adagrad_jax.sparse_adagrad(0.1, row_wise=True)
+    params = {"emb": jnp.zeros((4, 3))}
+    state = tx.init(params)
+    bad = {"emb": adagrad_jax.RowSparse(jnp.array([1]), jnp.ones((1, 7)))}
+    with pytest.raises(ValueError, match=r"table's rows have shape \(3,\)"):
+        tx.update(bad, state, params)
+    good = {"emb": adagrad_jax.RowSparse(jnp.array([1]), jnp.ones((1, 3)))}
+    u, _ = tx.update(good, state, params)
+    np.testing.assert_allclose(u["emb"].values[0], -0.1 / (1 + 1e-8) * np.ones(3), rtol=1e-6)
