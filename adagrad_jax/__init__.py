@@ -8,12 +8,12 @@ from adagrad_jax._adagrad import scale_by_adagrad as scale_by_adagrad
 from adagrad_jax._packed import PackedAdagrad as PackedAdagrad
 from adagrad_jax._packed import PackedAdagradState as PackedAdagradState
 from adagrad_jax._packed import packed_adagrad as packed_adagrad
-from adagrad_jax._sparse import RowSparse as RowSparse
-from adagrad_jax._sparse import apply_updates as apply_updates
-from adagrad_jax._sparse import on_row_values as on_row_values
-from adagrad_jax._sparse import scale_by_sparse_adagrad as scale_by_sparse_adagrad
-from adagrad_jax._sparse import sparse_adagrad as sparse_adagrad
-from adagrad_jax._sparse import value_and_row_grad as value_and_row_grad
+from adagrad_jax._rows import RowSparse as RowSparse
+from adagrad_jax._rows import apply_updates as apply_updates
+from adagrad_jax._rows import on_row_values as on_row_values
+from adagrad_jax._sparse_adagrad import scale_by_sparse_adagrad as scale_by_sparse_adagrad
+from adagrad_jax._sparse_adagrad import sparse_adagrad as sparse_adagrad
+from adagrad_jax._rows import value_and_row_grad as value_and_row_grad
 
 __version__ = "0.1.0"
 

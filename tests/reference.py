@@ -5,11 +5,63 @@ Nothing here imports adagrad_jax: each function transcribes one formula.
   * `torch_step`, `keras3_step`, `legacy_keras_step`, `tf1_step`,
     `optax_step`: each peer's documented update (DESIGN.md section 2).
 Arrays are float64 (complex128 for complex); `t` counts steps from 1.
+
+The conformance suite drives every rule through a `Reference`: a rule over the
+list of a tree's parameter leaves with a state of its own. `leafwise` turns a
+per-coordinate step ``(w, g, acc, t) -> (w, acc, u)`` into one.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """A float64 NumPy rule over the list of a tree's parameter leaves.
+
+    Attributes:
+      init: ``init(ws) -> state`` for the list of starting parameters.
+      step: ``step(ws, gs, state, t) -> (ws, state)``, t counting from 1.
+      accumulators: ``accumulators(state) -> list`` of each leaf's sum of
+        squared gradients, to compare with the optimizer's, or None.
+    """
+
+    init: Callable[[list], Any]
+    step: Callable[[list, list, Any, int], tuple[list, Any]]
+    accumulators: Callable[[Any], list] | None = None
+
+
+def leafwise(step, *, tau, **hyper) -> Reference:
+    """A `Reference` from a per-leaf ``step(w, g, acc, t, **hyper) -> (w, acc, u)``
+    whose state is one accumulator per leaf, started at `tau`."""
+
+    def init(ws):
+        return [np.full(np.shape(w), tau, np.float64) for w in ws]
+
+    def run(ws, gs, accs, t):
+        out = [step(w, g, a, t, **hyper) for w, g, a in zip(ws, gs, accs)]
+        return [o[0] for o in out], [o[1] for o in out]
+
+    return Reference(init, run, accumulators=lambda accs: accs)
+
+
+def leafwise_state(step, init_leaf, *, accumulator=None, **hyper) -> Reference:
+    """A `Reference` from ``step(w, g, leaf_state, t, **hyper) -> (w, leaf_state)``
+    and ``init_leaf(w) -> leaf_state``; ``accumulator(leaf_state)`` picks the
+    leaf's sum of squares, if it has one."""
+
+    def run(ws, gs, states, t):
+        out = [step(w, g, s, t, **hyper) for w, g, s in zip(ws, gs, states)]
+        return [o[0] for o in out], [o[1] for o in out]
+
+    accumulators = None if accumulator is None else (
+        lambda states: [accumulator(s) for s in states])
+    return Reference(lambda ws: [init_leaf(np.asarray(w)) for w in ws], run, accumulators)
 
 
 def abs_sq(g):

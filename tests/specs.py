@@ -8,15 +8,26 @@ means adding a spec, never editing a skip list.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import optax
 
 import adagrad_jax
 from adagrad_jax import compat, schedules
 from tests import reference
+
+
+def adagrad_accumulators(state) -> list:
+    """The leaves of the one `ScaleByAdagradState` inside an optimizer state."""
+    found = [
+        x for x in jax.tree.leaves(
+            state, is_leaf=lambda x: isinstance(x, adagrad_jax.ScaleByAdagradState))
+        if isinstance(x, adagrad_jax.ScaleByAdagradState)
+    ]
+    assert len(found) == 1, found
+    return jax.tree.leaves(found[0].sum_of_squares)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,30 +39,38 @@ class Spec:
       make: factory returning an `optax.GradientTransformation`.
       hyperparams: keyword arguments for `make`; numeric ones are injected as
         arrays by `optax.inject_hyperparams` in the conformance suite.
-      reference: NumPy step `(w, g, acc, t) -> (w, acc, u)` with the same
-        hyperparameters bound, from `tests/reference.py`.
-      tau: the accumulator's starting value, for the reference.
+      reference: the float64 NumPy rule with the same hyperparameters bound
+        (a `reference.Reference`).
       converge: hyperparameters that minimise the test problems, or None for
         a transform that does not descend (a bare preconditioner).
+      accumulators: ``state -> list`` of the optimizer's per-leaf sums of
+        squared gradients (compared with the reference's), or None.
       complex_params: whether the documented rule covers complex parameters.
-      uses_params: whether `update` needs `params` (weight decay).
+      uses_params: whether `update` needs `params` for an optional term
+        (weight decay) that the spec's hyperparameters switch on.
+      needs_params: whether the rule itself needs `params` in every `update`
+        (proximal and dual-averaging rules); `update` without them must fail
+        clearly.
+      row_sparse: whether the optimizer takes `RowSparse` gradients for tables.
+      lazy_matches_dense: with `row_sparse`, whether a zero gradient row leaves
+        a row unchanged in the dense rule too (so row-sparse training equals
+        dense training on every row, touched or not).
     """
 
     name: str
     make: Callable[..., optax.GradientTransformation]
     hyperparams: dict[str, Any]
-    reference: Callable[..., Any]
-    tau: float
+    reference: reference.Reference
     converge: dict[str, Any] | None
+    accumulators: Callable[[Any], list] | None = adagrad_accumulators
     complex_params: bool = True
     uses_params: bool = False
+    needs_params: bool = False
+    row_sparse: bool = False
+    lazy_matches_dense: bool = False
 
     def build(self, **overrides) -> optax.GradientTransformation:
         return self.make(**{**self.hyperparams, **overrides})
-
-
-def _ref(step, **hyper):
-    return functools.partial(step, **hyper)
 
 
 SPECS = [
@@ -59,8 +78,7 @@ SPECS = [
         name="adagrad-defaults",
         make=adagrad_jax.adagrad,
         hyperparams={},
-        reference=_ref(reference.adagrad_step, lr=0.01, eps=1e-8),
-        tau=0.0,
+        reference=reference.leafwise(reference.adagrad_step, tau=0.0, lr=0.01, eps=1e-8),
         converge={"learning_rate": 0.5},
     ),
     Spec(
@@ -68,9 +86,8 @@ SPECS = [
         make=adagrad_jax.adagrad,
         hyperparams=dict(learning_rate=0.05, initial_accumulator_value=0.3, eps=1e-3,
                          eps_root=0.2, weight_decay=0.01),
-        reference=_ref(reference.adagrad_step, lr=0.05, eps=1e-3, eps_root=0.2,
+        reference=reference.leafwise(reference.adagrad_step, tau=0.3, lr=0.05, eps=1e-3, eps_root=0.2,
                        weight_decay=0.01),
-        tau=0.3,
         converge={"learning_rate": 0.5, "weight_decay": 0.0},
         uses_params=True,
     ),
@@ -78,8 +95,7 @@ SPECS = [
         name="adagrad-schedule",
         make=adagrad_jax.adagrad,
         hyperparams=dict(learning_rate=schedules.inverse_time_decay(0.1, 0.5), eps=0.0),
-        reference=_ref(reference.adagrad_step, lr=lambda c: 0.1 / (1 + 0.5 * c), eps=0.0),
-        tau=0.0,
+        reference=reference.leafwise(reference.adagrad_step, tau=0.0, lr=lambda c: 0.1 / (1 + 0.5 * c), eps=0.0),
         converge={"learning_rate": schedules.inverse_time_decay(0.5, 1e-4)},
     ),
     Spec(
@@ -87,16 +103,17 @@ SPECS = [
         make=adagrad_jax.sparse_adagrad,
         hyperparams=dict(learning_rate=0.05, initial_accumulator_value=0.2, eps=1e-6,
                          eps_root=0.1),
-        reference=_ref(reference.adagrad_step, lr=0.05, eps=1e-6, eps_root=0.1),
-        tau=0.2,
+        reference=reference.leafwise(reference.adagrad_step, tau=0.2, lr=0.05, eps=1e-6,
+                                     eps_root=0.1),
         converge={"learning_rate": 0.5},
+        row_sparse=True,
+        lazy_matches_dense=True,
     ),
     Spec(
         name="scale_by_adagrad",
         make=adagrad_jax.scale_by_adagrad,
         hyperparams=dict(initial_accumulator_value=0.1, eps=1e-6),
-        reference=_ref(reference.adagrad_step, lr=-1.0, eps=1e-6),
-        tau=0.1,
+        reference=reference.leafwise(reference.adagrad_step, tau=0.1, lr=-1.0, eps=1e-6),
         converge=None,
     ),
     Spec(
@@ -104,8 +121,7 @@ SPECS = [
         make=compat.torch_adagrad,
         hyperparams=dict(lr=0.1, lr_decay=0.01, weight_decay=0.01,
                          initial_accumulator_value=0.1),
-        reference=_ref(reference.torch_step, lr=0.1, lr_decay=0.01, weight_decay=0.01),
-        tau=0.1,
+        reference=reference.leafwise(reference.torch_step, tau=0.1, lr=0.1, lr_decay=0.01, weight_decay=0.01),
         converge={"lr": 0.5, "lr_decay": 0.0, "weight_decay": 0.0},
         complex_params=False,
         uses_params=True,
@@ -115,8 +131,7 @@ SPECS = [
         make=compat.keras_adagrad,
         hyperparams=dict(learning_rate=0.1, initial_accumulator_value=0.1, epsilon=1e-7,
                          weight_decay=0.004),
-        reference=_ref(reference.keras3_step, lr=0.1, epsilon=1e-7, weight_decay=0.004),
-        tau=0.1,
+        reference=reference.leafwise(reference.keras3_step, tau=0.1, lr=0.1, epsilon=1e-7, weight_decay=0.004),
         converge={"learning_rate": 0.5, "weight_decay": None},
         complex_params=False,
         uses_params=True,
@@ -125,8 +140,7 @@ SPECS = [
         name="compat.tf1_adagrad",
         make=compat.tf1_adagrad,
         hyperparams=dict(learning_rate=0.1, initial_accumulator_value=0.1),
-        reference=_ref(reference.tf1_step, lr=0.1),
-        tau=0.1,
+        reference=reference.leafwise(reference.tf1_step, tau=0.1, lr=0.1),
         converge={"learning_rate": 0.5},
         complex_params=False,
     ),

@@ -1,0 +1,235 @@
+"""One optimizer rule, applied to dense leaves and to the touched rows of tables.
+
+Every optimizer of the package that takes `RowSparse` gradients is written as
+a *leaf rule*::
+
+    rule(g, slots, w) -> (u, new_slots)
+
+where ``g`` is a gradient (a whole dense leaf, or the deduplicated rows of a
+table's gradient, shape (k, ...)), ``slots`` the optimizer's per-parameter
+state arrays at the same entries (accumulators, gradient sums, ...), ``w`` the
+parameter values there (None for rules that do not read them), ``u`` the
+update and ``new_slots`` the new state values. A rule is elementwise along the
+row axis: row i of its outputs depends on row i of its inputs only.
+
+`map_rule` applies a rule to every leaf of a gradient tree. A dense leaf goes
+through as it is. For a `RowSparse` leaf of a table with V rows it:
+
+1. turns the ids into int32 and marks padding (negative ids, ``pad_id``) and
+   ids >= V as dead (``out_of_range="error"`` reports the first of the latter);
+2. deduplicates the live ids (`_dedup`: fixed size, no sort) and sums the
+   values of each id, in the wider of the gradient's and the state's dtypes,
+   rounded once to the gradient's dtype;
+3. gathers the touched rows of every slot (and of the parameter), runs the
+   rule on them, scatters the new slot rows back and returns
+   ``RowSparse(rows, u)``, with u = 0 in the dead entries.
+
+So a step reads and writes only the touched rows: O(k * D) for k ids, in
+place under `jax.jit` with the parameters and state donated. Rows that no id
+touches keep their state and get no update ("lazy" semantics, as in
+TensorFlow's and Keras' sparse kernels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import checkify
+
+from adagrad_jax import _validation
+from adagrad_jax._rows._ids import _as_int32_ids, _check_row_count, _dedup
+from adagrad_jax._rows._row_sparse import (
+    RowSparse,
+    _check_row_sparse,
+    _describe,
+    _is_row_sparse,
+    _path,
+    _values_view,
+)
+
+Rule = Callable[[jax.Array, tuple, Any], tuple[jax.Array, tuple]]
+
+
+def _row_mean(sq: jax.Array) -> jax.Array:
+    """Mean over every axis but the first (the row axis); rows of 1-D leaves are scalars."""
+    if sq.ndim <= 1:
+        return sq
+    return jnp.mean(sq, axis=tuple(range(1, sq.ndim)))
+
+
+def _per_row(acc: jax.Array, ndim: int) -> jax.Array:
+    """(k,) -> (k, 1, ..., 1) so that one accumulator entry scales a whole row."""
+    return acc.reshape(acc.shape + (1,) * (ndim - acc.ndim))
+
+
+def _row_sharding(p: Any) -> Any:
+    """The sharding of a row-wise accumulator for a parameter placed like `p`."""
+    sharding = getattr(p, "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        spec = tuple(sharding.spec)[:1]
+        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
+    return None
+
+
+def _live_ids(fn, where, g, num_rows, *, pad_id, out_of_range):
+    """int32 ids of `g` with padding and out-of-range ids replaced by `num_rows`."""
+    k = g.indices.shape[0]
+    ids = _as_int32_ids(g.indices)
+    padding = ids < 0
+    if pad_id is not None:
+        padding = padding | (ids == jnp.asarray(pad_id).astype(jnp.int32))
+    too_big = (ids >= num_rows) & ~padding
+    if out_of_range == "error" and k:
+        position = jnp.argmax(too_big)
+        safe_where = where.replace("{", "{{").replace("}", "}}")
+        checkify.check(
+            ~jnp.any(too_big),
+            f"{fn}(out_of_range='error'): {safe_where} holds row id {{id}} at"
+            f" position {{position}}, but the table has {num_rows} rows (ids 0 to"
+            f" {num_rows - 1}; negative ids"
+            f"{'' if pad_id is None else ' and pad_id'} are padding).",
+            id=g.indices[position],
+            position=position,
+        )
+    return jnp.where(padding | too_big, num_rows, ids)
+
+
+def _rows_update(fn, where, rule, g, slots, param, *, pad_id, out_of_range):
+    """Runs `rule` on the touched rows of one table; see the module docstring."""
+    num_rows = slots[0].shape[0]
+    k = g.indices.shape[0]
+    _check_row_count(fn, where, num_rows, k)
+    ids = _live_ids(fn, where, g, num_rows, pad_id=pad_id, out_of_range=out_of_range)
+    if k == 0:
+        return RowSparse(ids, jnp.zeros_like(g.values)), tuple(slots)
+
+    rows, slot = _dedup(ids, num_rows)
+    # Duplicates are summed in the wider of the gradient's and the state's
+    # dtypes, then rounded once to the gradient's dtype: the row gradient a
+    # dense gradient of the same lookups would hold.
+    with jax.numpy_dtype_promotion("standard"):  # A dtype query, not a mix.
+        compute_dtype = jnp.promote_types(g.values.dtype, slots[0].dtype)
+    summed = jax.ops.segment_sum(g.values.astype(compute_dtype), slot, num_segments=k)
+    live = _per_row(rows < num_rows, g.values.ndim)
+    zero = jnp.zeros((), g.values.dtype)
+    summed = jnp.where(live, summed.astype(g.values.dtype), zero)
+
+    # Dead entries read stand-in state of 1 and parameters of 0, so that no
+    # rule divides 0 by 0 there; their writes are dropped and their updates
+    # zeroed.
+    slot_rows = tuple(
+        s.at[rows].get(mode="fill", fill_value=1, unique_indices=True) for s in slots
+    )
+    w_rows = None if param is None else param.at[rows].get(
+        mode="fill", fill_value=0, unique_indices=True)
+    u, new_slot_rows = rule(summed, slot_rows, w_rows)
+    new_slots = tuple(
+        s.at[rows].set(r, mode="drop", unique_indices=True) for s, r in zip(slots, new_slot_rows)
+    )
+    return RowSparse(rows, jnp.where(live, u, jnp.zeros((), u.dtype))), new_slots
+
+
+def _check_dense_shape(fn, where, shape, expected, what):
+    if tuple(shape) != tuple(expected):
+        raise ValueError(
+            f"{fn}: {where} has shape {tuple(shape)}, but {what} has shape"
+            f" {tuple(expected)}. Pass a gradient of the parameter's shape (or a"
+            " RowSparse of its rows, for a table)."
+        )
+
+
+def map_rule(
+    fn: str,
+    rule: Rule,
+    updates: Any,
+    slots: Sequence[Any],
+    params: Any = None,
+    *,
+    read_params: bool = False,
+    row_wise: bool = False,
+    pad_id: Any = None,
+    out_of_range: str = "drop",
+) -> tuple[Any, tuple]:
+    """Applies `rule` to every leaf of `updates`; returns (updates, new slot trees).
+
+    Args:
+      fn: the public function's name, for error messages.
+      rule: ``rule(g, slots, w) -> (u, new_slots)`` (module docstring).
+      updates: a tree of gradients: arrays, `RowSparse` at tables, or None.
+      slots: trees with the structure of the parameters (the optimizer's
+        per-parameter state); the first one fixes each leaf's expected shape.
+      params: the parameters, or None.
+      read_params: whether `rule` reads ``w``; if so, `params` is required.
+      row_wise: whether the slots hold one entry per row (shape ``p.shape[:1]``)
+        instead of one per coordinate.
+      pad_id, out_of_range: the id rules of `RowSparse` leaves.
+
+    Raises:
+      ValueError: for trees that differ from the state's, gradients whose shape
+        differs from their parameter's, RowSparse rows that do not fit their
+        table, or `params` missing when the rule reads them (each naming the
+        path).
+    """
+    _validation.check_same_structure(
+        fn, "updates", _values_view(updates), "the optimizer state", slots[0]
+    )
+    if read_params and params is None:
+        raise ValueError(
+            f"{fn}: update(updates, state, params) needs params: this rule reads the"
+            " current parameter values. Pass them as the third argument (as"
+            " optax.adamw needs them)."
+        )
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=_is_row_sparse)
+    slot_leaves = [treedef.flatten_up_to(tree) for tree in slots]
+    if params is not None:
+        _validation.check_same_structure(fn, "params", params, "the optimizer state", slots[0])
+        param_leaves = treedef.flatten_up_to(params)
+    else:
+        param_leaves = [None] * len(leaves)
+
+    new_updates, new_slots = [], [[] for _ in slots]
+    for i, ((path, g), p) in enumerate(zip(leaves, param_leaves)):
+        where = _path(path)
+        leaf_slots = tuple(s[i] for s in slot_leaves)
+        first = leaf_slots[0]
+        w = p if read_params else None
+        if _is_row_sparse(g):
+            if first.ndim < 1:
+                raise ValueError(
+                    f"{fn}: {where} is a RowSparse but its parameter is a scalar;"
+                    " only tables (arrays with a row axis) take row gradients."
+                )
+            if p is not None:
+                _check_dense_shape(fn, f"params{jax.tree_util.keystr(path)}",
+                                   jnp.shape(p)[:1] if row_wise else jnp.shape(p),
+                                   first.shape, "its optimizer state")
+            row_shape = (None if p is None else jnp.shape(p)[1:]) if row_wise else first.shape[1:]
+            _check_row_sparse(fn, where, g, row_shape)
+            u, leaf_slots = _rows_update(
+                fn, where, rule, g, leaf_slots, w, pad_id=pad_id, out_of_range=out_of_range
+            )
+        else:
+            if not hasattr(g, "shape") or not hasattr(g, "dtype"):
+                raise TypeError(
+                    f"{fn}: {where} is {_describe(g)}; gradients must be arrays (or"
+                    " RowSparse for tables)."
+                )
+            if row_wise:
+                _check_dense_shape(fn, where, jnp.shape(g)[:1], first.shape,
+                                   "its row-wise accumulator (one entry per row)")
+            else:
+                _check_dense_shape(fn, where, g.shape, first.shape, "its optimizer state")
+            if w is not None:
+                _check_dense_shape(fn, f"params{jax.tree_util.keystr(path)}", jnp.shape(w),
+                                   g.shape, where)
+            u, leaf_slots = rule(g, leaf_slots, w)
+        new_updates.append(u)
+        for acc, s in zip(new_slots, leaf_slots):
+            acc.append(s)
+    return (
+        jax.tree.unflatten(treedef, new_updates),
+        tuple(jax.tree.unflatten(treedef, s) for s in new_slots),
+    )

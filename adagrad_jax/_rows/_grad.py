@@ -1,0 +1,121 @@
+"""`value_and_row_grad`: row gradients of a loss without a dense table gradient."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adagrad_jax._rows._ids import _as_int32_ids, _check_pad_id, _check_row_count
+from adagrad_jax._rows._row_sparse import RowSparse, _as_array, _describe, _is_index_dtype
+
+
+def value_and_row_grad(
+    fun: Callable[..., Any], *, has_aux: bool = False, pad_id: int | None = None
+) -> Callable[..., Any]:
+    """`jax.value_and_grad` for losses that look rows up in embedding tables.
+
+    ``value_and_row_grad(fun)(params, ids, *args)`` looks up ``ids`` in the
+    tables of ``params`` and differentiates ``fun`` with respect to the
+    looked-up rows instead of the tables, so no table-sized gradient is ever
+    built::
+
+        rows     = params with each table T replaced by T[ids_T]   (ids_T.shape + T.shape[1:])
+        value    = fun(rows, *args)
+        grads[T] = RowSparse(ids_T.reshape(-1), d value / d rows_T reshaped to (n, ...))
+        grads[x] = d value / d x                                   (other leaves, as jax.grad)
+
+    ``grads`` has the structure of ``params`` and goes straight into
+    `sparse_adagrad`. The gradient with respect to the rows is exactly the
+    table's gradient restricted to the looked-up ids, with one entry per
+    lookup (duplicates are summed by the optimizer).
+
+    Padding ids (negative, or ``pad_id``) and ids >= the table's row count
+    look up a zero row. Padding ids come back as -1 in the gradient, so the
+    optimizer skips them; out-of-range ids come back unchanged, so
+    ``sparse_adagrad(out_of_range="error")`` can report them.
+
+    Args:
+      fun: ``fun(rows, *args, **kwargs)`` returning a real scalar (or
+        ``(scalar, aux)`` with ``has_aux``), where ``rows`` is ``params`` with
+        each table replaced by its looked-up rows.
+      has_aux: as in `jax.value_and_grad`. Default False.
+      pad_id: a row id to look up as a zero row and leave untrained, besides
+        negative ids. Default None.
+
+    Returns:
+      A function ``(params, ids, *args, **kwargs) -> (value, grads)`` (value is
+      ``(loss, aux)`` with ``has_aux``). ``ids`` mirrors ``params``: an integer
+      array (any shape) at each table, ``None`` at every other leaf or subtree.
+      To look a table up for several features, concatenate their ids.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import adagrad_jax
+      >>> params = {"emb": jnp.arange(8.0).reshape(4, 2), "w": jnp.ones(2)}
+      >>> def loss(rows, y):
+      ...     return jnp.sum((rows["emb"] @ rows["w"] - y) ** 2)
+      >>> ids = {"emb": jnp.array([1, 3, 1]), "w": None}
+      >>> value, grads = adagrad_jax.value_and_row_grad(loss)(params, ids, jnp.zeros(3))
+      >>> grads["emb"].indices, grads["emb"].values[0]
+      (Array([1, 3, 1], dtype=int32), Array([10., 10.], dtype=float32))
+    """
+    fn = "value_and_row_grad"
+    if not callable(fun):
+        raise TypeError(f"{fn}(fun={fun!r}): fun must be a callable returning a scalar loss.")
+    if not isinstance(has_aux, (bool, np.bool_)):
+        raise TypeError(f"{fn}(has_aux={has_aux!r}): has_aux must be True or False.")
+    _check_pad_id(fn, pad_id)
+    grad_fn = jax.value_and_grad(fun, has_aux=has_aux)
+
+    def lookup_ids(path, ids, table):
+        """(ids for the gradient, zero-filling lookup) for one table."""
+        where = f"ids{jax.tree_util.keystr(path)}"
+        if not hasattr(table, "shape") or jnp.ndim(table) < 1:
+            raise ValueError(
+                f"{fn}: {where} is an id array, but params{jax.tree_util.keystr(path)}"
+                f" is {_describe(table)}, not a table (an array with a row axis)."
+            )
+        ids = _as_array(ids)
+        if not _is_index_dtype(ids.dtype):
+            raise TypeError(f"{fn}: {where} is {_describe(ids)}; ids must be integers.")
+        num_rows = table.shape[0]
+        _check_row_count(fn, f"params{jax.tree_util.keystr(path)}", num_rows, ids.size)
+        ids = _as_int32_ids(ids)
+        padding = ids < 0
+        if pad_id is not None:
+            padding = padding | (ids == jnp.asarray(pad_id).astype(jnp.int32))
+        safe = jnp.where(padding | (ids >= num_rows), num_rows, ids)
+        rows = table.at[safe].get(mode="fill", fill_value=0)
+        return jnp.where(padding, -1, ids), rows
+
+    def wrapped(params, ids, *args, **kwargs):
+        try:
+            pairs = jax.tree_util.tree_map_with_path(
+                lambda path, i, p: None if i is None else lookup_ids(path, i, p),
+                ids, params, is_leaf=lambda x: x is None,
+            )
+            looked_up = jax.tree.map(
+                lambda i, p, pair: p if i is None else pair[1],
+                ids, params, pairs, is_leaf=lambda x: x is None,
+            )
+        except ValueError as e:
+            if fn in str(e):
+                raise
+            raise ValueError(
+                f"{fn}: ids must mirror params, with an integer id array at each"
+                f" table and None at every other leaf or subtree ({e})"
+            ) from None
+        value, row_grads = grad_fn(looked_up, *args, **kwargs)
+        grads = jax.tree.map(
+            lambda i, g, pair: g if i is None else RowSparse(
+                pair[0].reshape(-1), g.reshape((-1,) + g.shape[pair[0].ndim:])
+            ),
+            ids, row_grads, pairs, is_leaf=lambda x: x is None,
+        )
+        return value, grads
+
+    return wrapped

@@ -1,0 +1,222 @@
+"""`RowSparse`: the rows of a table's gradient or update, and tree helpers for it."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+from jax.tree_util import GetAttrKey
+
+from adagrad_jax._rows._ids import _as_int32_ids, _clean_ids
+
+
+def _not_a_random_key(*args, **kwargs):
+    del args, kwargs
+    raise TypeError("The guard leaf of adagrad_jax.RowSparse is not a random key.")
+
+
+@functools.cache
+def _guard_impl() -> Any:
+    # A key type exists only to give RowSparse a leaf that refuses arithmetic:
+    # a transform that maps a function over every leaf (optax.scale,
+    # scale_by_schedule, clip_by_global_norm, lax.pmean, ...) would otherwise
+    # rescale the integer row ids silently (scale_by_schedule even casts the
+    # step size to int32 first). The tag is what the resulting TypeError shows.
+    return jax.extend.random.define_prng_impl(
+        key_shape=(1,),
+        seed=_not_a_random_key,
+        split=_not_a_random_key,
+        random_bits=_not_a_random_key,
+        fold_in=_not_a_random_key,
+        name="adagrad_jax.RowSparse guard",
+        tag="adagrad_jax.RowSparse guard: this transform does not support RowSparse;"
+        " see help(adagrad_jax.RowSparse)",
+    )
+
+
+@functools.cache
+def _guard() -> jax.Array:
+    with jax.ensure_compile_time_eval():
+        return jax.random.wrap_key_data(np.zeros((1,), np.uint32), impl=_guard_impl())
+
+
+def _describe(x: Any) -> str:
+    """`float32[4,2]` for arrays, the repr for anything else."""
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        dims = ",".join(str(d) for d in x.shape)
+        return f"{jnp.dtype(x.dtype).name}[{dims}]"
+    return repr(x)
+
+
+def _as_array(x: Any) -> Any:
+    if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
+        return x
+    return jnp.asarray(x)
+
+
+def _is_index_dtype(dtype: Any) -> bool:
+    return jnp.issubdtype(dtype, jnp.integer)
+
+
+_ARITHMETIC_MESSAGE = (
+    "adagrad_jax.RowSparse does not support arithmetic: it holds row ids and row"
+    " values, and adding or scaling it as if it were a dense array gives wrong"
+    " numbers. Apply row-sparse updates with adagrad_jax.apply_updates (not"
+    " optax.apply_updates), and transform their values with"
+    " adagrad_jax.on_row_values."
+)
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class RowSparse:
+    """The rows of a table's gradient or update: ``table[indices[i]] += values[i]``.
+
+    ``indices`` is an integer array of shape (k,), ``values`` has shape
+    (k, *table.shape[1:]). Ids may repeat (their values add up); negative ids
+    and ids >= the table's row count touch nothing. `RowSparse` is a pytree,
+    so it passes through `jax.jit`, `optax.chain`, `optax.masked` and
+    `optax.multi_transform` as an argument or result.
+
+    Dense-array arithmetic on a `RowSparse` raises ``TypeError``. Besides
+    ``indices`` and ``values`` it carries a scalar guard leaf of a key dtype
+    that refuses arithmetic, so a transform that maps a function over every
+    leaf (``optax.scale``, ``optax.scale_by_schedule``, ``optax.clip``,
+    ``jax.lax.pmean``, ...) fails with a ``TypeError`` naming
+    ``adagrad_jax.RowSparse guard`` instead of silently rescaling the row ids
+    (norms such as ``optax.clip_by_global_norm`` fail inside ``jnp.real``
+    with a ``NotImplementedError``). Wrap such transforms in
+    `adagrad_jax.on_row_values`. Transforms that keep per-parameter state
+    (``optax.adam``, ``optax.MultiSteps``) fail on the tree structure instead:
+    their state has an array where the updates have a RowSparse.
+
+    Args:
+      indices: integer array of shape (k,): the row ids.
+      values: floating or complex array of shape (k, ...): one row per id.
+
+    Raises:
+      TypeError: if ``indices`` is not an integer array or ``values`` not a
+        floating or complex one.
+      ValueError: if ``indices`` is not 1-D or ``values`` has a different
+        number of rows.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import adagrad_jax
+      >>> g = adagrad_jax.RowSparse(jnp.array([2, 0, 2]), jnp.ones((3, 2)))
+      >>> g.todense(4)      # duplicates add up
+      Array([[1., 1.],
+             [0., 0.],
+             [2., 2.],
+             [0., 0.]], dtype=float32)
+    """
+
+    # The guard comes first, so that a leaf-wise map meets it before the ids.
+    __slots__ = ("_guard", "indices", "values")
+
+    def __init__(self, indices: jax.typing.ArrayLike, values: jax.typing.ArrayLike):
+        indices = _as_array(indices)
+        values = _as_array(values)
+        if not _is_index_dtype(indices.dtype):
+            raise TypeError(
+                f"RowSparse(indices={_describe(indices)}): indices must be an"
+                " integer array of row ids."
+            )
+        if indices.ndim != 1:
+            raise ValueError(
+                f"RowSparse(indices={_describe(indices)}): indices must be 1-D;"
+                " flatten the id array (ids.reshape(-1)) and the values to match."
+            )
+        if not jnp.issubdtype(values.dtype, jnp.inexact):
+            raise TypeError(
+                f"RowSparse(values={_describe(values)}): values must be a floating"
+                " or complex array."
+            )
+        if values.ndim < 1 or values.shape[0] != indices.shape[0]:
+            raise ValueError(
+                f"RowSparse(values={_describe(values)}): values must have one row"
+                f" per id, i.e. shape ({indices.shape[0]}, ...), for"
+                f" indices={_describe(indices)}."
+            )
+        object.__setattr__(self, "indices", indices)
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "_guard", _guard())
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(
+            f"RowSparse is immutable; build a new one: RowSparse(indices, values)"
+            f" (tried to set {name!r})."
+        )
+
+    def tree_flatten_with_keys(self):
+        return (
+            (GetAttrKey("guard"), self._guard),
+            (GetAttrKey("indices"), self.indices),
+            (GetAttrKey("values"), self.values),
+        ), None
+
+    @classmethod
+    def tree_unflatten(cls, aux_data, children):
+        del aux_data
+        # No checks: JAX rebuilds pytrees with tracers, placeholders and None.
+        obj = object.__new__(cls)
+        for name, child in zip(cls.__slots__, children):
+            object.__setattr__(obj, name, child)
+        return obj
+
+    def __repr__(self) -> str:
+        return f"RowSparse(indices={self.indices!r}, values={self.values!r})"
+
+    def todense(self, num_rows: int) -> jax.Array:
+        """The dense array of shape (num_rows, ...) that these rows add up to.
+
+        Duplicate ids add up; negative ids and ids >= `num_rows` are dropped.
+        This builds the full table-sized array: meant for tests and debugging.
+        """
+        ids = _clean_ids(_as_int32_ids(self.indices), num_rows)
+        zeros = jnp.zeros((num_rows,) + self.values.shape[1:], self.values.dtype)
+        return zeros.at[ids].add(self.values, mode="drop")
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        del args, kwargs
+        raise TypeError(_ARITHMETIC_MESSAGE)
+
+    __add__ = __radd__ = __sub__ = __rsub__ = _refuse
+    __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _refuse
+    __matmul__ = __rmatmul__ = __pow__ = __neg__ = _refuse
+    __array__ = _refuse
+
+
+def _is_row_sparse(x: Any) -> bool:
+    return isinstance(x, RowSparse)
+
+
+def _values_view(tree: Any) -> Any:
+    """`tree` with each RowSparse replaced by its values."""
+    return jax.tree.map(
+        lambda x: x.values if _is_row_sparse(x) else x, tree, is_leaf=_is_row_sparse
+    )
+
+
+def _path(path: Any, name: str = "updates") -> str:
+    return name + jax.tree_util.keystr(path)
+
+
+def _check_row_sparse(fn: str, where: str, g: RowSparse, row_shape: Any) -> None:
+    """Trace-time checks of a RowSparse leaf against its table's row shape."""
+    if not _is_index_dtype(g.indices.dtype) or g.indices.ndim != 1:
+        raise TypeError(
+            f"{fn}: {where} is a RowSparse whose indices are"
+            f" {_describe(g.indices)}; they must be 1-D integer row ids. A"
+            " transform that does not know RowSparse has changed them: wrap it in"
+            " adagrad_jax.on_row_values so that it sees the values only."
+        )
+    if row_shape is not None and tuple(g.values.shape[1:]) != tuple(row_shape):
+        raise ValueError(
+            f"{fn}: {where} is a RowSparse with values {_describe(g.values)}, but"
+            f" the table's rows have shape {tuple(row_shape)}: values must have"
+            f" shape (k,) + {tuple(row_shape)}."
+        )
