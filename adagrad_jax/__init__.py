@@ -5,31 +5,65 @@ from adagrad_jax import schedules as schedules
 from adagrad_jax._adagrad import ScaleByAdagradState as ScaleByAdagradState
 from adagrad_jax._adagrad import adagrad as adagrad
 from adagrad_jax._adagrad import scale_by_adagrad as scale_by_adagrad
+from adagrad_jax._adagrad_da import AdagradDAState as AdagradDAState
+from adagrad_jax._adagrad_da import adagrad_da as adagrad_da
+from adagrad_jax._adagrad_norm import ScaleByAdagradNormState as ScaleByAdagradNormState
+from adagrad_jax._adagrad_norm import adagrad_norm as adagrad_norm
+from adagrad_jax._adagrad_norm import scale_by_adagrad_norm as scale_by_adagrad_norm
+from adagrad_jax._ftrl import FtrlState as FtrlState
+from adagrad_jax._ftrl import ftrl as ftrl
+from adagrad_jax._full_matrix import (
+    ScaleByFullMatrixAdagradState as ScaleByFullMatrixAdagradState,
+)
+from adagrad_jax._full_matrix import full_matrix_adagrad as full_matrix_adagrad
+from adagrad_jax._full_matrix import (
+    scale_by_full_matrix_adagrad as scale_by_full_matrix_adagrad,
+)
 from adagrad_jax._packed import PackedAdagrad as PackedAdagrad
 from adagrad_jax._packed import PackedAdagradState as PackedAdagradState
 from adagrad_jax._packed import packed_adagrad as packed_adagrad
+from adagrad_jax._proximal_adagrad import ProximalAdagradState as ProximalAdagradState
+from adagrad_jax._proximal_adagrad import proximal_adagrad as proximal_adagrad
 from adagrad_jax._rows import RowSparse as RowSparse
 from adagrad_jax._rows import apply_updates as apply_updates
 from adagrad_jax._rows import on_row_values as on_row_values
+from adagrad_jax._rows import value_and_row_grad as value_and_row_grad
+from adagrad_jax._shampoo import ScaleByShampooState as ScaleByShampooState
+from adagrad_jax._shampoo import scale_by_shampoo as scale_by_shampoo
+from adagrad_jax._shampoo import shampoo as shampoo
 from adagrad_jax._sparse_adagrad import scale_by_sparse_adagrad as scale_by_sparse_adagrad
 from adagrad_jax._sparse_adagrad import sparse_adagrad as sparse_adagrad
-from adagrad_jax._rows import value_and_row_grad as value_and_row_grad
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdagradDAState",
+    "FtrlState",
     "PackedAdagrad",
     "PackedAdagradState",
+    "ProximalAdagradState",
     "RowSparse",
+    "ScaleByAdagradNormState",
     "ScaleByAdagradState",
+    "ScaleByFullMatrixAdagradState",
+    "ScaleByShampooState",
     "adagrad",
+    "adagrad_da",
+    "adagrad_norm",
     "apply_updates",
     "compat",
+    "ftrl",
+    "full_matrix_adagrad",
     "on_row_values",
     "packed_adagrad",
+    "proximal_adagrad",
     "scale_by_adagrad",
+    "scale_by_adagrad_norm",
+    "scale_by_full_matrix_adagrad",
+    "scale_by_shampoo",
     "scale_by_sparse_adagrad",
     "schedules",
+    "shampoo",
     "sparse_adagrad",
     "value_and_row_grad",
 ]

@@ -131,3 +131,99 @@ def run(step, w0, grads, acc0, **hyper):
         ws.append(w)
         accs.append(acc)
     return ws, accs
+
+
+# --- the regularized family ---------------------------------------------------
+
+def _lr_at(lr, t):
+    return lr(t - 1) if callable(lr) else lr
+
+
+def proximal_adagrad_step(w, g, acc, t, *, lr, l1=0.0, l2=0.0, eps=1e-8, eps_root=0.0):
+    """FOBOS with Adagrad steps (Duchi et al. 2011, section 5), as documented:
+    a = lr / (sqrt(G + eps_root) + eps); v = w - a g; soft-threshold by a l1; / (1 + a l2)."""
+    acc = acc + g * g
+    denom = np.sqrt(acc + eps_root) + eps
+    a = np.where(denom == 0, 0.0, _lr_at(lr, t) / np.where(denom == 0, 1.0, denom))
+    v = w - a * g
+    w_new = np.sign(v) * np.maximum(np.abs(v) - a * l1, 0.0) / (1.0 + a * l2)
+    return w_new, acc, w_new - w
+
+
+def tf1_proximal_adagrad_step(w, g, acc, t, *, lr, l1=0.0, l2=0.0):
+    """TF's ApplyProximalAdagrad kernel: accum += g^2; lr_t = lr * rsqrt(accum);
+    prox = var - g * lr_t; var = sign(prox) max(|prox| - lr_t l1, 0) / (1 + l2 lr_t)."""
+    acc = acc + g * g
+    lr_t = lr / np.sqrt(acc)
+    prox = w - g * lr_t
+    if l1 > 0:
+        w_new = np.sign(prox) * np.maximum(np.abs(prox) - lr_t * l1, 0.0) / (1.0 + l2 * lr_t)
+    else:
+        w_new = prox / (1.0 + l2 * lr_t)
+    return w_new, acc, w_new - w
+
+
+def adagrad_da_init(w, *, tau, warm_start=True):
+    """(z, G, centre) for one leaf: z_0 = 0, G_0 = tau, centre w_0 (or 0)."""
+    return (np.zeros_like(w), np.full(w.shape, tau, np.float64),
+            np.array(w, copy=True) if warm_start else np.zeros_like(w))
+
+
+def adagrad_da_step(w, g, state, t, *, lr, l1=0.0, l2=0.0, eps=0.0):
+    """Adagrad dual averaging as documented: the closed-form argmin of
+    <z, w> + l1 t |w| + l2 t w^2 / 2 + h / (2 lr) (w - w_0)^2, h = sqrt(G) + eps."""
+    z, acc, centre = state
+    z, acc = z + g, acc + g * g
+    lr_t = _lr_at(lr, t)
+    h = np.sqrt(acc) + eps
+    v = h * centre - lr_t * z
+    w_new = np.sign(v) * np.maximum(np.abs(v) - lr_t * l1 * t, 0.0) / (h + lr_t * l2 * t)
+    return w_new, (z, acc, centre)
+
+
+def tf1_adagrad_da_step(w, g, state, t, *, lr, l1=0.0, l2=0.0):
+    """TF's ApplyAdagradDA kernel with global_step = t: w_0 is ignored.
+    var = -sign(z) lr max(|z| - l1 t, 0) / (l2 t lr + sqrt(G))."""
+    z, acc, centre = state
+    z, acc = z + g, acc + g * g
+    if l1 > 0:
+        w_new = np.sign(-z) * lr * np.maximum(np.abs(z) - l1 * t, 0.0) / (
+            l2 * t * lr + np.sqrt(acc))
+    else:
+        w_new = -z * lr / (l2 * t * lr + np.sqrt(acc))
+    return w_new, (z, acc, centre)
+
+
+def ftrl_init(w, *, tau, lr, p=0.5, beta=0.0, warm_start=True):
+    """(n, z) for one leaf: n_0 = tau; z_0 = -(tau^p + beta) / lr_0 * w_0 (warm start)."""
+    lr0 = _lr_at(lr, 1)
+    n = np.full(w.shape, tau, np.float64)
+    z = -(tau ** p + beta) / lr0 * w if warm_start else np.zeros_like(w)
+    return (n, z)
+
+
+def ftrl_step(w, g, state, t, *, lr, p=0.5, l1=0.0, l2=0.0, l2_shrinkage=0.0, beta=0.0):
+    """McMahan et al. 2013 algorithm 1 per coordinate, with Keras' generalisations
+    in the paper's units: sigma = (n_new^p - n^p) / lr; z += g + s w - sigma w;
+    w = 0 if |z| <= l1 else -(z - sign(z) l1) / ((n^p + beta) / lr + l2)."""
+    n, z = state
+    lr_t = _lr_at(lr, t)
+    n_new = n + g * g
+    sigma = (n_new ** p - n ** p) / lr_t
+    z = z + g + l2_shrinkage * w - sigma * w
+    q = (n_new ** p + beta) / lr_t + l2
+    w_new = np.where(np.abs(z) <= l1, 0.0, -(z - np.sign(z) * l1) / q)
+    return w_new, (n_new, z)
+
+
+def keras_ftrl_step(w, g, state, t, *, lr, lr_power=-0.5, l1=0.0, l2=0.0, l2_shrinkage=0.0,
+                    beta=0.0):
+    """keras.optimizers.Ftrl.update_step (Keras 3), line by line."""
+    accum, linear = state
+    l2_reg = l2 + beta / (2.0 * lr)
+    grad_to_use = g + 2 * l2_shrinkage * w
+    new_accum = accum + g * g
+    linear = linear + grad_to_use - (new_accum ** -lr_power - accum ** -lr_power) / lr * w
+    quadratic = new_accum ** -lr_power / lr + 2 * l2_reg
+    w_new = (np.clip(linear, -l1, l1) - linear) / quadratic
+    return w_new, (new_accum, linear)

@@ -146,4 +146,114 @@ SPECS = [
     ),
 ]
 
+
+def _sum_of_squares(state) -> list:
+    """The per-leaf G (or n) of the regularized family's states."""
+    return jax.tree.leaves(state.sum_of_squares)
+
+
+def _pick(index):
+    return lambda leaf_state: leaf_state[index]
+
+
+REGULARIZED = dict(accumulators=_sum_of_squares, complex_params=False, needs_params=True,
+                   row_sparse=True)
+
+SPECS += [
+    Spec(
+        name="proximal_adagrad",
+        make=adagrad_jax.proximal_adagrad,
+        hyperparams=dict(learning_rate=0.1, initial_accumulator_value=0.1, eps=1e-7, l1=0.01,
+                         l2=0.02, eps_root=0.05),
+        reference=reference.leafwise(reference.proximal_adagrad_step, tau=0.1, lr=0.1,
+                                     l1=0.01, l2=0.02, eps=1e-7, eps_root=0.05),
+        converge={"learning_rate": 0.5, "l1": 0.0, "l2": 0.0},
+        **REGULARIZED,
+    ),
+    Spec(
+        name="proximal_adagrad-schedule",
+        make=adagrad_jax.proximal_adagrad,
+        hyperparams=dict(learning_rate=schedules.inverse_time_decay(0.2, 0.5), l1=0.02),
+        reference=reference.leafwise(reference.proximal_adagrad_step, tau=0.0,
+                                     lr=lambda c: 0.2 / (1 + 0.5 * c), l1=0.02),
+        converge=None,
+        **REGULARIZED,
+    ),
+    Spec(
+        name="adagrad_da",
+        make=adagrad_jax.adagrad_da,
+        hyperparams=dict(learning_rate=0.2, initial_accumulator_value=0.1, l1=0.01, l2=0.02,
+                         eps=1e-6),
+        reference=reference.leafwise_state(
+            reference.adagrad_da_step,
+            lambda w: reference.adagrad_da_init(w, tau=0.1), accumulator=_pick(1),
+            lr=0.2, l1=0.01, l2=0.02, eps=1e-6),
+        converge={"learning_rate": 0.5, "l1": 0.0, "l2": 0.0},
+        **REGULARIZED,
+    ),
+    Spec(
+        name="ftrl",
+        make=adagrad_jax.ftrl,
+        hyperparams=dict(learning_rate=0.2, learning_rate_power=-0.5,
+                         initial_accumulator_value=0.1, l1=0.01, l2=0.02, l2_shrinkage=0.01,
+                         beta=0.1),
+        reference=reference.leafwise_state(
+            reference.ftrl_step,
+            lambda w: reference.ftrl_init(w, tau=0.1, lr=0.2, beta=0.1), accumulator=_pick(0),
+            lr=0.2, l1=0.01, l2=0.02, l2_shrinkage=0.01, beta=0.1),
+        converge={"learning_rate": 0.5, "l1": 0.0, "l2": 0.0, "l2_shrinkage": 0.0,
+                  "beta": 0.0},
+        **REGULARIZED,
+    ),
+    Spec(
+        name="ftrl-power",
+        make=adagrad_jax.ftrl,
+        hyperparams=dict(learning_rate=0.3, learning_rate_power=-0.3,
+                         initial_accumulator_value=0.5, l1=0.02),
+        reference=reference.leafwise_state(
+            reference.ftrl_step,
+            lambda w: reference.ftrl_init(w, tau=0.5, lr=0.3, p=0.3), accumulator=_pick(0),
+            lr=0.3, p=0.3, l1=0.02),
+        converge=None,
+        **REGULARIZED,
+    ),
+    Spec(
+        name="compat.tf1_proximal_adagrad",
+        make=compat.tf1_proximal_adagrad,
+        hyperparams=dict(learning_rate=0.1, initial_accumulator_value=0.1,
+                         l1_regularization_strength=0.01, l2_regularization_strength=0.02),
+        reference=reference.leafwise(reference.tf1_proximal_adagrad_step, tau=0.1, lr=0.1,
+                                     l1=0.01, l2=0.02),
+        converge={"learning_rate": 0.5, "l1_regularization_strength": 0.0,
+                  "l2_regularization_strength": 0.0},
+        **REGULARIZED,
+    ),
+    Spec(
+        name="compat.tf1_adagrad_da",
+        make=compat.tf1_adagrad_da,
+        hyperparams=dict(learning_rate=0.2, initial_gradient_squared_accumulator_value=0.1,
+                         l1_regularization_strength=0.01, l2_regularization_strength=0.02),
+        reference=reference.leafwise_state(
+            reference.tf1_adagrad_da_step,
+            lambda w: reference.adagrad_da_init(w, tau=0.1, warm_start=False),
+            accumulator=_pick(1), lr=0.2, l1=0.01, l2=0.02),
+        converge=None,
+        **REGULARIZED,
+    ),
+    Spec(
+        name="compat.keras_ftrl",
+        make=compat.keras_ftrl,
+        hyperparams=dict(learning_rate=0.2, learning_rate_power=-0.5,
+                         initial_accumulator_value=0.1, l1_regularization_strength=0.01,
+                         l2_regularization_strength=0.01,
+                         l2_shrinkage_regularization_strength=0.005, beta=0.1),
+        reference=reference.leafwise_state(
+            reference.keras_ftrl_step,
+            lambda w: reference.ftrl_init(w, tau=0.1, lr=0.2, warm_start=False),
+            accumulator=_pick(0), lr=0.2, l1=0.01, l2=0.01, l2_shrinkage=0.005, beta=0.1),
+        converge=None,
+        **REGULARIZED,
+    ),
+]
+
 DESCENDING = [s for s in SPECS if s.converge is not None]

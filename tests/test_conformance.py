@@ -220,8 +220,10 @@ def test_state_is_stable_inside_lax_cond(spec):
     u_take, s_take = maybe_step(True, params, state, grads)
     assert_trees_close(s_skip, state, rtol=0)
     expected_u, expected_s = tx.update(grads, state, params)
-    assert_trees_close(u_take, expected_u, rtol=1e-6)
-    assert_trees_close(s_take, expected_s, rtol=1e-6)
+    # Compiled and eager steps may round differently (fused multiply-adds);
+    # updates formed as w_new - w (and FTRL's z) carry that as absolute error.
+    assert_trees_close(u_take, expected_u, rtol=1e-6, atol=1e-6)
+    assert_trees_close(s_take, expected_s, rtol=1e-6, atol=1e-6)
 
 
 @parametrize
@@ -241,7 +243,7 @@ def test_init_keeps_sharding(spec):
     params = {"w": jax.device_put(jnp.ones((4, 2)), sharding)}
     like_params = [x for x in jax.tree.leaves(spec.build().init(params)) if x.shape == (4, 2)]
     assert like_params
-    assert all(x.sharding == sharding for x in like_params)
+    assert all(x.sharding.is_equivalent_to(sharding, 2) for x in like_params)
 
 
 @parametrize
@@ -391,3 +393,114 @@ def test_converges_on_rosenbrock(spec):
     x0 = jnp.array([-1.2, 1.0])
     x = _minimise(spec.build(**spec.converge), loss, x0, 20000)
     assert float(loss(x)) < 1e-4 < float(loss(x0))
+
+
+# --- row-sparse gradients (specs with row_sparse) -----------------------------
+
+ROW_SPARSE = [s for s in SPECS if s.row_sparse]
+parametrize_row_sparse = pytest.mark.parametrize(
+    "spec", ROW_SPARSE, ids=[s.name for s in ROW_SPARSE])
+TABLES = {"t": (12, 3), "v": (10,)}
+
+
+def _tables(seed=0):
+    rng = np.random.default_rng(seed)
+    params = {name: jnp.asarray(rng.normal(size=shape), jnp.float32)
+              for name, shape in TABLES.items()}
+    params["w"] = jnp.asarray(rng.normal(size=(2,)), jnp.float32)  # a dense leaf
+    return params
+
+
+def _row_grads(rows_per_table, num_steps=4, seed=3):
+    """(row-sparse, dense) gradient pairs: each id of `rows_per_table[name]` once,
+    plus a repeat of the first, in shuffled order."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for _ in range(num_steps):
+        sparse, dense = {}, {}
+        for name, shape in TABLES.items():
+            rows = np.asarray(rows_per_table[name])
+            ids = rng.permutation(np.concatenate([rows, rows[:1]])).astype(np.int32)
+            values = rng.normal(size=(ids.size,) + shape[1:]).astype(np.float32)
+            full = np.zeros(shape, np.float32)
+            np.add.at(full, ids, values)
+            sparse[name] = adagrad_jax.RowSparse(jnp.asarray(ids), jnp.asarray(values))
+            dense[name] = jnp.asarray(full)
+        sparse["w"] = dense["w"] = jnp.asarray(rng.normal(size=(2,)), jnp.float32)
+        pairs.append((sparse, dense))
+    return pairs
+
+
+def _train_rows(tx, params, grads, apply):
+    update = jax.jit(tx.update)
+    state = tx.init(params)
+    for g in grads:
+        updates, state = update(g, state, params)
+        params = apply(params, updates)
+    return params, state
+
+
+@parametrize_row_sparse
+def test_row_sparse_touching_every_row_equals_dense(spec):
+    """Source: the spec's own dense rule. With every row touched at every step,
+    the lazy table rule and the dense rule are the same computation."""
+    params = _tables()
+    pairs = _row_grads({name: np.arange(shape[0]) for name, shape in TABLES.items()})
+    sparse, s_state = _train_rows(spec.build(), params, [p[0] for p in pairs],
+                                  adagrad_jax.apply_updates)
+    dense, d_state = _train_rows(spec.build(), params, [p[1] for p in pairs],
+                                 optax.apply_updates)
+    assert_trees_close(sparse, dense, rtol=1e-5, atol=1e-6)
+    assert_trees_close(s_state, d_state, rtol=1e-5, atol=1e-6)
+
+
+@parametrize_row_sparse
+def test_row_sparse_untouched_rows_keep_their_values_and_state(spec):
+    """Lazy semantics: rows no id touches keep parameters and state bit for bit;
+    touched rows follow the dense rule on those rows alone."""
+    touched = {"t": np.array([1, 4, 5, 9]), "v": np.array([0, 7])}
+    params = _tables()
+    pairs = _row_grads(touched)
+    sparse, s_state = _train_rows(spec.build(), params, [p[0] for p in pairs],
+                                  adagrad_jax.apply_updates)
+    sub = {name: params[name][touched[name]] for name in TABLES} | {"w": params["w"]}
+    sub_grads = [{name: d[name][touched[name]] for name in TABLES} | {"w": d["w"]}
+                 for _, d in pairs]
+    sub_trained, _ = _train_rows(spec.build(), sub, sub_grads, optax.apply_updates)
+    start_state = spec.build().init(params)
+    for name, shape in TABLES.items():
+        others = np.setdiff1d(np.arange(shape[0]), touched[name])
+        np.testing.assert_array_equal(sparse[name][others], params[name][others])
+        for new, old in zip(jax.tree.leaves(s_state), jax.tree.leaves(start_state)):
+            if new.shape == shape:
+                np.testing.assert_array_equal(new[others], old[others])
+        np.testing.assert_allclose(sparse[name][touched[name]], sub_trained[name],
+                                   rtol=1e-5, atol=1e-6)
+    if spec.lazy_matches_dense:
+        dense, _ = _train_rows(spec.build(), params, [p[1] for p in pairs],
+                               optax.apply_updates)
+        assert_trees_close(sparse, dense, rtol=1e-5, atol=1e-6)
+
+
+@parametrize_row_sparse
+def test_row_sparse_step_is_in_place_without_table_sized_temporaries(spec):
+    """Source: XLA's memory analysis of the compiled, donated step on a
+    50000 x 8 float32 table with 256 ids: temporaries stay k-sized and the
+    table and every table-shaped state buffer are updated in place."""
+    num_rows, dim, k = 50_000, 8, 256
+    table_bytes = num_rows * dim * 4
+    tx = spec.build()
+
+    def step(params, state, ids, values):
+        updates, state = tx.update({"t": adagrad_jax.RowSparse(ids, values)}, state, params)
+        return adagrad_jax.apply_updates(params, updates), state
+
+    params = {"t": jnp.zeros((num_rows, dim))}
+    state = tx.init(params)
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state) if x.shape == (num_rows, dim))
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, num_rows, k), jnp.int32)
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
+        params, state, ids, jnp.ones((k, dim))).compile()
+    memory = compiled.memory_analysis()
+    assert memory.temp_size_in_bytes < table_bytes // 10, memory
+    assert memory.alias_size_in_bytes >= table_bytes + state_bytes, memory

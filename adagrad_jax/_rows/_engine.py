@@ -9,8 +9,10 @@ where ``g`` is a gradient (a whole dense leaf, or the deduplicated rows of a
 table's gradient, shape (k, ...)), ``slots`` the optimizer's per-parameter
 state arrays at the same entries (accumulators, gradient sums, ...), ``w`` the
 parameter values there (None for rules that do not read them), ``u`` the
-update and ``new_slots`` the new state values. A rule is elementwise along the
-row axis: row i of its outputs depends on row i of its inputs only.
+update and ``new_slots`` the new state values (for the first
+``len(new_slots)`` slots; any further slots are read-only and are neither
+written nor scattered). A rule is elementwise along the row axis: row i of its
+outputs depends on row i of its inputs only.
 
 `map_rule` applies a rule to every leaf of a gradient tree. A dense leaf goes
 through as it is. For a `RowSparse` leaf of a table with V rows it:
@@ -128,7 +130,7 @@ def _rows_update(fn, where, rule, g, slots, param, *, pad_id, out_of_range):
     u, new_slot_rows = rule(summed, slot_rows, w_rows)
     new_slots = tuple(
         s.at[rows].set(r, mode="drop", unique_indices=True) for s, r in zip(slots, new_slot_rows)
-    )
+    ) + tuple(slots[len(new_slot_rows):])
     return RowSparse(rows, jnp.where(live, u, jnp.zeros((), u.dtype))), new_slots
 
 
@@ -225,7 +227,8 @@ def map_rule(
             if w is not None:
                 _check_dense_shape(fn, f"params{jax.tree_util.keystr(path)}", jnp.shape(w),
                                    g.shape, where)
-            u, leaf_slots = rule(g, leaf_slots, w)
+            u, new_leaf_slots = rule(g, leaf_slots, w)
+            leaf_slots = tuple(new_leaf_slots) + leaf_slots[len(new_leaf_slots):]
         new_updates.append(u)
         for acc, s in zip(new_slots, leaf_slots):
             acc.append(s)
