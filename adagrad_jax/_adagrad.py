@@ -56,12 +56,15 @@ def adagrad_direction(
     """g / (sqrt(sum_of_squares + eps_root) + eps), in the gradient's dtype.
 
     The denominator is formed in the accumulator's dtype; the division in the
-    wider of the gradient's and the accumulator's dtype. A zero denominator
-    (only while every gradient so far was 0 and tau = `tau`, eps and eps_root
-    are all 0 once rounded to the accumulator's dtype) gives an update of
+    wider of the gradient's and the accumulator's dtype. A denominator below
+    the smallest normal number of the accumulator's dtype (only while every
+    gradient so far was 0 and tau = `tau`, eps and eps_root are each 0 or
+    subnormal in that dtype, which XLA flushes to 0) gives an update of
     exactly 0 instead of 0/0 = NaN. The guard is compiled in unless a Python
-    constant among tau, eps and eps_root stays positive in that dtype (1e-8 is
-    positive in float32 but 0 in float16).
+    constant among tau, eps and eps_root is a normal positive number in that
+    dtype (1e-8 is in float32 but rounds to 0 in float16; 1e-40 is subnormal
+    in float32): each one alone then keeps the denominator normal, since the
+    accumulator starts at tau and never decreases.
     """
     acc_dtype = sum_of_squares.dtype
     with jax.numpy_dtype_promotion("standard"):  # A dtype query, not a mix.
@@ -70,10 +73,13 @@ def adagrad_direction(
     denom = denom + jnp.asarray(eps, acc_dtype)
     if any(_validation.is_positive_in(v, acc_dtype) for v in (tau, eps, eps_root)):
         return (g.astype(compute_dtype) / denom.astype(compute_dtype)).astype(g.dtype)
-    positive = denom > 0
-    safe = jnp.where(positive, denom, jnp.ones_like(denom))
+    # Compared with the smallest normal number, not with 0: a backend that
+    # flushes subnormals in the division but not in the comparison would
+    # otherwise divide 0 by a flushed 0.
+    normal = denom >= jnp.asarray(jnp.finfo(acc_dtype).tiny, acc_dtype)
+    safe = jnp.where(normal, denom, jnp.ones_like(denom))
     out = g.astype(compute_dtype) / safe.astype(compute_dtype)
-    return jnp.where(positive, out, jnp.zeros_like(out)).astype(g.dtype)
+    return jnp.where(normal, out, jnp.zeros_like(out)).astype(g.dtype)
 
 
 def init_sum_of_squares(
@@ -81,10 +87,18 @@ def init_sum_of_squares(
 ) -> Any:
     """A tree like `params` filled with tau, in the accumulator dtype.
 
-    Works on arrays and `jax.ShapeDtypeStruct`s and keeps each leaf's sharding.
+    Works on arrays, `jax.ShapeDtypeStruct`s and Python scalars (a float leaf
+    is a float32 scalar, float64 with 64-bit mode on, as `jnp.asarray` makes
+    it) and keeps each leaf's sharding.
+
+    Raises:
+      TypeError: for a leaf that is not float or complex (an int or bool,
+        Python or JAX), naming its path.
     """
 
     def leaf(path, p):
+        if not hasattr(p, "dtype") or not hasattr(p, "shape"):
+            p = jnp.asarray(p)  # A Python scalar, as optax accepts them.
         _validation.check_param_dtype(fn, path, p.dtype)
         dtype = accumulator_dtype_for(p.dtype, accumulator_dtype)
         sharding = getattr(p, "sharding", None)
@@ -127,9 +141,12 @@ def scale_by_adagrad(
         u_t = 0  where  sqrt(G_t + eps_root) + eps == 0       (never NaN)
 
     The zero case only arises while every gradient so far was 0 and tau, eps
-    and eps_root are all 0. For complex gradients |g|^2 = re^2 + im^2 and the
-    accumulator is real. Chain with `optax.scale_by_learning_rate` (or use
-    `adagrad`) to get the step -lr_t * u_t.
+    and eps_root are all 0 in the accumulator's dtype, where a subnormal value
+    counts as 0 (XLA flushes subnormals: eps=1e-40 is 0 in float32; the guard
+    treats any denominator below the smallest normal number as 0). For
+    complex gradients |g|^2 = re^2 + im^2 and the accumulator is real. Chain
+    with `optax.scale_by_learning_rate` (or use `adagrad`) to get the step
+    -lr_t * u_t.
 
     Args:
       initial_accumulator_value: tau, the starting value of G (>= 0). Default 0.
@@ -145,11 +162,20 @@ def scale_by_adagrad(
       An `optax.GradientTransformation` whose state is `ScaleByAdagradState`.
 
     Raises:
-      ValueError: at construction for a negative or non-finite
-        `initial_accumulator_value`, `eps` or `eps_root`, or a non-floating
-        `accumulator_dtype`; at trace time for gradients whose tree differs
-        from the state's (the message names the first differing path).
-      TypeError: at `init` for integer or boolean parameter leaves.
+      ValueError: at construction, for a hyperparameter that is negative,
+        NaN, not finite in JAX's default float dtype (float32 unless 64-bit
+        mode is on, so 1e308 is refused) or not a scalar (a concrete JAX array
+        is checked like a Python number, a traced one by shape and dtype), or
+        an `accumulator_dtype` that is not real floating or is narrower than
+        16 bits (float8); at trace time, for gradients whose tree or leaf
+        shapes differ from the state's (equal shapes, no broadcasting; the
+        message names the first differing path).
+      TypeError: at construction, for a hyperparameter that is not a real
+        scalar (a bool, string, complex or boolean array; `fractions.Fraction`
+        and `np.longdouble`: pass ``float(x)``); at `init`, for integer or
+        boolean parameter leaves; at trace time, for integer or boolean
+        gradient leaves, which the update would truncate (refused rather than
+        cast; the message names the path and dtype).
 
     Example:
       >>> import jax.numpy as jnp
@@ -189,9 +215,10 @@ def scale_by_adagrad(
 
     def update_fn(updates, state, params=None):
         del params
-        _validation.check_same_structure(
+        _validation.check_gradients(
             fn, "updates", updates, "state.sum_of_squares", state.sum_of_squares
         )
+        updates = jax.tree.map(jnp.asarray, updates)  # Python scalar leaves
         sum_of_squares = jax.tree.map(
             lambda g, s: s + squared_magnitude(g, s.dtype), updates, state.sum_of_squares
         )
@@ -252,6 +279,13 @@ def adagrad(
     Returns:
       An `optax.GradientTransformation`.
 
+    Raises:
+      ValueError, TypeError: as `scale_by_adagrad` (the same hyperparameter,
+        gradient and parameter checks, naming ``adagrad``), and for a
+        `learning_rate` that is neither a valid number nor a callable; with a
+        `weight_decay`, also for updates whose tree or shapes differ from
+        `params`.
+
     Example:
       >>> import jax, jax.numpy as jnp, optax
       >>> import adagrad_jax
@@ -285,7 +319,7 @@ def adagrad(
         _validation.check_number(fn, "weight_decay", weight_decay)
     _validation.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
     return optax.chain(
-        coupled_weight_decay(weight_decay),
+        coupled_weight_decay(weight_decay, fn),
         scale_by_adagrad(
             initial_accumulator_value,
             eps,
@@ -296,12 +330,24 @@ def adagrad(
     )
 
 
-def coupled_weight_decay(weight_decay: Any) -> optax.GradientTransformation:
+def coupled_weight_decay(
+    weight_decay: Any, fn: str = "adagrad"
+) -> optax.GradientTransformation:
     """`optax.add_decayed_weights`, or `optax.identity` for None or a constant 0.
 
     Both have an empty state, so the chain's state has the same structure
     either way; skipping the constant 0 saves a multiply-add per element.
+    Before it adds ``weight_decay * params``, the decay checks the updates
+    against `params` with `_validation.check_gradients`: an integer gradient
+    would be promoted and a (1,) gradient broadcast against a (3,) parameter.
     """
     if weight_decay is None or _validation.is_zero_constant(weight_decay):
         return optax.identity()
-    return optax.add_decayed_weights(weight_decay)
+    decay = optax.add_decayed_weights(weight_decay)
+
+    def update_fn(updates, state, params=None):
+        if params is not None:
+            _validation.check_gradients(fn, "updates", updates, "params", params)
+        return decay.update(updates, state, params)
+
+    return optax.GradientTransformation(decay.init, update_fn)

@@ -209,18 +209,22 @@ def packed_adagrad(
         would, but between steps too. Groups of one leaf never need one.
 
     Returns:
-      A `PackedAdagrad` of four functions: ``init(params) -> state``,
+      A `PackedAdagrad` of four functions: ``init(params) -> state``
+      (given `jax.ShapeDtypeStruct` leaves, which hold no values, `init`
+      returns the abstract state, as ``jax.eval_shape(init, params)`` does:
+      a target for restoring a checkpoint),
       ``step(state, grads) -> state``, ``params(state) -> params`` and
       ``sum_of_squares(state) -> tree of G``. Compute the gradients with
       respect to ``params(state)``; they come back as a tree like the
       parameters and `step` packs them (a single-leaf group needs no copy).
 
     Raises:
-      ValueError: for a negative or non-finite hyperparameter, at
-        construction; for gradients whose tree, shapes or dtypes differ from
-        the parameters', at trace time (naming the first differing path).
-      TypeError: for a non-bool `interleave` or `grad_buffer`, or integer
-        parameters at `init`.
+      ValueError, TypeError: for the hyperparameters, at construction, as
+        `scale_by_adagrad`; for a non-bool `interleave` or `grad_buffer`
+        (TypeError); at `init`, for integer or boolean parameter leaves
+        (TypeError); at trace time, for gradients whose tree, shapes or dtypes
+        differ from the parameters' (ValueError; integer or boolean gradients
+        get a TypeError), naming the first differing path.
 
     Costs:
       A donated float32 step moves 20 bytes per element for a single-leaf
@@ -273,6 +277,11 @@ def packed_adagrad(
     )
 
     def init_fn(params):
+        if any(isinstance(p, jax.ShapeDtypeStruct) for p in jax.tree.leaves(params)):
+            # The state holds the parameters' values, which structs lack: give
+            # the abstract state, as jax.eval_shape(init, params) does.
+            return jax.eval_shape(init_fn, params)
+        params = jax.tree.map(_as_array, params)
         paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
         group_index: dict[tuple[jnp.dtype, jnp.dtype], int] = {}
         group_sizes: list[int] = []
@@ -379,14 +388,28 @@ def _views(state: PackedAdagradState, pick: Callable[..., jax.Array]) -> Any:
     return jax.tree.unflatten(layout.treedef, out)
 
 
+def _as_array(x: Any) -> Any:
+    """A Python scalar leaf as a JAX array (arrays and structs unchanged)."""
+    return x if hasattr(x, "dtype") and hasattr(x, "shape") else jnp.asarray(x)
+
+
 def _check_grads(layout: PackedLayout, grads: Any) -> list[Any]:
-    """The leaves of `grads`, after checking tree, shapes and dtypes."""
-    paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(grads)
-    if treedef != layout.treedef:
-        params_like = jax.tree.unflatten(layout.treedef, [0] * len(layout.leaves))
-        _validation.check_same_structure(_FN, "grads", grads, "params", params_like)
+    """The leaves of `grads`, after checking tree, shapes and dtypes.
+
+    The dtype must be the parameter's own (the buffers hold one dtype per
+    group); float or complex is checked first, so that an integer gradient
+    gets the same TypeError as on the per-leaf path.
+    """
+    grads = jax.tree.map(_as_array, grads)
+    paths_and_leaves = jax.tree_util.tree_flatten_with_path(grads)[0]
+    params_like = jax.tree.unflatten(
+        layout.treedef, [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in layout.leaves]
+    )
+    _validation.check_same_structure(_FN, "grads", grads, "params", params_like)
+    _validation.check_same_shapes(f"{_FN}.step", "grads", grads, "params", params_like)
+    _validation.check_inexact_leaves(f"{_FN}.step", "grads", grads)
     for (path, x), leaf in zip(paths_and_leaves, layout.leaves):
-        if tuple(np.shape(x)) != leaf.shape or jnp.dtype(x.dtype) != leaf.dtype:
+        if jnp.dtype(x.dtype) != leaf.dtype:
             raise ValueError(
                 f"{_FN}.step: grads{jax.tree_util.keystr(path)} has shape"
                 f" {tuple(np.shape(x))} and dtype {jnp.dtype(x.dtype).name}; the"

@@ -1,8 +1,18 @@
 """Argument checks shared by every constructor in adagrad_jax.
 
-Checks run on Python and NumPy values only. A JAX array (concrete or traced, as
-`optax.inject_hyperparams` passes them) is accepted unchecked, so that no traced
-value is ever turned into a Python bool.
+One place for each kind of check:
+
+- `check_number`: a real scalar hyperparameter (finite, >= 0 or > 0);
+- `check_integer`: an integer scalar argument (a row id);
+- `check_float_dtype`: an accumulator dtype;
+- `check_param_dtype`, `check_inexact_leaves`: float or complex leaves;
+- `check_same_structure`, `check_same_shapes`: a gradient tree against the state's
+  or the parameters', and `check_gradients`, which runs all three on a gradient tree.
+
+Python and NumPy numbers and concrete JAX arrays are checked by value. A traced
+JAX array (as `optax.inject_hyperparams` passes them under `jit`) is checked
+by shape and dtype only, which are known at trace time: no traced value is
+ever turned into a Python bool.
 """
 
 from __future__ import annotations
@@ -20,6 +30,19 @@ import jax.numpy as jnp
 import numpy as np
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
+
+
+def is_traced(value: Any) -> bool:
+    """True if `value` is a JAX tracer: its value is unknown until run time."""
+    return isinstance(value, jax.core.Tracer)
+
+
+def describe(value: Any) -> str:
+    """`value` as error messages show it: ``Array(-0.1)`` for a concrete JAX array."""
+    if isinstance(value, jax.Array) and not is_traced(value):
+        return f"Array({value!s})"
+    return repr(value)
 
 
 def _python_number(value: Any) -> float | None:
@@ -28,12 +51,50 @@ def _python_number(value: Any) -> float | None:
         return None
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value.item()
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
         try:
             return float(value)
         except OverflowError:  # An int beyond float range: reported as not finite.
             return math.inf if value > 0 else -math.inf
     return None
+
+
+def _real_scalar(fn: str, arg: str, value: Any, kind: str) -> float | None:
+    """The value of a real scalar argument as a float; None for a tracer.
+
+    Raises TypeError for anything but a Python int or float, or a NumPy or JAX
+    scalar of an integer or floating dtype of at most 64 bits; ValueError for
+    an array that is not a scalar (shapes are known even for tracers).
+    """
+    shown = describe(value)
+    if isinstance(value, _ARRAY_TYPES):
+        dtype = jnp.dtype(value.dtype)
+        real = jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
+        if not real or dtype.itemsize > 8:
+            hint = f"; pass float({arg})" if real else ""
+            raise TypeError(
+                f"{fn}({arg}={shown}): {arg} must be a real scalar (an integer or"
+                f" floating dtype of at most 64 bits), got dtype {dtype.name}{hint}."
+            )
+        if np.shape(value) != ():
+            raise ValueError(
+                f"{fn}({arg}={shown}): {arg} must be a scalar, got shape {np.shape(value)}."
+            )
+        if is_traced(value):
+            return None
+        value = np.asarray(value).item()
+    elif isinstance(value, numbers.Number) and not isinstance(value, (bool, int, float, complex)):
+        # fractions.Fraction, decimal.Decimal, ...: JAX cannot take them.
+        raise TypeError(
+            f"{fn}({arg}={shown}): {arg} must be {kind}: a Python int or float or a"
+            f" NumPy or JAX scalar, got {type(value).__name__}; pass float({arg})."
+        )
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{fn}({arg}={shown}): {arg} must be {kind}, got {type(value).__name__}.")
+    try:
+        return float(value)
+    except OverflowError:  # An int beyond float range: reported as not finite.
+        return math.inf if value > 0 else -math.inf
 
 
 def check_number(
@@ -44,31 +105,103 @@ def check_number(
     positive: bool = False,
     allow_schedule: bool = False,
 ) -> None:
-    """Checks that `value` is a finite number >= 0 (> 0 if `positive`).
+    """Checks that `value` is a finite real scalar >= 0 (> 0 if `positive`).
+
+    Accepted: Python ints and floats (not bools), NumPy scalars and 0-d arrays,
+    and JAX scalars, of an integer or floating dtype of at most 64 bits; with
+    `allow_schedule`, also any other callable (an optax schedule). Concrete
+    values are checked like Python numbers; a traced JAX scalar (under
+    `optax.inject_hyperparams` and `jit`) is checked for its shape and dtype
+    only.
+
+    "Finite" means finite in JAX's default float dtype when the optimizer is
+    built: float32, or float64 when `jax_enable_x64` is on. A value such as
+    1e308 is finite in float64 but inf once JAX computes with it in float32,
+    so it is refused unless 64-bit mode is on. Positive values too small for
+    that dtype are accepted (they round to 0, and the zero guard of the update
+    handles them).
 
     Raises:
-        TypeError: if `value` is neither a number, a JAX array nor (when
-            `allow_schedule`) a callable.
-        ValueError: if `value` is a negative, zero (when `positive`) or non-finite
-            Python or NumPy number.
+        TypeError: for a bool, a string, None, a complex or boolean array, a
+            number type JAX cannot take (`fractions.Fraction`, `decimal.Decimal`,
+            `np.longdouble`: the message says to pass ``float(value)``), or a
+            callable where no schedule is allowed.
+        ValueError: for an array of any shape but (), or a value that is
+            negative, zero (when `positive`), NaN or not finite in JAX's
+            default float dtype.
     """
-    if allow_schedule and callable(value):
+    if allow_schedule and callable(value) and not isinstance(value, _ARRAY_TYPES):
         return
-    if isinstance(value, jax.Array):
-        return  # Possibly traced (inject_hyperparams): never checked in Python.
-    number = _python_number(value)
+    kind = "a number or an optax schedule" if allow_schedule else "a number"
+    number = _real_scalar(fn, arg, value, kind)
     if number is None:
-        kind = "a number or an optax schedule" if allow_schedule else "a number"
-        raise TypeError(f"{fn}({arg}={value!r}): {arg} must be {kind}, got {type(value).__name__}.")
+        return  # Traced: shape and dtype checked, the value is unknown.
     bound = "> 0" if positive else ">= 0"
+    shown = describe(value)
     if not math.isfinite(number) or number < 0 or (positive and number == 0):
-        raise ValueError(f"{fn}({arg}={value!r}): {arg} must be finite and {bound}.")
+        raise ValueError(f"{fn}({arg}={shown}): {arg} must be finite and {bound}.")
+    default = jnp.dtype(jnp.result_type(float))
+    limit = float(jnp.finfo(default).max)
+    with np.errstate(over="ignore"):
+        overflows = not np.isfinite(np.asarray(number, default))
+    if overflows:
+        hint = " or enable 64-bit mode (jax_enable_x64)" if default.itemsize < 8 else ""
+        raise ValueError(
+            f"{fn}({arg}={shown}): {arg} must be finite and {bound} in {default.name}, JAX's"
+            f" default float dtype (at most {limit:.8g}). Pass a smaller value{hint}."
+        )
+
+
+def check_integer(
+    fn: str, arg: str, value: Any, *, low: int | None = None, high: int | None = None
+) -> int | None:
+    """Checks an integer scalar argument (such as a row id) and returns its value.
+
+    Accepted: Python ints (not bools), NumPy integer scalars and 0-d arrays, and
+    JAX integer scalars. A concrete value is returned as a Python int and,
+    when `low` / `high` are given, must lie in [low, high]; a traced JAX scalar
+    is checked for its shape and dtype only and gives None.
+
+    Raises:
+        TypeError: for a float (even an integral one such as 2.0, or a JAX
+            array of a floating dtype), a bool, a string or None.
+        ValueError: for an array of any shape but (), or a value outside
+            [low, high].
+    """
+    shown = describe(value)
+    if isinstance(value, _ARRAY_TYPES):
+        dtype = jnp.dtype(value.dtype)
+        if not jnp.issubdtype(dtype, jnp.integer):
+            raise TypeError(f"{fn}({arg}={shown}): {arg} must be an integer, got dtype {dtype.name}.")
+        if np.shape(value) != ():
+            raise ValueError(
+                f"{fn}({arg}={shown}): {arg} must be a scalar, got shape {np.shape(value)}."
+            )
+        if is_traced(value):
+            return None
+        value = int(np.asarray(value).item())
+    elif isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{fn}({arg}={shown}): {arg} must be an integer, got {type(value).__name__}.")
+    if (low is not None and value < low) or (high is not None and value > high):
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise ValueError(f"{fn}({arg}={shown}): {arg} must be in [{lo}, {hi}].")
+    return int(value)
 
 
 def is_positive_in(value: Any, dtype: Any) -> bool:
-    """True if `value` is a Python/NumPy number that stays > 0 in `dtype`."""
+    """True if `value` is a Python/NumPy number that stays a normal positive number in `dtype`.
+
+    XLA flushes subnormal numbers to zero, so a value below the smallest normal
+    number of `dtype` (1e-40 in float32, 1e-320 in float64) counts as 0, like
+    one that rounds to 0. Traced and JAX values count as not positive.
+    """
     number = _python_number(value)
-    return number is not None and bool(np.asarray(number, dtype) > 0)
+    if number is None or not number > 0:
+        return False
+    with np.errstate(over="ignore", under="ignore"):
+        rounded = float(np.asarray(number, dtype))
+    return rounded >= float(jnp.finfo(dtype).tiny)
 
 
 def is_zero_constant(value: Any) -> bool:
@@ -78,7 +211,14 @@ def is_zero_constant(value: Any) -> bool:
 
 
 def check_float_dtype(fn: str, arg: str, dtype: Any) -> jnp.dtype | None:
-    """Returns `dtype` as a real floating `jnp.dtype`, or None if it is None."""
+    """Returns `dtype` as a real floating `jnp.dtype`, or None if it is None.
+
+    Raises:
+        TypeError: if `dtype` is not a dtype.
+        ValueError: for a dtype that is not real floating, or one narrower than
+            16 bits (the float8 and float4 types cannot hold a sum of squares,
+            and XLA has no arithmetic for several of them).
+    """
     if dtype is None:
         return None
     try:
@@ -89,7 +229,22 @@ def check_float_dtype(fn: str, arg: str, dtype: Any) -> jnp.dtype | None:
         raise ValueError(
             f"{fn}({arg}={dtype!r}): {arg} must be a real floating dtype such as jnp.float32."
         )
+    if jnp.finfo(parsed).bits < 16:
+        raise ValueError(
+            f"{fn}({arg}={dtype!r}): {arg} must be at least 16 bits wide (bfloat16,"
+            f" float16, float32 or float64); {parsed.name} cannot hold a sum of squares."
+        )
     return parsed
+
+
+def leaf_dtype(x: Any) -> jnp.dtype:
+    """The dtype of an array, tracer, `jax.ShapeDtypeStruct` or Python scalar leaf."""
+    dtype = getattr(x, "dtype", None)
+    return jnp.dtype(dtype) if dtype is not None else jnp.asarray(x).dtype
+
+
+def _where(name: str, path: Any) -> str:
+    return f"{name}{jax.tree_util.keystr(path)}"
 
 
 def check_param_dtype(fn: str, path: Any, dtype: Any) -> None:
@@ -100,6 +255,31 @@ def check_param_dtype(fn: str, path: Any, dtype: Any) -> None:
             f" {jnp.dtype(dtype).name}; Adagrad needs floating or complex"
             " parameters. Exclude integer leaves with optax.masked or cast them."
         )
+
+
+def check_inexact_leaves(
+    fn: str,
+    name: str,
+    tree: Any,
+    *,
+    is_leaf: Callable[[Any], bool] | None = None,
+    dtype_of: Callable[[Any], Any] = leaf_dtype,
+) -> None:
+    """Raises TypeError naming the first leaf of `tree` that is not float or complex.
+
+    Integer and boolean gradients are refused rather than cast: Adagrad's
+    update is a fraction of the gradient, which an integer leaf would truncate
+    (to 0, mostly). `dtype_of(leaf)` gives a leaf's dtype (pass one for leaves
+    such as `RowSparse`, together with `is_leaf`).
+    """
+    for path, x in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]:
+        dtype = jnp.dtype(dtype_of(x))
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f"{fn}: {_where(name, path)} has dtype {dtype.name}; Adagrad needs"
+                f" floating or complex {name} (the step would be truncated to an integer)."
+                " Cast it to the parameter's dtype, or exclude the leaf with optax.masked."
+            )
 
 
 def check_same_structure(fn: str, name_a: str, tree_a: Any, name_b: str, tree_b: Any) -> None:
@@ -128,6 +308,59 @@ def check_same_structure(fn: str, name_a: str, tree_a: Any, name_b: str, tree_b:
         f"{fn}: the tree of {name_a} differs from {name_b}: {detail}. Pass"
         f" {name_a} with the structure the state was initialised with."
     )
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    return tuple(np.shape(x))
+
+
+def check_same_shapes(
+    fn: str,
+    name_a: str,
+    tree_a: Any,
+    name_b: str,
+    tree_b: Any,
+    *,
+    is_leaf: Callable[[Any], bool] | None = None,
+    shape_a: Callable[[Any], tuple[int, ...]] = _shape,
+    shape_b: Callable[[Any], tuple[int, ...]] = _shape,
+) -> None:
+    """Raises ValueError naming the first leaf whose shape differs between two trees.
+
+    `tree_b` is the reference (the state or the parameters). Shapes must be
+    equal, not merely broadcastable: a (1,) gradient for a (3,) parameter, or
+    a (3,) gradient for a scalar, is an error. Shapes are static, so this runs
+    at trace time and costs nothing in a compiled step.
+
+    The trees are first compared with `check_same_structure` when `is_leaf` is
+    None; with `is_leaf`, `tree_b` must have a leaf (or subtree) wherever
+    `tree_a` has one. `shape_a(leaf)` and `shape_b(leaf)` give the shapes to
+    compare (default: the leaf's own shape), so a caller can compare, say, the
+    row shape of a `RowSparse` gradient with a table's.
+    """
+    if is_leaf is None:
+        check_same_structure(fn, name_a, tree_a, name_b, tree_b)
+    paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree_a, is_leaf=is_leaf)
+    leaves_b = treedef.flatten_up_to(tree_b)
+    for (path, a), b in zip(paths_and_leaves, leaves_b):
+        sa, sb = tuple(shape_a(a)), tuple(shape_b(b))
+        if sa != sb:
+            raise ValueError(
+                f"{fn}: {_where(name_a, path)} has shape {sa} but {_where(name_b, path)} has"
+                f" shape {sb}. Pass {name_a} with the shapes of {name_b} (no broadcasting)."
+            )
+
+
+def check_gradients(fn: str, name: str, tree: Any, ref_name: str, ref_tree: Any) -> None:
+    """Checks a gradient tree against the state's or the parameters' tree.
+
+    In order: the same tree structure (`check_same_structure`), the same leaf
+    shapes (`check_same_shapes`), and float or complex leaves
+    (`check_inexact_leaves`). Each error names `fn`, the first offending path
+    and what was found there.
+    """
+    check_same_shapes(fn, name, tree, ref_name, ref_tree)
+    check_inexact_leaves(fn, name, tree)
 
 
 _ALIASES = {

@@ -10,6 +10,10 @@ holds a `ScaleByAdagradState` like `adagrad_jax.adagrad`.
 | torch_adagrad   | outside root  | 0   | 1e-10 | coupled (added to g)      |
 | keras_adagrad   | inside root   | 0.1 | 1e-7  | decoupled (w -= lr*wd*w)  |
 | tf1_adagrad     | none          | 0.1 | -     | -                         |
+
+The regularized family has presets too: `tf1_proximal_adagrad`,
+`tf1_adagrad_da` (TF1's ProximalAdagradOptimizer and AdagradDAOptimizer) and
+`keras_ftrl` (keras.optimizers.Ftrl, tf.keras's and TF's FTRL kernels).
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ import optax
 
 from adagrad_jax import _validation, schedules
 from adagrad_jax._adagrad import coupled_weight_decay, scale_by_adagrad
+from adagrad_jax._compat_regularized import keras_ftrl as keras_ftrl
+from adagrad_jax._compat_regularized import tf1_adagrad_da as tf1_adagrad_da
+from adagrad_jax._compat_regularized import tf1_proximal_adagrad as tf1_proximal_adagrad
 
 
 @_validation.checked_arguments
@@ -54,6 +61,12 @@ def torch_adagrad(
     Returns:
       An `optax.GradientTransformation`.
 
+    Raises:
+      ValueError, TypeError: as `adagrad_jax.scale_by_adagrad` (hyperparameters
+        checked at construction, gradients at trace time), naming
+        ``torch_adagrad``; also for an `lr_decay` with a schedule `lr`, or a
+        non-bool `maximize`.
+
     Example:
       >>> import jax.numpy as jnp, optax
       >>> from adagrad_jax.compat import torch_adagrad
@@ -88,8 +101,8 @@ def torch_adagrad(
     else:
         learning_rate = schedules.inverse_time_decay(lr, lr_decay)
     return optax.chain(
-        optax.scale(-1.0) if maximize else optax.identity(),
-        coupled_weight_decay(weight_decay),
+        _negate(fn) if maximize else optax.identity(),
+        coupled_weight_decay(weight_decay, fn),
         scale_by_adagrad(initial_accumulator_value, eps),
         optax.scale_by_learning_rate(learning_rate),
     )
@@ -123,6 +136,11 @@ def keras_adagrad(
     Returns:
       An `optax.GradientTransformation`.
 
+    Raises:
+      ValueError, TypeError: as `adagrad_jax.scale_by_adagrad` (hyperparameters
+        checked at construction, gradients at trace time), naming
+        ``keras_adagrad``.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from adagrad_jax.compat import keras_adagrad
@@ -145,7 +163,7 @@ def keras_adagrad(
     return optax.chain(
         scale_by_adagrad(initial_accumulator_value, 0.0, eps_root=epsilon),
         # Decoupled: added after the preconditioner, so it is lr * wd * w.
-        coupled_weight_decay(weight_decay),
+        coupled_weight_decay(weight_decay, fn),
         optax.scale_by_learning_rate(learning_rate),
     )
 
@@ -170,6 +188,13 @@ def tf1_adagrad(
     Returns:
       An `optax.GradientTransformation`.
 
+    Raises:
+      ValueError, TypeError: as `adagrad_jax.scale_by_adagrad` (hyperparameters
+        checked at construction, gradients at trace time), naming
+        ``tf1_adagrad``; also for ``initial_accumulator_value <= 0``. A tau
+        too small for the accumulator's dtype (1e-40 in float32) is accepted:
+        the update's zero guard then keeps zero gradients at a zero step.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from adagrad_jax.compat import tf1_adagrad
@@ -187,3 +212,18 @@ def tf1_adagrad(
         scale_by_adagrad(initial_accumulator_value, 0.0),
         optax.scale_by_learning_rate(learning_rate),
     )
+
+
+def _negate(fn: str) -> optax.GradientTransformation:
+    """`optax.scale(-1.0)` that first refuses integer gradients.
+
+    Negating an integer gradient with a Python float would promote it to
+    float32 and hide it from the checks further down the chain.
+    """
+    negate = optax.scale(-1.0)
+
+    def update_fn(updates, state, params=None):
+        _validation.check_inexact_leaves(fn, "updates", updates)
+        return negate.update(updates, state, params)
+
+    return optax.GradientTransformation(negate.init, update_fn)

@@ -33,6 +33,10 @@ def inverse_sqrt_decay(init_value: jax.typing.ArrayLike) -> optax.Schedule:
     Returns:
       An optax schedule, count -> init_value / sqrt(count + 1).
 
+    Raises:
+      ValueError, TypeError: for an `init_value` that is not a finite real
+        scalar >= 0 (a concrete JAX array is checked like a Python number).
+
     Example:
       >>> from adagrad_jax.schedules import inverse_sqrt_decay
       >>> schedule = inverse_sqrt_decay(1.0)
@@ -64,6 +68,11 @@ def inverse_time_decay(
 
     Returns:
       An optax schedule, count -> init_value / (1 + decay_rate * count).
+
+    Raises:
+      ValueError, TypeError: for an `init_value` or `decay_rate` that is not a
+        finite real scalar >= 0 (a concrete JAX array is checked like a Python
+        number: ``decay_rate=jnp.array(-0.5)`` is refused).
 
     Example:
       >>> from adagrad_jax.schedules import inverse_time_decay
