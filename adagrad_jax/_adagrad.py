@@ -129,6 +129,9 @@ def scale_by_adagrad(
     *,
     eps_root: jax.typing.ArrayLike = 0.0,
     accumulator_dtype: Any = None,
+    row_wise: bool = False,
+    pad_id: int | None = None,
+    out_of_range: str = "drop",
 ) -> optax.GradientTransformation:
     r"""Scales updates by the inverse root of the sum of all squared gradients.
 
@@ -157,6 +160,9 @@ def scale_by_adagrad(
         bfloat16 and float16 parameters, the real counterpart for complex
         parameters, the parameter's dtype otherwise. Updates always come back
         in the gradient's dtype.
+      row_wise, pad_id, out_of_range: for embedding tables given `RowSparse`
+        gradients; see `scale_by_sparse_adagrad`, which this is (under its
+        v0.1 name). Defaults False, None, "drop".
 
     Returns:
       An `optax.GradientTransformation` whose state is `ScaleByAdagradState`.
@@ -200,36 +206,13 @@ def scale_by_adagrad(
       tau = 0.1: it equals ``scale_by_adagrad(0.1, eps=0.0, eps_root=1e-7)``.
       PyTorch and the paper put epsilon outside, as our `eps` does.
     """
-    fn = "scale_by_adagrad"
-    _validation.check_number(fn, "initial_accumulator_value", initial_accumulator_value)
-    _validation.check_number(fn, "eps", eps)
-    _validation.check_number(fn, "eps_root", eps_root)
-    accumulator_dtype = _validation.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
+    # The row machinery builds on this module's numerics, so it is imported here.
+    from adagrad_jax._sparse_adagrad import scale_by_adagrad_impl
 
-    def init_fn(params):
-        return ScaleByAdagradState(
-            sum_of_squares=init_sum_of_squares(
-                fn, params, initial_accumulator_value, accumulator_dtype
-            )
-        )
-
-    def update_fn(updates, state, params=None):
-        del params
-        _validation.check_gradients(
-            fn, "updates", updates, "state.sum_of_squares", state.sum_of_squares
-        )
-        updates = jax.tree.map(jnp.asarray, updates)  # Python scalar leaves
-        sum_of_squares = jax.tree.map(
-            lambda g, s: s + squared_magnitude(g, s.dtype), updates, state.sum_of_squares
-        )
-        updates = jax.tree.map(
-            lambda g, s: adagrad_direction(g, s, eps, eps_root, tau=initial_accumulator_value),
-            updates,
-            sum_of_squares,
-        )
-        return updates, ScaleByAdagradState(sum_of_squares=sum_of_squares)
-
-    return optax.GradientTransformation(init_fn, update_fn)
+    return scale_by_adagrad_impl(
+        "scale_by_adagrad", initial_accumulator_value, eps, eps_root, accumulator_dtype,
+        row_wise, pad_id, out_of_range,
+    )
 
 
 @_validation.checked_arguments
@@ -241,6 +224,9 @@ def adagrad(
     eps_root: jax.typing.ArrayLike = 0.0,
     weight_decay: jax.typing.ArrayLike | None = None,
     accumulator_dtype: Any = None,
+    row_wise: bool = False,
+    pad_id: int | None = None,
+    out_of_range: str = "drop",
 ) -> optax.GradientTransformation:
     r"""Adagrad: per-coordinate steps of lr over the root of summed squared gradients.
 
@@ -258,8 +244,15 @@ def adagrad(
     shrinks towards 0: Adagrad's known weakness on long, non-convex runs.
 
     This is ``optax.chain(add_decayed_weights(weight_decay) or identity,
-    scale_by_adagrad(...), optax.scale_by_learning_rate(learning_rate))``, so its
-    state is a 3-tuple whose middle entry is a `ScaleByAdagradState`.
+    scale_by_adagrad(...), on_row_values(optax.scale_by_learning_rate(
+    learning_rate)))``, so its state is a 3-tuple whose middle entry is a
+    `ScaleByAdagradState`.
+
+    Embedding tables: a `RowSparse` gradient where a parameter is a table
+    updates only the rows it touches and comes back as a `RowSparse` update
+    (apply it with `adagrad_jax.apply_updates`); see `sparse_adagrad`, the
+    v0.1 name of this same optimizer, for the row rule, padding and
+    out-of-range ids. For this rule, row-sparse training equals dense training.
 
     Args:
       learning_rate: lr, a number >= 0 or an optax schedule of the step count
@@ -275,6 +268,12 @@ def adagrad(
       accumulator_dtype: real floating dtype of G. Default None: float32 for
         bfloat16/float16 parameters, the real counterpart for complex ones, the
         parameter's dtype otherwise.
+      row_wise: one accumulator entry per row (leading-axis entry) of every
+        leaf, G_r += mean(|g_r|^2). Default False.
+      pad_id: a row id treated as padding in `RowSparse` gradients, besides
+        negative ids. Default None.
+      out_of_range: what `RowSparse` ids >= the row count do: ``"drop"``
+        (default) or ``"error"`` (see `scale_by_sparse_adagrad`).
 
     Returns:
       An `optax.GradientTransformation`.
@@ -310,23 +309,11 @@ def adagrad(
       root; Keras 3 to lr=0.001, tau=0.1, eps=1e-7 inside the root and
       decoupled weight decay. `adagrad_jax.compat` reproduces each exactly.
     """
-    fn = "adagrad"
-    _validation.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
-    _validation.check_number(fn, "initial_accumulator_value", initial_accumulator_value)
-    _validation.check_number(fn, "eps", eps)
-    _validation.check_number(fn, "eps_root", eps_root)
-    if weight_decay is not None:
-        _validation.check_number(fn, "weight_decay", weight_decay)
-    _validation.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
-    return optax.chain(
-        coupled_weight_decay(weight_decay, fn),
-        scale_by_adagrad(
-            initial_accumulator_value,
-            eps,
-            eps_root=eps_root,
-            accumulator_dtype=accumulator_dtype,
-        ),
-        optax.scale_by_learning_rate(learning_rate),
+    from adagrad_jax._sparse_adagrad import adagrad_impl  # See scale_by_adagrad.
+
+    return adagrad_impl(
+        "adagrad", learning_rate, initial_accumulator_value, eps, eps_root, weight_decay,
+        accumulator_dtype, row_wise, pad_id, out_of_range,
     )
 
 

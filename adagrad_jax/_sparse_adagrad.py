@@ -17,6 +17,7 @@ from adagrad_jax import _validation
 from adagrad_jax._adagrad import (
     ScaleByAdagradState,
     adagrad_direction,
+    coupled_weight_decay,
     init_sum_of_squares,
     squared_magnitude,
 )
@@ -115,16 +116,9 @@ def scale_by_sparse_adagrad(
       same way; it has no row-wise mode and no padding ids (``nn.Embedding``'s
       ``padding_idx`` gives those rows a zero gradient instead).
     """
-    fn = "scale_by_sparse_adagrad"
-    _validation.check_number(fn, "initial_accumulator_value", initial_accumulator_value)
-    _validation.check_number(fn, "eps", eps)
-    _validation.check_number(fn, "eps_root", eps_root)
-    accumulator_dtype = _validation.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
-    _check_row_wise(fn, row_wise)
-    _check_flags(fn, pad_id, out_of_range)
-    return _scale_by_sparse_adagrad(
-        fn, initial_accumulator_value, eps, eps_root, accumulator_dtype,
-        bool(row_wise), pad_id, out_of_range,
+    return scale_by_adagrad_impl(
+        "scale_by_sparse_adagrad", initial_accumulator_value, eps, eps_root,
+        accumulator_dtype, row_wise, pad_id, out_of_range,
     )
 
 
@@ -171,6 +165,7 @@ def _scale_by_sparse_adagrad(
         updates, (sums,) = map_rule(
             fn, rule, updates, (state.sum_of_squares,), params,
             row_wise=row_wise, pad_id=pad_id, out_of_range=out_of_range,
+            state_name="state.sum_of_squares",
         )
         return updates, ScaleByAdagradState(sum_of_squares=sums)
 
@@ -186,7 +181,7 @@ def _sparse_coupled_weight_decay(fn: str, weight_decay: Any) -> optax.GradientTr
     """
     if weight_decay is None or _validation.is_zero_constant(weight_decay):
         return optax.identity()
-    inner = optax.add_decayed_weights(weight_decay)
+    inner = coupled_weight_decay(weight_decay, fn)  # Checks dense leaves against params.
 
     def update_fn(updates, state, params=None):
         for path, leaf in jax.tree_util.tree_flatten_with_path(updates, is_leaf=_is_row_sparse)[0]:
@@ -203,6 +198,47 @@ def _sparse_coupled_weight_decay(fn: str, weight_decay: Any) -> optax.GradientTr
         return inner.update(updates, state, params)
 
     return optax.GradientTransformation(inner.init, update_fn)
+
+
+def adagrad_impl(
+    fn, learning_rate, initial_accumulator_value, eps, eps_root, weight_decay,
+    accumulator_dtype, row_wise, pad_id, out_of_range,
+) -> optax.GradientTransformation:
+    """The checks and the chain of `adagrad` and of its v0.1 name `sparse_adagrad`."""
+    _validation.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
+    _validation.check_number(fn, "initial_accumulator_value", initial_accumulator_value)
+    _validation.check_number(fn, "eps", eps)
+    _validation.check_number(fn, "eps_root", eps_root)
+    if weight_decay is not None:
+        _validation.check_number(fn, "weight_decay", weight_decay)
+    accumulator_dtype = _validation.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
+    _check_row_wise(fn, row_wise)
+    _check_flags(fn, pad_id, out_of_range)
+    return optax.chain(
+        _sparse_coupled_weight_decay(fn, weight_decay),
+        _scale_by_sparse_adagrad(
+            fn, initial_accumulator_value, eps, eps_root, accumulator_dtype,
+            bool(row_wise), pad_id, out_of_range,
+        ),
+        on_row_values(optax.scale_by_learning_rate(learning_rate)),
+    )
+
+
+def scale_by_adagrad_impl(
+    fn, initial_accumulator_value, eps, eps_root, accumulator_dtype, row_wise, pad_id,
+    out_of_range,
+) -> optax.GradientTransformation:
+    """The checks and the transform of `scale_by_adagrad` (and `scale_by_sparse_adagrad`)."""
+    _validation.check_number(fn, "initial_accumulator_value", initial_accumulator_value)
+    _validation.check_number(fn, "eps", eps)
+    _validation.check_number(fn, "eps_root", eps_root)
+    accumulator_dtype = _validation.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
+    _check_row_wise(fn, row_wise)
+    _check_flags(fn, pad_id, out_of_range)
+    return _scale_by_sparse_adagrad(
+        fn, initial_accumulator_value, eps, eps_root, accumulator_dtype,
+        bool(row_wise), pad_id, out_of_range,
+    )
 
 
 @_validation.checked_arguments
@@ -281,21 +317,7 @@ def sparse_adagrad(
       Duchi, Hazan and Singer, "Adaptive Subgradient Methods for Online
       Learning and Stochastic Optimization", JMLR 12, 2011.
     """
-    fn = "sparse_adagrad"
-    _validation.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
-    _validation.check_number(fn, "initial_accumulator_value", initial_accumulator_value)
-    _validation.check_number(fn, "eps", eps)
-    _validation.check_number(fn, "eps_root", eps_root)
-    if weight_decay is not None:
-        _validation.check_number(fn, "weight_decay", weight_decay)
-    accumulator_dtype = _validation.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
-    _check_row_wise(fn, row_wise)
-    _check_flags(fn, pad_id, out_of_range)
-    return optax.chain(
-        _sparse_coupled_weight_decay(fn, weight_decay),
-        _scale_by_sparse_adagrad(
-            fn, initial_accumulator_value, eps, eps_root, accumulator_dtype,
-            bool(row_wise), pad_id, out_of_range,
-        ),
-        on_row_values(optax.scale_by_learning_rate(learning_rate)),
+    return adagrad_impl(
+        "sparse_adagrad", learning_rate, initial_accumulator_value, eps, eps_root,
+        weight_decay, accumulator_dtype, row_wise, pad_id, out_of_range,
     )

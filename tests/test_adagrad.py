@@ -300,7 +300,7 @@ def test_wrong_types_raise_type_error(kwargs, pattern):
 
 def test_integer_parameters_rejected_at_init():
     tx = adagrad_jax.adagrad()
-    with pytest.raises(TypeError, match=r"scale_by_adagrad: parameter \['step'\] has dtype int32"):
+    with pytest.raises(TypeError, match=r"adagrad: parameter \['step'\] has dtype int32"):
         tx.init({"w": jnp.zeros(2), "step": jnp.zeros((), jnp.int32)})
 
 

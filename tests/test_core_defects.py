@@ -173,8 +173,8 @@ def test_shape_error_message_names_function_path_and_both_shapes():
     with pytest.raises(ValueError) as info:
         tx.update({"a": jnp.ones(3)}, state)
     assert str(info.value).startswith(
-        "scale_by_adagrad: updates['a'] has shape (3,) but state.sum_of_squares['a']"
-        " has shape ().")
+        "adagrad: updates['a'] has shape (3,) but state.sum_of_squares['a']"
+        " has shape ().")  # names the function the user called
 
 
 def test_weight_decay_checks_updates_against_params(promotion):
@@ -448,7 +448,7 @@ def test_python_float_parameter_leaves():
 
 
 def test_python_int_parameter_leaf_is_refused_naming_it():
-    with pytest.raises(TypeError, match=r"scale_by_adagrad: parameter \['n'\] has dtype int32"):
+    with pytest.raises(TypeError, match=r"adagrad: parameter \['n'\] has dtype int32"):
         adagrad_jax.adagrad(0.1).init({"n": 3, "w": 1.0})
 
 

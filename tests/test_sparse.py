@@ -675,16 +675,28 @@ def test_optax_apply_updates_refuses_row_sparse():
 
 @pytest.mark.parametrize(
     "tx, message",
-    [(optax.adam(0.1), "RowSparse"), (optax.adagrad(0.1), "RowSparse"),
-     (adagrad_jax.adagrad(0.1), re.escape("scale_by_adagrad: the tree of updates differs"))],
-    ids=["optax.adam", "optax.adagrad", "adagrad_jax.adagrad"],
+    [(optax.adam(0.1), "RowSparse"), (optax.adagrad(0.1), "RowSparse")],
+    ids=["optax.adam", "optax.adagrad"],
 )
 def test_stateful_dense_optimizers_refuse_row_sparse(tx, message):
-    # optax names the RowSparse type at the path; adagrad_jax.adagrad names the path.
+    # optax names the RowSparse type at the path.
     params = {"t": jnp.zeros((4, 3))}
     with pytest.raises(ValueError, match=message) as info:
         tx.update(_sparse_grads(), tx.init(params), params)
     assert "['t']" in str(info.value)
+
+
+def test_adagrad_takes_row_sparse_gradients_like_sparse_adagrad():
+    # One rule across the package: every diagonal optimizer takes RowSparse in
+    # its own constructor; sparse_adagrad is adagrad's v0.1 name.
+    params = {"t": jnp.zeros((4, 3)), "w": jnp.ones(2)}
+    grads = {"t": RowSparse(jnp.array([1, 3, 1]), jnp.ones((3, 3))), "w": jnp.ones(2)}
+    results = []
+    for tx in (adagrad_jax.adagrad(0.1, pad_id=3), adagrad_jax.sparse_adagrad(0.1, pad_id=3)):
+        u, state = tx.update(grads, tx.init(params), params)
+        results.append((adagrad_jax.apply_updates(params, u), state))
+    _assert_trees_equal(results[0], results[1])
+    np.testing.assert_allclose(results[0][0]["t"][:, 0], [0.0, -0.1, 0.0, 0.0], rtol=1e-6)
 
 
 def test_indices_changed_by_a_transform_are_reported_with_their_path():

@@ -46,7 +46,6 @@ from adagrad_jax._rows._ids import _as_int32_ids, _check_row_count, _dedup
 from adagrad_jax._rows._row_sparse import (
     RowSparse,
     _check_row_sparse,
-    _describe,
     _is_row_sparse,
     _path,
     _values_view,
@@ -137,7 +136,7 @@ def _rows_update(fn, where, rule, g, slots, param, *, pad_id, out_of_range):
 def _check_dense_shape(fn, where, shape, expected, what):
     if tuple(shape) != tuple(expected):
         raise ValueError(
-            f"{fn}: {where} has shape {tuple(shape)}, but {what} has shape"
+            f"{fn}: {where} has shape {tuple(shape)} but {what} has shape"
             f" {tuple(expected)}. Pass a gradient of the parameter's shape (or a"
             " RowSparse of its rows, for a table)."
         )
@@ -154,6 +153,7 @@ def map_rule(
     row_wise: bool = False,
     pad_id: Any = None,
     out_of_range: str = "drop",
+    state_name: str = "state",
 ) -> tuple[Any, tuple]:
     """Applies `rule` to every leaf of `updates`; returns (updates, new slot trees).
 
@@ -168,6 +168,7 @@ def map_rule(
       row_wise: whether the slots hold one entry per row (shape ``p.shape[:1]``)
         instead of one per coordinate.
       pad_id, out_of_range: the id rules of `RowSparse` leaves.
+      state_name: how messages name the first slot tree.
 
     Raises:
       ValueError: for trees that differ from the state's, gradients whose shape
@@ -176,8 +177,11 @@ def map_rule(
         path).
     """
     _validation.check_same_structure(
-        fn, "updates", _values_view(updates), "the optimizer state", slots[0]
+        fn, "updates", _values_view(updates), state_name, slots[0]
     )
+    _validation.check_inexact_leaves(
+        fn, "updates", updates, is_leaf=_is_row_sparse,
+        dtype_of=lambda x: x.values.dtype if _is_row_sparse(x) else _validation.leaf_dtype(x))
     if read_params and params is None:
         raise ValueError(
             f"{fn}: update(updates, state, params) needs params: this rule reads the"
@@ -187,7 +191,7 @@ def map_rule(
     leaves, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=_is_row_sparse)
     slot_leaves = [treedef.flatten_up_to(tree) for tree in slots]
     if params is not None:
-        _validation.check_same_structure(fn, "params", params, "the optimizer state", slots[0])
+        _validation.check_same_structure(fn, "params", params, state_name, slots[0])
         param_leaves = treedef.flatten_up_to(params)
     else:
         param_leaves = [None] * len(leaves)
@@ -195,6 +199,7 @@ def map_rule(
     new_updates, new_slots = [], [[] for _ in slots]
     for i, ((path, g), p) in enumerate(zip(leaves, param_leaves)):
         where = _path(path)
+        state_where = state_name + jax.tree_util.keystr(path)
         leaf_slots = tuple(s[i] for s in slot_leaves)
         first = leaf_slots[0]
         w = p if read_params else None
@@ -207,7 +212,7 @@ def map_rule(
             if p is not None:
                 _check_dense_shape(fn, f"params{jax.tree_util.keystr(path)}",
                                    jnp.shape(p)[:1] if row_wise else jnp.shape(p),
-                                   first.shape, "its optimizer state")
+                                   first.shape, state_where)
             row_shape = (None if p is None else jnp.shape(p)[1:]) if row_wise else first.shape[1:]
             _check_row_sparse(fn, where, g, row_shape)
             u, leaf_slots = _rows_update(
@@ -215,15 +220,12 @@ def map_rule(
             )
         else:
             if not hasattr(g, "shape") or not hasattr(g, "dtype"):
-                raise TypeError(
-                    f"{fn}: {where} is {_describe(g)}; gradients must be arrays (or"
-                    " RowSparse for tables)."
-                )
+                g = jnp.asarray(g)  # A Python float: float32 (integers were refused above).
             if row_wise:
-                _check_dense_shape(fn, where, jnp.shape(g)[:1], first.shape,
-                                   "its row-wise accumulator (one entry per row)")
+                _check_dense_shape(fn, f"{where}'s row count", jnp.shape(g)[:1], first.shape,
+                                   f"the row-wise {state_where}")
             else:
-                _check_dense_shape(fn, where, g.shape, first.shape, "its optimizer state")
+                _check_dense_shape(fn, where, g.shape, first.shape, state_where)
             if w is not None:
                 _check_dense_shape(fn, f"params{jax.tree_util.keystr(path)}", jnp.shape(w),
                                    g.shape, where)

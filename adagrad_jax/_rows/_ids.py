@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from adagrad_jax import _validation
+
 _INT32_MAX = int(np.iinfo(np.int32).max)
 _OUT_OF_RANGE_MODES = ("drop", "error")
 
@@ -100,17 +102,18 @@ def _dedup(
 
 
 def _check_pad_id(fn: str, pad_id: Any) -> None:
-    if pad_id is None or isinstance(pad_id, jax.Array):
-        return  # A JAX array may be traced (inject_hyperparams): unchecked.
-    if isinstance(pad_id, np.ndarray) and pad_id.ndim == 0:
-        pad_id = pad_id.item()
-    if isinstance(pad_id, bool) or not isinstance(pad_id, (int, np.integer)):
-        raise TypeError(f"{fn}(pad_id={pad_id!r}): pad_id must be an integer row id or None.")
-    if not 0 <= pad_id <= _INT32_MAX:
+    """None, or an integer row id in [0, 2**31); traced JAX scalars by dtype and shape only."""
+    if pad_id is None:
+        return
+    try:
+        _validation.check_integer(fn, "pad_id", pad_id, low=0, high=_INT32_MAX)
+    except ValueError as e:
+        if "scalar" in str(e):
+            raise
         raise ValueError(
             f"{fn}(pad_id={pad_id!r}): pad_id must be a row id in [0, 2**31) or"
             " None; negative ids are always padding and need no pad_id."
-        )
+        ) from None
 
 
 def _check_flags(fn: str, pad_id: Any, out_of_range: Any) -> None:
