@@ -1,8 +1,12 @@
-"""Diagonal Adagrad for trees with embedding tables: `scale_by_sparse_adagrad`, `sparse_adagrad`.
+"""Diagonal Adagrad's leaf rule on the row machinery, and its v0.1 table names.
 
-Dense leaves get `scale_by_adagrad`'s arithmetic exactly; `RowSparse` leaves
-go through the shared row machinery (`adagrad_jax._rows`), which reads and
-writes only the touched rows. The optimizer itself is one small leaf rule.
+`adagrad` and `scale_by_adagrad` (in `_adagrad.py`) are built here, by
+`adagrad_impl` and `scale_by_adagrad_impl`: dense leaves get the dense rule,
+`RowSparse` leaves go through the shared row machinery (`adagrad_jax._rows`),
+which reads and writes only the touched rows. The optimizer itself is one small
+leaf rule, `_adagrad_rule`. `sparse_adagrad` and `scale_by_sparse_adagrad` are
+the same optimizers under the names v0.1 gave them (they keep their own names in
+error messages).
 """
 
 from __future__ import annotations
@@ -38,7 +42,10 @@ def scale_by_sparse_adagrad(
     pad_id: int | None = None,
     out_of_range: str = "drop",
 ) -> optax.GradientTransformation:
-    r"""`scale_by_adagrad` that also takes `RowSparse` gradients for tables.
+    r"""`scale_by_adagrad` under its v0.1 name; its rule for `RowSparse` gradients.
+
+    Both take `RowSparse` gradients for tables (since 0.2 `scale_by_adagrad`
+    does too); this docstring gives the row rule in full.
 
     Dense leaves get exactly `scale_by_adagrad`'s result. For a `RowSparse`
     leaf g of a table with V rows, at each step::
@@ -254,7 +261,10 @@ def sparse_adagrad(
     pad_id: int | None = None,
     out_of_range: str = "drop",
 ) -> optax.GradientTransformation:
-    r"""`adagrad` that also takes `RowSparse` gradients for embedding tables.
+    r"""`adagrad` under its v0.1 name; its rule for `RowSparse` gradients.
+
+    Since 0.2 `adagrad` takes `RowSparse` gradients itself, with the same
+    arguments; this docstring gives the row rule in full.
 
     For dense leaves this is `adagrad_jax.adagrad` to the last bit. For a
     `RowSparse` gradient of a V-row table, at step t = 1, 2, ...
