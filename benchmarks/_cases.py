@@ -8,12 +8,20 @@ PyTorch has no eps_root and puts it outside, which costs the same.
 A case's `step()` runs one full training step (update and apply) on fixed
 gradients and waits for the result. JAX steps are compiled ahead of time so
 that compilation is measured apart from the step.
+
+The embedding-table problem (a vocab x dim table, Zipf-distributed ids per
+step) and its steps live here too, shared by `benchmarks/sparse_embedding.py`
+and `benchmarks/regularized.py`: `TableProblem`, `table_problem`,
+`row_sparse_step`, `dense_grad_step`, `dense_grad_from_lookup_step` and
+`table_case`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -162,3 +170,107 @@ def label(case: Case) -> str:
     if case.donate is None:
         return case.method
     return case.method + ("" if case.donate else " (no donation)")
+
+
+# --- Embedding tables: k Zipf ids per step into a vocab x dim float32 table. ---
+
+ZIPF_EXPONENT = 1.2
+ID_POOL = 32  # distinct id batches, cycled
+
+
+def draw_ids(rng: np.random.Generator, vocab: int, k: int) -> np.ndarray:
+    """k ids with many repeats: a Zipf draw (exponent 1.2) folded into the vocabulary."""
+    return ((rng.zipf(ZIPF_EXPONENT, k) - 1) % vocab).astype(np.int32)
+
+
+@dataclasses.dataclass
+class TableProblem:
+    """A table, ID_POOL batches of ids (cycled step after step) and row gradients."""
+
+    vocab: int
+    dim: int
+    k: int
+    table_np: np.ndarray  # (vocab, dim) float32
+    ids_np: list[np.ndarray]  # ID_POOL arrays of k int32 ids
+    values_np: np.ndarray  # (k, dim) float32, one row gradient per id
+    unique_ids: float  # mean distinct ids per batch
+    sparse_batches: list[tuple[jax.Array, jax.Array]]  # (ids, values) per batch
+
+    def dense_grad(self) -> jax.Array:
+        """The (vocab, dim) gradient of the first batch, as a dense array."""
+        ids, values = self.sparse_batches[0]
+        return adagrad_jax.RowSparse(ids, values).todense(self.vocab)
+
+
+def table_problem(vocab: int, dim: int, k: int, seed: int = 0) -> TableProblem:
+    """The table, ids and gradients of the sparse scenarios (fixed seed)."""
+    rng = np.random.default_rng(seed)
+    ids_np = [draw_ids(rng, vocab, k) for _ in range(ID_POOL)]
+    values_np = rng.standard_normal((k, dim), dtype=np.float32)
+    table_np = 0.01 * rng.standard_normal((vocab, dim), dtype=np.float32)
+    values = jnp.asarray(values_np)
+    return TableProblem(
+        vocab, dim, k, table_np, ids_np, values_np,
+        unique_ids=statistics.mean(len(np.unique(i)) for i in ids_np),
+        sparse_batches=[(jnp.asarray(i), values) for i in ids_np],
+    )
+
+
+def row_sparse_step(tx: optax.GradientTransformation) -> Callable:
+    """(params, state, ids, values) -> (params, state): RowSparse in, rows applied."""
+
+    def step(params, state, ids, values):
+        grads = {"table": adagrad_jax.RowSparse(ids, values)}
+        updates, state = tx.update(grads, state, params)
+        return adagrad_jax.apply_updates(params, updates), state
+
+    return step
+
+
+def dense_grad_step(tx: optax.GradientTransformation) -> Callable:
+    """(params, state, grad) -> (params, state): a dense (vocab, dim) gradient given."""
+
+    def step(params, state, grad):
+        updates, state = tx.update({"table": grad}, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
+def dense_grad_from_lookup_step(tx: optax.GradientTransformation) -> Callable:
+    """(params, state, ids, values) -> (params, state): jax.grad builds the dense gradient."""
+
+    def step(params, state, ids, values):
+        # The gradient of a lookup, as jax.grad builds it in a model: V x D.
+        grads = jax.grad(lambda p: jnp.vdot(p["table"][ids], values))(params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
+def table_case(step_fn: Callable, table: jax.Array, tx: optax.GradientTransformation,
+               batches: list[tuple]) -> tuple[Callable[[int], None], dict[str, Any]]:
+    """A callable running step i (batch i mod len) on a donated (table, state).
+
+    Compiled ahead of time; the info dict has compile_s and, from XLA's memory
+    analysis of the compiled step, temp_mb and aliased_mb.
+    """
+    params = {"table": table}
+    state = tx.init(params)
+    start = time.perf_counter()
+    compiled = (
+        jax.jit(step_fn, donate_argnums=(0, 1)).lower(params, state, *batches[0]).compile()
+    )
+    info: dict[str, Any] = {"compile_s": time.perf_counter() - start}
+    memory = compiled.memory_analysis()
+    if memory is not None:
+        info["temp_mb"] = memory.temp_size_in_bytes / 2**20
+        info["aliased_mb"] = memory.alias_size_in_bytes / 2**20
+    box = [params, state]
+
+    def step(i: int) -> None:
+        box[0], box[1] = compiled(box[0], box[1], *batches[i % len(batches)])
+        jax.block_until_ready(box[0])
+
+    return step, info

@@ -32,6 +32,38 @@ def round_robin(
     return times
 
 
+def round_robin_tiered(
+    fast: dict[str, Callable[[int], Any]],
+    slow: dict[str, Callable[[int], Any]],
+    *,
+    rounds: int,
+    slow_every: int,
+    warmup: int = 2,
+) -> dict[str, list[float]]:
+    """Like `round_robin` for steps that take the round index, with slow steps thinned.
+
+    Every round times each `fast` step once; every `slow_every`-th round
+    (round 0 included) also times each `slow` step, interleaved with the fast
+    ones and in rotated order. Steps get the round index (to cycle through
+    their batches). `slow_every` is capped so that slow steps get at least 3
+    rounds (or 1 when `rounds` < 3).
+    """
+    steps = {**fast, **slow}
+    for i in range(warmup):
+        for step in steps.values():
+            step(i)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    slow_every = max(1, min(slow_every, rounds // 3 or 1))
+    for r in range(rounds):
+        names = list(fast) + (list(slow) if r % slow_every == 0 else [])
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            steps[name](r)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def stats_ms(seconds: list[float]) -> dict[str, float]:
     """Median, minimum and maximum, in milliseconds."""
     ms = [1e3 * s for s in seconds]

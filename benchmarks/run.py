@@ -10,8 +10,10 @@ Scenarios: dense single leaf (1M / 16M / 64M float32, with and without
 donation, plus an in-place streaming measurement of the machine's bandwidth in
 the same rounds); many leaves (1,000 x 4,096 and 200 x 65,536 against one leaf
 of the same size); compile time for 1, 10, 100 and 1,000 leaves; peak memory of
-a step; and the sparse embedding scenario of `benchmarks/sparse_embedding.py`
-when that file exists. Each compares `optax.adagrad`, `adagrad_jax.adagrad`
+a step; the sparse embedding scenario of `benchmarks/sparse_embedding.py`
+when that file exists; and the regularized family (`proximal_adagrad`,
+`adagrad_da`, `ftrl`) against `adagrad` / `sparse_adagrad`, dense and on the
+table, from `benchmarks/regularized.py`. Each compares `optax.adagrad`, `adagrad_jax.adagrad`
 (per leaf), `adagrad_jax.packed_adagrad` (interleaved, and split into two
 buffers) and, when PyTorch is installed, `torch.optim.Adagrad` with `foreach`
 and with `fused`.
@@ -49,6 +51,7 @@ from benchmarks import (
     _report,
     _timing,
 )
+from benchmarks import regularized as regularized_module
 
 MI = 2**20
 
@@ -64,6 +67,7 @@ class Config:
     compile_reps: int
     rounds: int
     sparse: dict[str, int]
+    regularized: dict[str, int]
 
 
 FULL = Config(
@@ -74,6 +78,7 @@ FULL = Config(
     compile_reps=2,
     rounds=20,
     sparse={"num_steps": 50, "vocab": 1_000_000, "dim": 64, "k": 4096},
+    regularized=regularized_module.FULL,
 )
 QUICK = Config(
     dense_sizes=(1 * MI, 16 * MI),
@@ -83,6 +88,7 @@ QUICK = Config(
     compile_reps=1,
     rounds=10,
     sparse={"num_steps": 10, "vocab": 100_000, "dim": 32, "k": 1024},
+    regularized=regularized_module.QUICK,
 )
 TINY = Config(  # for the smoke test: exercises every code path in seconds
     dense_sizes=(4096,),
@@ -92,8 +98,9 @@ TINY = Config(  # for the smoke test: exercises every code path in seconds
     compile_reps=1,
     rounds=2,
     sparse={"num_steps": 2, "vocab": 1000, "dim": 8, "k": 16},
+    regularized=regularized_module.TINY,
 )
-SCENARIOS = ("dense", "leaves", "compile", "sparse")
+SCENARIOS = ("dense", "leaves", "compile", "sparse", "regularized")
 
 
 def size_label(n: int) -> str:
@@ -246,6 +253,17 @@ def sparse(config: Config) -> tuple[list[dict[str, Any]], str | None]:
     return rows, None
 
 
+def regularized(config: Config) -> tuple[list[dict[str, Any]], str | None]:
+    """Rows from benchmarks/regularized.py, or why there are none."""
+    try:
+        out = regularized_module.run(**config.regularized)
+    except Exception:  # noqa: BLE001 - one scenario must not sink the run
+        return [], "regularized.run failed:\n" + traceback.format_exc()
+    rows = [{"scenario": "regularized", **{k: _jsonable(v) for k, v in r.items()}}
+            for r in out]
+    return rows, None
+
+
 def _sparse_case(sparse: dict[str, int]) -> str:
     return ", ".join(f"{k}={v:,}" for k, v in sparse.items())
 
@@ -357,13 +375,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "leaves": lambda: many_leaves(config, methods, rounds),
         "compile": lambda: compile_times(config, methods),
         "sparse": lambda: sparse(config),
+        "regularized": lambda: regularized(config),
     }
     results["meta"]["seconds"] = {}
     for name in SCENARIOS:
         if name not in args.only:
             continue
         out, seconds = _timing.timed(scenarios[name])
-        rows, note = out if name == "sparse" else (out, None)
+        rows, note = out if name in ("sparse", "regularized") else (out, None)
         results["rows"] += rows
         if note:
             results["notes"].append(note)

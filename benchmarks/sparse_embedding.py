@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
-import statistics
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -40,66 +38,9 @@ if __package__ in (None, ""):  # run as a script: python benchmarks/sparse_embed
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import adagrad_jax
-from benchmarks import _timing
+from benchmarks import _cases, _timing
 
-LR, TAU, EPS = 0.01, 0.1, 1e-7
-ZIPF_EXPONENT = 1.2
-ID_POOL = 32  # distinct id batches, cycled
-
-
-def _draw_ids(rng: np.random.Generator, vocab: int, k: int) -> np.ndarray:
-    """k ids with many repeats: a Zipf draw (exponent 1.2) folded into the vocabulary."""
-    return ((rng.zipf(ZIPF_EXPONENT, k) - 1) % vocab).astype(np.int32)
-
-
-def _jax_case(step_fn: Callable, table: jax.Array, tx: optax.GradientTransformation,
-              batches: list[tuple]) -> tuple[Callable[[int], None], dict[str, Any]]:
-    """A one-step callable over a donated (table, state), compiled ahead of time."""
-    params = {"table": table}
-    state = tx.init(params)
-    start = time.perf_counter()
-    compiled = (
-        jax.jit(step_fn, donate_argnums=(0, 1)).lower(params, state, *batches[0]).compile()
-    )
-    info: dict[str, Any] = {"compile_s": time.perf_counter() - start}
-    memory = compiled.memory_analysis()
-    if memory is not None:
-        info["temp_mb"] = memory.temp_size_in_bytes / 2**20
-        info["aliased_mb"] = memory.alias_size_in_bytes / 2**20
-    box = [params, state]
-
-    def step(i: int) -> None:
-        box[0], box[1] = compiled(box[0], box[1], *batches[i % len(batches)])
-        jax.block_until_ready(box[0])
-
-    return step, info
-
-
-def _sparse_step(tx: optax.GradientTransformation) -> Callable:
-    def step(params, state, ids, values):
-        grads = {"table": adagrad_jax.RowSparse(ids, values)}
-        updates, state = tx.update(grads, state, params)
-        return adagrad_jax.apply_updates(params, updates), state
-
-    return step
-
-
-def _dense_given_step(tx: optax.GradientTransformation) -> Callable:
-    def step(params, state, grad):
-        updates, state = tx.update({"table": grad}, state, params)
-        return optax.apply_updates(params, updates), state
-
-    return step
-
-
-def _dense_built_step(tx: optax.GradientTransformation) -> Callable:
-    def step(params, state, ids, values):
-        # The gradient of a lookup, as jax.grad builds it in a model: V x D.
-        grads = jax.grad(lambda p: jnp.vdot(p["table"][ids], values))(params)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    return step
+LR, TAU, EPS = _cases.LR, _cases.TAU, _cases.EPS
 
 
 def _torch_case(table_np: np.ndarray, ids_np: list, values_np: np.ndarray):
@@ -148,49 +89,40 @@ def run(
       x_vs_torch / x_vs_optax_dense / x_vs_optax_dense_with_grad (how many
       times faster, by median).
     """
-    rng = np.random.default_rng(seed)
-    ids_np = [_draw_ids(rng, vocab, k) for _ in range(ID_POOL)]
-    values_np = rng.standard_normal((k, dim), dtype=np.float32)
-    table_np = (0.01 * rng.standard_normal((vocab, dim), dtype=np.float32))
-    unique = statistics.mean(len(np.unique(i)) for i in ids_np)
-    values = jnp.asarray(values_np)
-    sparse_batches = [(jnp.asarray(i), values) for i in ids_np]
+    problem = _cases.table_problem(vocab, dim, k, seed)
+    batches = problem.sparse_batches
 
     fast: dict[str, tuple[Callable[[int], None], dict[str, Any]]] = {}
     slow: dict[str, tuple[Callable[[int], None], dict[str, Any]]] = {}
     tx = adagrad_jax.sparse_adagrad(LR, TAU, eps=0.0, eps_root=EPS)
-    fast["adagrad_jax.sparse_adagrad"] = _jax_case(
-        _sparse_step(tx), jnp.asarray(table_np), tx, sparse_batches)
+    fast["adagrad_jax.sparse_adagrad"] = _cases.table_case(
+        _cases.row_sparse_step(tx), jnp.asarray(problem.table_np), tx, batches)
     tx = adagrad_jax.sparse_adagrad(LR, TAU, eps=0.0, eps_root=EPS, row_wise=True)
-    fast["adagrad_jax.sparse_adagrad(row_wise=True)"] = _jax_case(
-        _sparse_step(tx), jnp.asarray(table_np), tx, sparse_batches)
+    fast["adagrad_jax.sparse_adagrad(row_wise=True)"] = _cases.table_case(
+        _cases.row_sparse_step(tx), jnp.asarray(problem.table_np), tx, batches)
     if importlib.util.find_spec("torch") is not None:
-        fast["torch.optim.Adagrad (sparse grad)"] = _torch_case(table_np, ids_np, values_np)
+        fast["torch.optim.Adagrad (sparse grad)"] = _torch_case(
+            problem.table_np, problem.ids_np, problem.values_np)
 
     dense_tx = optax.adagrad(LR)
-    dense_grad = adagrad_jax.RowSparse(jnp.asarray(ids_np[0]), values).todense(vocab)
-    slow["optax.adagrad (dense grad given)"] = _jax_case(
-        _dense_given_step(dense_tx), jnp.asarray(table_np), dense_tx, [(dense_grad,)])
-    slow["optax.adagrad (+ jax.grad dense grad)"] = _jax_case(
-        _dense_built_step(dense_tx), jnp.asarray(table_np), dense_tx, sparse_batches)
+    slow["optax.adagrad (dense grad given)"] = _cases.table_case(
+        _cases.dense_grad_step(dense_tx), jnp.asarray(problem.table_np), dense_tx,
+        [(problem.dense_grad(),)])
+    slow["optax.adagrad (+ jax.grad dense grad)"] = _cases.table_case(
+        _cases.dense_grad_from_lookup_step(dense_tx), jnp.asarray(problem.table_np),
+        dense_tx, batches)
 
     cases = {**fast, **slow}
     with warnings.catch_warnings():
         # PyTorch's Adagrad builds sparse tensors without saying whether to
         # check them and warns once about it; nothing here to act on.
         warnings.filterwarnings("ignore", message="Sparse invariant checks")
-        for step, _ in cases.values():  # warm up
-            step(0)
-            step(1)
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    dense_every = max(1, min(dense_every, num_steps // 3 or 1))
-    for r in range(num_steps):
-        names = list(fast) + (list(slow) if r % dense_every == 0 else [])
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            cases[name][0](r)
-            times[name].append(time.perf_counter() - start)
+        times = _timing.round_robin_tiered(
+            {name: step for name, (step, _) in fast.items()},
+            {name: step for name, (step, _) in slow.items()},
+            rounds=num_steps, slow_every=dense_every,
+        )
+    unique = problem.unique_ids
 
     rows = []
     for name, (_, info) in cases.items():

@@ -68,3 +68,30 @@ def test_layout_study_finds_one_in_place_loop_only_for_packed_elements():
     assert rows["(2, n) rows"]["loops"] == "fusion + copy"
     assert rows["complex64 w + iG"]["loops"] == "fusion"
     assert rows["complex64 w + iG"]["bytes_per_element"] == pytest.approx(20.0, abs=0.01)
+
+
+def test_regularized_scenario_compares_the_family_against_adagrad(results):
+    """benchmarks/regularized.py: dense and table rows, ratios and goals, in the report."""
+    from benchmarks import regularized
+
+    data, out = results
+    assert not [n for n in data["notes"] if n.startswith("regularized")]
+    rows = [r for r in data["rows"] if r["scenario"] == "regularized"]
+    dense = [r for r in rows if r["case"].startswith("dense")]
+    table = [r for r in rows if r["case"].startswith("sparse")]
+    assert [r["method"] for r in dense] == ["adagrad", *regularized.REGULARIZED]
+    assert {r["method"] for r in table} == {
+        "sparse_adagrad", *regularized.REGULARIZED, "optax_dense", "optax_dense_with_grad"}
+    for r in rows:
+        assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+        assert len(r["times_ms"]) == r["rounds"] > 0
+    for r in dense + table:
+        if r["method"] in regularized.REGULARIZED:
+            assert r["vs_baseline"] > 0 and isinstance(r["goal_met"], bool)
+    assert dense[0]["vs_baseline"] == 1.0 and dense[0]["loops"] >= 1
+    for r in table:
+        if not r["method"].startswith("optax"):
+            assert r["x_faster_than_optax_dense"] > 0
+            assert r["aliased_mb"] > 0  # table and state updated in place
+    markdown = (out / "latest.md").read_text()
+    assert "### Regularized family" in markdown and "adagrad_jax.ftrl(l1, l2)" in markdown
