@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adagrad_jax import _validation
+from adagrad_jax import _spmd, _validation
 
 _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
@@ -101,8 +101,16 @@ def init_sum_of_squares(
             p = jnp.asarray(p)  # A Python scalar, as optax accepts them.
         _validation.check_param_dtype(fn, path, p.dtype)
         dtype = accumulator_dtype_for(p.dtype, accumulator_dtype)
+        if isinstance(p, jax.core.Tracer):
+            # Under jit on an Explicit mesh the sharding is part of the type:
+            # keep it, so the first update does not change the state's type.
+            typed = _spmd.typed_sharding(p)
+            out = jnp.full(p.shape, initial_accumulator_value, dtype, out_sharding=typed)
+            return _spmd.tie_to(out, p)
         sharding = getattr(p, "sharding", None)
         if isinstance(p, jax.ShapeDtypeStruct) or sharding is None:
+            if isinstance(getattr(sharding, "mesh", None), jax.sharding.AbstractMesh):
+                return jnp.full(p.shape, initial_accumulator_value, dtype, out_sharding=sharding)
             return jnp.full(p.shape, initial_accumulator_value, dtype, device=sharding)
         return jnp.full_like(p, initial_accumulator_value, dtype=dtype)
 

@@ -26,7 +26,7 @@ from adagrad_jax._adagrad import (
     squared_magnitude,
 )
 from adagrad_jax._rows._apply import on_row_values
-from adagrad_jax._rows._engine import _per_row, _row_mean, _row_sharding, map_rule
+from adagrad_jax._rows._engine import _per_row, _row_like, _row_mean, map_rule
 from adagrad_jax._rows._ids import _check_flags
 from adagrad_jax._rows._row_sparse import _is_row_sparse, _path
 
@@ -158,10 +158,7 @@ def _scale_by_sparse_adagrad(
 
     def init_fn(params):
         if row_wise:
-            params = jax.tree.map(
-                lambda p: jax.ShapeDtypeStruct(p.shape[:1], p.dtype, sharding=_row_sharding(p)),
-                params,
-            )
+            params = jax.tree.map(_row_like, params)
         return ScaleByAdagradState(
             sum_of_squares=init_sum_of_squares(
                 fn, params, initial_accumulator_value, accumulator_dtype

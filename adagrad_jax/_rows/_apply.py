@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adagrad_jax import _validation
+from adagrad_jax import _spmd, _validation
 from adagrad_jax._rows._ids import _as_int32_ids, _check_row_count, _clean_ids
 from adagrad_jax._rows._row_sparse import (
     RowSparse,
@@ -131,7 +131,10 @@ def apply_updates(params: optax.Params, updates: optax.Updates) -> optax.Params:
         num_rows = jnp.shape(p)[0]
         _check_row_count(fn, where, num_rows, u.indices.shape[0])
         ids = _clean_ids(_as_int32_ids(u.indices), num_rows)
-        return p.at[ids].add(u.values.astype(p.dtype), mode="drop")
+        # On an Explicit mesh: a masked scatter into each row shard, in place.
+        return _spmd.partitioned(
+            lambda t, i, v: t.at[i].add(v.astype(t.dtype), mode="drop"), (p, ids, u.values),
+            _spmd.spec_of(p, jnp.ndim(p)), like=(p, ids, u.values))
 
     return jax.tree_util.tree_map_with_path(
         leaf, params, updates, is_leaf=lambda x: x is None

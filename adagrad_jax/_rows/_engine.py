@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
 
-from adagrad_jax import _validation
+from adagrad_jax import _spmd, _validation
 from adagrad_jax._rows._ids import _as_int32_ids, _check_row_count, _dedup
 from adagrad_jax._rows._row_sparse import (
     RowSparse,
@@ -73,6 +73,57 @@ def _row_sharding(p: Any) -> Any:
         spec = tuple(sharding.spec)[:1]
         return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
     return None
+
+
+def _row_like(p: Any) -> Any:
+    """What a row-wise accumulator for `p` is shaped and placed like (``p.shape[:1]``).
+
+    A `jax.ShapeDtypeStruct` with the row part of `p`'s sharding; under
+    `jax.jit` on an Explicit mesh, an array typed with it and tied to `p`.
+    """
+    typed = _spmd.typed_sharding(p)
+    if isinstance(p, jax.core.Tracer) and typed is not None:
+        spec = jax.sharding.PartitionSpec(*tuple(_spmd.spec_of(p, p.ndim))[:1])
+        rows = jnp.zeros(p.shape[:1], p.dtype,
+                         out_sharding=jax.sharding.NamedSharding(typed.mesh, spec))
+        return _spmd.tie_to(rows, p)
+    return jax.ShapeDtypeStruct(p.shape[:1], p.dtype, sharding=_row_sharding(p))
+
+
+def _check_placement(fn, where, state_where, p, slot, row_wise):
+    """Trace-time checks of a table's sharding on an Explicit mesh (types carry it).
+
+    The state must be sharded like its parameter (row-wise state like the
+    parameter's row axis), and a row-sharded table's rows must divide evenly
+    over the mesh axes that split them.
+    """
+    table = slot if p is None else p
+    sharding = _spmd.typed_sharding(table)
+    if sharding is not None and table.ndim >= 1 and sharding.spec and sharding.spec[0]:
+        axes = sharding.spec[0] if isinstance(sharding.spec[0], tuple) else (sharding.spec[0],)
+        parts = 1
+        for axis in axes:
+            parts *= sharding.mesh.shape[axis]
+        if table.shape[0] % parts:
+            raise ValueError(
+                f"{fn}: {where}'s table has {table.shape[0]} rows, sharded over mesh"
+                f" axes {axes} of {parts} devices; the rows must divide evenly. Pad the"
+                f" table to {-(-table.shape[0] // parts) * parts} rows (ids never reach"
+                " the padding rows) or replicate it."
+            )
+    if p is None:
+        return
+    expected = _spmd.spec_of(p, 1 if row_wise else jnp.ndim(p))
+    actual = _spmd.spec_of(slot, jnp.ndim(slot))
+    if (_spmd.typed_sharding(p) is not None or _spmd.typed_sharding(slot) is not None) and (
+            tuple(expected) != tuple(actual)):
+        raise ValueError(
+            f"{fn}: {state_where} is sharded {actual} but its parameter"
+            f" params{where[len('updates'):]} is sharded {expected}"
+            f"{' (row-wise: the row axis)' if row_wise else ''}; optimizer state must be"
+            " placed like its parameters. Build it with jax.jit(tx.init)(params) or"
+            " with out_shardings=adagrad_jax.state_shardings(tx, params)."
+        )
 
 
 def _live_ids(fn, where, g, num_rows, *, pad_id, out_of_range):
@@ -107,30 +158,58 @@ def _rows_update(fn, where, rule, g, slots, param, *, pad_id, out_of_range):
     if k == 0:
         return RowSparse(ids, jnp.zeros_like(g.values)), tuple(slots)
 
-    rows, slot = _dedup(ids, num_rows)
+    rows, u, new_slots = _touched_rows(rule, ids, g.values, tuple(slots), param, num_rows)
+    return RowSparse(rows, u), new_slots
+
+
+def _touched_rows(rule, ids, values, slots, param, num_rows):
+    """Dedup, gather, rule, scatter: (rows, u, new slots) for live int32 `ids`.
+
+    On an Explicit mesh the deduplication, each gather and each scatter run
+    under `_spmd.partitioned`: XLA's partitioner makes every device read and
+    write only the rows it owns, and only ids and their rows travel
+    (O(k * D)). Their results are placed like the ids (rows) and like the
+    state (scatters); the rule itself runs on the rows in the caller's types,
+    so hyperparameters it closes over (traced schedules) need no resharding.
+    """
+    k = ids.shape[0]
+    like = (*slots, ids, values)
+    row_spec = _spmd.rows_spec(ids, values.ndim)
     # Duplicates are summed in the wider of the gradient's and the state's
     # dtypes, then rounded once to the gradient's dtype: the row gradient a
     # dense gradient of the same lookups would hold.
     with jax.numpy_dtype_promotion("standard"):  # A dtype query, not a mix.
-        compute_dtype = jnp.promote_types(g.values.dtype, slots[0].dtype)
-    summed = jax.ops.segment_sum(g.values.astype(compute_dtype), slot, num_segments=k)
-    live = _per_row(rows < num_rows, g.values.ndim)
-    zero = jnp.zeros((), g.values.dtype)
-    summed = jnp.where(live, summed.astype(g.values.dtype), zero)
+        compute_dtype = jnp.promote_types(values.dtype, slots[0].dtype)
+
+    def dedup_and_sum(ids, values):
+        rows, slot = _dedup(ids, num_rows)
+        return rows, jax.ops.segment_sum(values.astype(compute_dtype), slot, num_segments=k)
+
+    rows, summed = _spmd.partitioned(
+        dedup_and_sum, (ids, values), (_spmd.spec_of(ids, 1), row_spec), like=like)
+    live = _per_row(rows < num_rows, values.ndim)
+    zero = jnp.zeros((), values.dtype)
+    summed = jnp.where(live, summed.astype(values.dtype), zero)
 
     # Dead entries read stand-in state of 1 and parameters of 0, so that no
     # rule divides 0 by 0 there; their writes are dropped and their updates
     # zeroed.
-    slot_rows = tuple(
-        s.at[rows].get(mode="fill", fill_value=1, unique_indices=True) for s in slots
-    )
-    w_rows = None if param is None else param.at[rows].get(
-        mode="fill", fill_value=0, unique_indices=True)
+    def gather(table, fill):
+        return _spmd.partitioned(
+            lambda t, r: t.at[r].get(mode="fill", fill_value=fill, unique_indices=True),
+            (table, rows), _spmd.rows_spec(rows, table.ndim), like=like)
+
+    def scatter(table, new_rows):
+        return _spmd.partitioned(
+            lambda t, r, v: t.at[r].set(v, mode="drop", unique_indices=True),
+            (table, rows, new_rows), _spmd.spec_of(table, table.ndim), like=like)
+
+    slot_rows = tuple(gather(s, 1) for s in slots)
+    w_rows = None if param is None else gather(param, 0)
     u, new_slot_rows = rule(summed, slot_rows, w_rows)
-    new_slots = tuple(
-        s.at[rows].set(r, mode="drop", unique_indices=True) for s, r in zip(slots, new_slot_rows)
-    ) + tuple(slots[len(new_slot_rows):])
-    return RowSparse(rows, jnp.where(live, u, jnp.zeros((), u.dtype))), new_slots
+    new_slots = tuple(scatter(s, r) for s, r in zip(slots, new_slot_rows)) + tuple(
+        slots[len(new_slot_rows):])
+    return rows, jnp.where(live, u, jnp.zeros((), u.dtype)), new_slots
 
 
 def _check_dense_shape(fn, where, shape, expected, what):
@@ -213,6 +292,7 @@ def map_rule(
                 _check_dense_shape(fn, f"params{jax.tree_util.keystr(path)}",
                                    jnp.shape(p)[:1] if row_wise else jnp.shape(p),
                                    first.shape, state_where)
+            _check_placement(fn, where, state_where, p, first, row_wise)
             row_shape = (None if p is None else jnp.shape(p)[1:]) if row_wise else first.shape[1:]
             _check_row_sparse(fn, where, g, row_shape)
             u, leaf_slots = _rows_update(

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adagrad_jax import _spmd
 from adagrad_jax._rows._ids import _as_int32_ids, _check_pad_id, _check_row_count
 from adagrad_jax._rows._row_sparse import RowSparse, _as_array, _describe, _is_index_dtype
 
@@ -89,7 +90,10 @@ def value_and_row_grad(
         if pad_id is not None:
             padding = padding | (ids == jnp.asarray(pad_id).astype(jnp.int32))
         safe = jnp.where(padding | (ids >= num_rows), num_rows, ids)
-        rows = table.at[safe].get(mode="fill", fill_value=0)
+        # On an Explicit mesh: a masked gather on each row shard, placed like the ids.
+        rows = _spmd.partitioned(
+            lambda t, i: t.at[i].get(mode="fill", fill_value=0), (table, safe),
+            _spmd.rows_spec(safe, safe.ndim + table.ndim - 1), like=(table, safe))
         return jnp.where(padding, -1, ids), rows
 
     def wrapped(params, ids, *args, **kwargs):

@@ -1,0 +1,235 @@
+"""Tables larger than one device: placement and optimizer-state shardings.
+
+A table row-sharded with ``NamedSharding(mesh, P("data", None))`` trains as
+one SPMD program under `jax.jit`: `adagrad_jax.value_and_row_grad` looks its
+rows up, a row-sparse optimizer (`adagrad`, `sparse_adagrad`,
+`proximal_adagrad`, `adagrad_da`, `ftrl`, ...) updates the touched rows of the
+table's state, and `adagrad_jax.apply_updates` writes them back, on meshes
+with Explicit axes (the default of `jax.make_mesh`) and with Auto axes.
+
+How ids and rows travel. Each gather and scatter on a row-sharded table is
+left to XLA's SPMD partitioner (on Explicit meshes through
+`jax.sharding.auto_axes`, with the result placed like the ids): the ids of the
+batch are all-gathered (4 bytes each), every device gathers the rows it owns
+with a mask and an all-reduce assembles the looked-up rows (k x D); scatters
+all-gather the k x D new rows and each device writes only the ones it owns.
+Deduplication runs on the global ids, so an id sent by two devices is one row
+update, exactly as on one device. Every collective is sized by the ids of the
+step, never by the table's rows, and no device holds a table-sized
+temporary. The alternative, `shard_map` with an all-to-all of (id, row) pairs
+to each row's owner, moves about half the bytes in theory but, with static
+shapes, must reserve room for every id on every destination (k x D per
+device, the same buffer as the all-gather) and needs its own deduplication
+across senders; `benchmarks/scaling.py` measures both (see the README's
+"Scaling out" section for the figures).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+__all__ = ["propose_placement", "state_shardings"]
+
+
+def _axes_of(spec: PartitionSpec) -> list[str]:
+    names = []
+    for entry in spec:
+        if entry is None:
+            continue
+        names.extend(entry if isinstance(entry, tuple) else (entry,))
+    return names
+
+
+def _check_axes(fn: str, where: str, axes: Any, mesh: Any) -> None:
+    for axis in axes:
+        if axis not in mesh.axis_names:
+            close = difflib.get_close_matches(str(axis), [str(a) for a in mesh.axis_names], 1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"{fn}: {where} names mesh axis {axis!r}, but the mesh has axes"
+                f" {tuple(mesh.axis_names)}.{hint}"
+            )
+
+
+def _the_mesh(fn: str, leaves: list[tuple[Any, Any]]) -> Mesh:
+    meshes = []
+    for path, leaf in leaves:
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, NamedSharding):
+            meshes.append((path, sharding.mesh))
+    if not meshes:
+        raise ValueError(
+            f"{fn}: no parameter has a NamedSharding. Place the parameters on a mesh"
+            " first (jax.device_put(params, shardings), or jax.ShapeDtypeStructs with"
+            " sharding=...), e.g. with adagrad_jax.propose_placement."
+        )
+    path0, mesh = meshes[0]
+    for path, other in meshes[1:]:
+        if (other.axis_names != mesh.axis_names or other.shape != mesh.shape
+                or other.devices.tolist() != mesh.devices.tolist()):
+            raise ValueError(
+                f"{fn}: params{jax.tree_util.keystr(path)} is on mesh {other}, but"
+                f" params{jax.tree_util.keystr(path0)} is on {mesh}; one SPMD program"
+                " needs every parameter on the same mesh."
+            )
+    return mesh
+
+
+def state_shardings(tx: optax.GradientTransformation, params: optax.Params) -> Any:
+    """The shardings of ``tx.init(params)``'s leaves, derived from the parameters'.
+
+    Every state leaf made from a parameter gets that parameter's placement
+    (a per-coordinate accumulator the parameter's spec; a row-wise (V,)
+    accumulator of a ``P("data", None)`` table gets ``P("data")``); counters,
+    scalars and statistics of other shapes are replicated. The result has the
+    structure of the state, so it serves as ``out_shardings`` of a jitted
+    ``init`` (the state is then created in place on every device, never on one
+    device first) and as the target of `jax.device_put`. It works for every
+    optimizer of the package (and for optax's own), on meshes with Explicit
+    and with Auto axes: the shardings are read from the types of an abstract
+    ``init`` traced on an Explicit copy of the mesh, where each operation
+    carries its input's sharding through.
+
+    Args:
+      tx: the optimizer.
+      params: the parameters: arrays or `jax.ShapeDtypeStruct`s whose
+        ``sharding`` is a `NamedSharding` (leaves with another or no sharding
+        count as replicated on the same mesh).
+
+    Returns:
+      A tree like ``jax.eval_shape(tx.init, params)`` with a `NamedSharding`
+      on the parameters' mesh at every leaf.
+
+    Raises:
+      ValueError: if no parameter has a `NamedSharding`, if they use different
+        meshes, or if a spec names an axis the mesh lacks (naming the path).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jax.sharding import NamedSharding, PartitionSpec as P
+      >>> import adagrad_jax
+      >>> mesh = jax.make_mesh((1,), ("data",))
+      >>> table = jax.ShapeDtypeStruct((8, 4), jnp.float32,
+      ...                              sharding=NamedSharding(mesh, P("data", None)))
+      >>> tx = adagrad_jax.sparse_adagrad(0.1, row_wise=True)
+      >>> adagrad_jax.state_shardings(tx, {"t": table})[1].sum_of_squares["t"].spec
+      P('data',)
+    """
+    fn = "state_shardings"
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    mesh = _the_mesh(fn, leaves)
+    explicit = Mesh(mesh.devices, mesh.axis_names,
+                    axis_types=(AxisType.Explicit,) * len(mesh.axis_names))
+
+    def typed(path, leaf):
+        if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+            leaf = np.asarray(leaf)
+        sharding = getattr(leaf, "sharding", None)
+        spec = sharding.spec if isinstance(sharding, NamedSharding) else PartitionSpec()
+        _check_axes(fn, f"params{jax.tree_util.keystr(path)}'s sharding {spec}",
+                    _axes_of(spec), mesh)
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                    sharding=NamedSharding(explicit, spec))
+
+    abstract = jax.tree_util.tree_map_with_path(typed, params)
+    with jax.sharding.use_abstract_mesh(explicit.abstract_mesh):
+        shapes = jax.eval_shape(tx.init, abstract)
+
+    def placed(leaf):
+        sharding = getattr(leaf, "sharding", None)
+        spec = sharding.spec if isinstance(sharding, NamedSharding) else PartitionSpec()
+        return NamedSharding(mesh, spec)
+
+    return jax.tree.map(placed, shapes)
+
+
+def propose_placement(
+    params: optax.Params,
+    mesh: Mesh,
+    *,
+    axis: str | tuple[str, ...] = "data",
+    replicate_below_bytes: int = 1 << 20,
+    overrides: Mapping[str, PartitionSpec] | None = None,
+) -> Any:
+    """Proposes a placement for every parameter: tables row-sharded, the rest replicated.
+
+    A leaf with a row axis and more than one column (an embedding table) of
+    at least `replicate_below_bytes` is row-sharded, ``P(axis, None, ...)``:
+    each device of `axis` holds rows / n of it and of its optimizer state.
+    Smaller leaves (small tables, the dense tower) are replicated, ``P()``:
+    reading them costs nothing and their gradients are all-reduced. Entries
+    of `overrides` (keyed by the path as `jax.tree_util.keystr` writes it,
+    e.g. ``"['user']"``) replace the proposal for those leaves.
+
+    Args:
+      params: the parameters (arrays or `jax.ShapeDtypeStruct`s: only shapes
+        and dtypes are read).
+      mesh: the `jax.sharding.Mesh`.
+      axis: the mesh axis (or tuple of axes) that splits table rows.
+        Default ``"data"``.
+      replicate_below_bytes: tables smaller than this are replicated.
+        Default 1 MiB.
+      overrides: ``{path: PartitionSpec}`` for leaves to place by hand.
+
+    Returns:
+      A tree like `params` of `NamedSharding`s on `mesh`, for `jax.device_put`
+      or ``out_shardings``.
+
+    Raises:
+      ValueError: for an axis the mesh lacks (with "Did you mean"), an
+        override whose path is not a leaf of `params`, or a table to row-shard
+        whose rows do not divide evenly over `axis` (pad it, replicate it, or
+        override it).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import adagrad_jax
+      >>> mesh = jax.make_mesh((1,), ("data",))
+      >>> params = {"user": jax.ShapeDtypeStruct((1 << 20, 16), jnp.float32),
+      ...           "country": jnp.zeros((200, 16)), "w": jnp.zeros(16)}
+      >>> placement = adagrad_jax.propose_placement(params, mesh)
+      >>> {name: s.spec for name, s in placement.items()}
+      {'country': P(), 'user': P('data', None), 'w': P()}
+    """
+    fn = "propose_placement"
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    _check_axes(fn, f"axis={axis!r}", axes, mesh)
+    parts = int(np.prod([mesh.shape[a] for a in axes]))
+    overrides = dict(overrides or {})
+    paths = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+    for key, spec in overrides.items():
+        if key not in paths:
+            close = difflib.get_close_matches(key, sorted(paths), 1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"{fn}: overrides names {key!r}, which is not a leaf of params (leaves:"
+                f" {sorted(paths)}).{hint}"
+            )
+        _check_axes(fn, f"overrides[{key!r}] = {spec}", _axes_of(PartitionSpec(*spec)), mesh)
+
+    def place(path, leaf):
+        key = jax.tree_util.keystr(path)
+        if key in overrides:
+            return NamedSharding(mesh, PartitionSpec(*overrides[key]))
+        shape = tuple(np.shape(leaf))
+        nbytes = int(np.prod(shape)) * np.dtype(leaf.dtype).itemsize
+        if len(shape) < 2 or nbytes < replicate_below_bytes:
+            return NamedSharding(mesh, PartitionSpec())
+        if shape[0] % parts:
+            raise ValueError(
+                f"{fn}: params{key} has {shape[0]} rows, which do not divide evenly over"
+                f" mesh axis {axis!r} of {parts} devices. Pad the table to"
+                f" {-(-shape[0] // parts) * parts} rows (ids never reach the padding),"
+                f" or place it by hand with overrides={{{key!r}: P()}}."
+            )
+        first = axes if len(axes) > 1 else axes[0]
+        return NamedSharding(mesh, PartitionSpec(first, *([None] * (len(shape) - 1))))
+
+    return jax.tree_util.tree_map_with_path(place, params)
