@@ -85,7 +85,7 @@ def scale_by_adagrad_norm(
       Array([0.6, 0.8], dtype=float32)
       >>> u, state = tx.update({"a": jnp.array([0.0, 5.0]), "b": jnp.array(2.0)}, state)
       >>> u["a"], u["b"]  # 5 / sqrt(25 + 25) and 2 / sqrt(4)
-      (Array([0.       , 0.7071068], dtype=float32), Array(1., dtype=float32))
+      (Array([0.        , 0.70710677], dtype=float32), Array(1., dtype=float32))
 
     References:
       Ward, Wu and Bottou, "AdaGrad stepsizes: Sharp convergence over

@@ -32,6 +32,11 @@ class ScaleByFullMatrixAdagradState(NamedTuple):
     preconditioners: optax.Updates
 
 
+class _LeafState(NamedTuple):
+    statistic: jax.Array
+    preconditioner: jax.Array
+
+
 def _layout(n: int, block_size: int) -> tuple[int, int]:
     """(number of blocks, block size) for a leaf of n coordinates."""
     b = max(1, min(block_size, n))
@@ -181,14 +186,16 @@ def _full_matrix(fn, block_size, initial_accumulator_value, eps, eps_root, preco
             shape = (num_blocks, b, b)
             zeros = _matrix.placed_full(p, shape, 0, dtype, replicate=True)
             eye = jnp.eye(b, dtype=dtype) * jnp.asarray(initial_accumulator_value, dtype)
-            return zeros + eye[None], zeros
+            return _LeafState(zeros + eye[None], zeros)
 
+        # A class of our own marks the per-leaf results: parameter trees may hold
+        # tuples (and optax.masked's MaskedNode, an empty one) of their own.
         pairs = jax.tree_util.tree_map_with_path(leaf, params)
-        is_pair = lambda x: isinstance(x, tuple)  # noqa: E731
+        is_pair = lambda x: isinstance(x, _LeafState)
         return ScaleByFullMatrixAdagradState(
             count=_matrix.placed_count(params),
-            statistics=jax.tree.map(lambda x: x[0], pairs, is_leaf=is_pair),
-            preconditioners=jax.tree.map(lambda x: x[1], pairs, is_leaf=is_pair),
+            statistics=jax.tree.map(lambda x: x.statistic, pairs, is_leaf=is_pair),
+            preconditioners=jax.tree.map(lambda x: x.preconditioner, pairs, is_leaf=is_pair),
         )
 
     def update_fn(updates, state, params=None):
@@ -200,7 +207,7 @@ def _full_matrix(fn, block_size, initial_accumulator_value, eps, eps_root, preco
         _check_statistics(fn, updates, state.statistics)
 
         def blocks(g, s):
-            return _to_blocks(g, s.shape[0], s.shape[1], s.dtype)
+            return _to_blocks(_matrix.replicated(g), s.shape[0], s.shape[1], s.dtype)
 
         xs = jax.tree.map(blocks, updates, state.statistics)
         statistics = jax.tree.map(
@@ -224,7 +231,8 @@ def _full_matrix(fn, block_size, initial_accumulator_value, eps, eps_root, preco
 
         def step(g, x, p):
             u = jnp.einsum("nij,nj->ni", p, x, precision=_matrix.HIGHEST)
-            return u.reshape(-1)[: g.size].reshape(g.shape).astype(g.dtype)
+            u = u.reshape(-1)[: g.size].reshape(g.shape).astype(g.dtype)
+            return _matrix.sharded_like(u, g)
 
         new_updates = jax.tree.map(step, updates, xs, preconditioners)
         return new_updates, ScaleByFullMatrixAdagradState(

@@ -83,6 +83,35 @@ def placed_full(p: Any, shape: tuple[int, ...], value: Any, dtype: Any, *, repli
     return jnp.full(shape, value, dtype, device=sharding)
 
 
+def _explicit_sharding(x: Any) -> Any:
+    """The sharding of `x` if it is split over Explicit mesh axes, else None."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    if not isinstance(sharding, jax.sharding.NamedSharding) or sharding.mesh.empty:
+        return None
+    if all(axis is None for axis in sharding.spec):
+        return None
+    return sharding
+
+
+def replicated(x: jax.Array) -> jax.Array:
+    """`x` gathered onto every device of its mesh (a no-op unless split over Explicit axes).
+
+    Matrix statistics are replicated, so the gradient blocks that feed them are
+    gathered first; with Auto axes (or one device) XLA places the values itself.
+    """
+    sharding = _explicit_sharding(x)
+    if sharding is None:
+        return x
+    return jax.sharding.reshard(
+        x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+
+
+def sharded_like(x: jax.Array, like: jax.Array) -> jax.Array:
+    """`x` split as `like` is over Explicit mesh axes (a no-op otherwise)."""
+    sharding = _explicit_sharding(like)
+    return x if sharding is None else jax.sharding.reshard(x, sharding)
+
+
 def placed_count(params: Any) -> jax.Array:
     """An int32 step counter at 0, placed (replicated) like the first parameter leaf.
 
@@ -194,7 +223,7 @@ def refresh_due(count: jax.Array, every: Any, start: Any = 1) -> Any:
     when every step is due (every = start = 1, as Python numbers), so that
     no `lax.cond` is compiled; a traced boolean otherwise.
     """
-    if _is_python_one(every) and _is_python_one(start):
+    if is_python_one(every) and is_python_one(start):
         return True
     t = count.astype(jnp.int32) + 1
     every = jnp.asarray(every).astype(jnp.int32)
@@ -202,5 +231,5 @@ def refresh_due(count: jax.Array, every: Any, start: Any = 1) -> Any:
     return (t >= start) & (jnp.remainder(t - start, jnp.maximum(every, 1)) == 0)
 
 
-def _is_python_one(value: Any) -> bool:
+def is_python_one(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value == 1

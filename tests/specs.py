@@ -8,6 +8,7 @@ means adding a spec, never editing a skip list.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ import optax
 
 import adagrad_jax
 from adagrad_jax import compat, schedules
-from tests import reference
+from tests import reference, reference_beyond
 
 
 def adagrad_accumulators(state) -> list:
@@ -55,6 +56,15 @@ class Spec:
       lazy_matches_dense: with `row_sparse`, whether a zero gradient row leaves
         a row unchanged in the dense rule too (so row-sparse training equals
         dense training on every row, touched or not).
+      param_shaped_state: whether the state holds arrays shaped like the
+        parameters (which must keep their sharding); False for rules whose
+        statistics are matrix blocks or scalars.
+      jit_init_follows_params: whether plain ``jax.jit(tx.init)(params)`` on a
+        mesh with Explicit axes places the state like the parameters. False
+        where no state leaf is computed from a parameter (matrix blocks,
+        scalars): jax.jit then drops the parameters and puts the whole state
+        on one device; ``out_shardings=adagrad_jax.state_shardings(tx,
+        params)`` places it (tests/mesh_conformance.py checks both).
     """
 
     name: str
@@ -68,6 +78,8 @@ class Spec:
     needs_params: bool = False
     row_sparse: bool = False
     lazy_matches_dense: bool = False
+    param_shaped_state: bool = True
+    jit_init_follows_params: bool = True
 
     def build(self, **overrides) -> optax.GradientTransformation:
         return self.make(**{**self.hyperparams, **overrides})
@@ -253,6 +265,103 @@ SPECS += [
             accumulator=_pick(0), lr=0.2, l1=0.01, l2=0.01, l2_shrinkage=0.005, beta=0.1),
         converge=None,
         **REGULARIZED,
+    ),
+]
+
+
+# --- beyond the diagonal: full-matrix Adagrad, Shampoo, AdaGrad-Norm ------------
+# Hyperparameters keep every statistic's inverse root bounded (tau, eps_root or eps
+# inside the root), so that eigensolver rounding stays at float32 / float64 level and
+# the suite's tolerances apply; tests/test_full_matrix.py and tests/test_shampoo.py
+# cover the singular cases. Structural arguments (block_size, preconditioner_every,
+# start_preconditioning_step) are ints: inject_hyperparams passes them as concrete
+# arrays to init, which reads them, and update never needs them.
+
+
+def _full_matrix_reference(*, lr, block_size, tau, **hyper) -> reference.Reference:
+    return reference.Reference(
+        functools.partial(reference_beyond.full_matrix_init, block_size=block_size, tau=tau),
+        functools.partial(reference_beyond.full_matrix_step, lr=lr, **hyper))
+
+
+def _shampoo_reference(*, lr, block_size, **hyper) -> reference.Reference:
+    return reference.Reference(
+        functools.partial(reference_beyond.shampoo_init, block_size=block_size),
+        functools.partial(reference_beyond.shampoo_step, lr=lr, block_size=block_size, **hyper),
+        accumulators=lambda state: state["A"])
+
+
+def _adagrad_norm_reference(*, lr, tau, eps, per_leaf) -> reference.Reference:
+    return reference.Reference(
+        functools.partial(reference_beyond.adagrad_norm_init, tau=tau, per_leaf=per_leaf),
+        functools.partial(reference_beyond.adagrad_norm_step, lr=lr, eps=eps,
+                          per_leaf=per_leaf),
+        accumulators=lambda state: (
+            [float(b) for b in state["b2"]] if per_leaf else [state["b2"]]))
+
+
+def _inner_sums(state) -> list:
+    """The diagonal sums (Shampoo's A, AdaGrad-Norm's b^2) of the chain's first state."""
+    return jax.tree.leaves(state[0].sum_of_squares)
+
+
+SPECS += [
+    Spec(
+        name="full_matrix_adagrad",
+        make=adagrad_jax.full_matrix_adagrad,
+        hyperparams=dict(learning_rate=0.1, block_size=3, initial_accumulator_value=0.1,
+                         eps=1e-3, eps_root=0.05, preconditioner_every=2),
+        reference=_full_matrix_reference(lr=0.1, block_size=3, tau=0.1, eps=1e-3,
+                                         eps_root=0.05, every=2),
+        # One 2 x 2 block on Rosenbrock's valley wants fresh preconditioners.
+        converge={"learning_rate": 0.2, "preconditioner_every": 1},
+        accumulators=None,
+        complex_params=False,
+        param_shaped_state=False,
+        jit_init_follows_params=False,
+    ),
+    Spec(
+        name="shampoo-blocked",
+        make=adagrad_jax.shampoo,
+        hyperparams=dict(learning_rate=0.1, block_size=2, eps=1e-3, preconditioner_every=2,
+                         start_preconditioning_step=2),
+        reference=_shampoo_reference(lr=0.1, block_size=2, eps=1e-3, every=2, start=2),
+        converge={"learning_rate": 0.5},
+        accumulators=_inner_sums,
+        complex_params=False,
+        jit_init_follows_params=False,
+    ),
+    Spec(
+        name="shampoo-paper",
+        make=functools.partial(adagrad_jax.shampoo, graft=None),  # a str/None stays static
+        hyperparams=dict(learning_rate=0.1, eps=0.1, preconditioner_every=1,
+                         start_preconditioning_step=1),
+        reference=_shampoo_reference(lr=0.1, block_size=128, eps=0.1, every=1, start=1,
+                                     graft=None),
+        converge=None,
+        accumulators=_inner_sums,
+        complex_params=False,
+        jit_init_follows_params=False,
+    ),
+    Spec(
+        name="adagrad_norm",
+        make=adagrad_jax.adagrad_norm,
+        hyperparams=dict(learning_rate=0.1, initial_accumulator_value=0.5, eps=1e-3),
+        reference=_adagrad_norm_reference(lr=0.1, tau=0.5, eps=1e-3, per_leaf=True),
+        converge={"learning_rate": 2.0},
+        accumulators=_inner_sums,
+        param_shaped_state=False,
+        jit_init_follows_params=False,
+    ),
+    Spec(
+        name="adagrad_norm-per-model",
+        make=functools.partial(adagrad_jax.adagrad_norm, per_leaf=False),  # a bool stays static
+        hyperparams=dict(learning_rate=0.1),
+        reference=_adagrad_norm_reference(lr=0.1, tau=0.0, eps=1e-8, per_leaf=False),
+        converge={"learning_rate": 2.0},
+        accumulators=_inner_sums,
+        param_shaped_state=False,
+        jit_init_follows_params=False,
     ),
 ]
 

@@ -241,9 +241,12 @@ def test_init_keeps_sharding(spec):
     mesh = jax.make_mesh((1,), ("data",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     params = {"w": jax.device_put(jnp.ones((4, 2)), sharding)}
-    like_params = [x for x in jax.tree.leaves(spec.build().init(params)) if x.shape == (4, 2)]
-    assert like_params
+    leaves = jax.tree.leaves(spec.build().init(params))
+    like_params = [x for x in leaves if x.shape == (4, 2)]
+    assert bool(like_params) == spec.param_shaped_state
     assert all(x.sharding.is_equivalent_to(sharding, 2) for x in like_params)
+    # Statistics of other shapes (counters, scalars, matrix blocks): on the same devices.
+    assert all(x.sharding.device_set == sharding.device_set for x in leaves)
 
 
 @parametrize
@@ -322,7 +325,10 @@ def test_masked_and_multi_transform(spec):
     labels = {"w": "ada", "b": "sgd", "deep": ["ada", "sgd"]}
     multi, _ = run_steps(
         optax.multi_transform({"ada": spec.build(), "sgd": sgd}, labels), params, grads)
-    full, _ = run_steps(spec.build(), params, grads)
+    # The selected leaves move as the optimizer alone moves that sub-tree (a rule may
+    # couple the leaves it is given, as a per-model norm does).
+    pick = lambda t: {"w": t["w"], "deep": [t["deep"][0]]}  # noqa: E731
+    full, _ = run_steps(spec.build(), pick(params), [pick(g) for g in grads])
     sgd_only, _ = run_steps(sgd, params, grads)
     for tree in (masked, multi):
         np.testing.assert_allclose(tree["w"], full["w"], rtol=1e-6)
@@ -504,3 +510,30 @@ def test_row_sparse_step_is_in_place_without_table_sized_temporaries(spec):
     memory = compiled.memory_analysis()
     assert memory.temp_size_in_bytes < table_bytes // 10, memory
     assert memory.alias_size_in_bytes >= table_bytes + state_bytes, memory
+
+
+# --- an 8-device mesh, Explicit and Auto axes (tests/mesh_conformance.py) ------
+
+@pytest.fixture(scope="module")
+def mesh_report():
+    """Runs every spec on a simulated 8-device mesh in one fresh interpreter."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+           "JAX_PLATFORMS": "cpu"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-m", "tests.mesh_conformance"], cwd=root,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@parametrize
+@pytest.mark.parametrize("axes", ["Explicit", "Auto"])
+def test_state_follows_parameter_shardings_on_an_8_device_mesh(spec, axes, mesh_report):
+    """state_shardings gives the state's placement; eager and jitted init give it,
+    update keeps it and its types, and a lax.scan over steps compiles."""
+    assert mesh_report[spec.name][axes] == "ok"
