@@ -1,6 +1,7 @@
 """adagrad_jax: the Adagrad family of optimizers as optax GradientTransformations."""
 
 from adagrad_jax import compat as compat
+from adagrad_jax import experimental as experimental
 from adagrad_jax import schedules as schedules
 from adagrad_jax._adagrad import ScaleByAdagradState as ScaleByAdagradState
 from adagrad_jax._adagrad import adagrad as adagrad
@@ -19,6 +20,9 @@ from adagrad_jax._full_matrix import full_matrix_adagrad as full_matrix_adagrad
 from adagrad_jax._full_matrix import (
     scale_by_full_matrix_adagrad as scale_by_full_matrix_adagrad,
 )
+
+# packed_adagrad lives in adagrad_jax.experimental (not a GradientTransformation, and it
+# loses whole training steps of matmul models); the 0.1 names still import, outside __all__.
 from adagrad_jax._packed import PackedAdagrad as PackedAdagrad
 from adagrad_jax._packed import PackedAdagradState as PackedAdagradState
 from adagrad_jax._packed import packed_adagrad as packed_adagrad
@@ -33,14 +37,14 @@ from adagrad_jax._shampoo import scale_by_shampoo as scale_by_shampoo
 from adagrad_jax._shampoo import shampoo as shampoo
 from adagrad_jax._sparse_adagrad import scale_by_sparse_adagrad as scale_by_sparse_adagrad
 from adagrad_jax._sparse_adagrad import sparse_adagrad as sparse_adagrad
+from adagrad_jax.sharding import propose_placement as propose_placement
+from adagrad_jax.sharding import state_shardings as state_shardings
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdagradDAState",
     "FtrlState",
-    "PackedAdagrad",
-    "PackedAdagradState",
     "ProximalAdagradState",
     "RowSparse",
     "ScaleByAdagradNormState",
@@ -52,10 +56,11 @@ __all__ = [
     "adagrad_norm",
     "apply_updates",
     "compat",
+    "experimental",
     "ftrl",
     "full_matrix_adagrad",
     "on_row_values",
-    "packed_adagrad",
+    "propose_placement",
     "proximal_adagrad",
     "scale_by_adagrad",
     "scale_by_adagrad_norm",
@@ -65,5 +70,6 @@ __all__ = [
     "schedules",
     "shampoo",
     "sparse_adagrad",
+    "state_shardings",
     "value_and_row_grad",
 ]

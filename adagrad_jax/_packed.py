@@ -1,4 +1,10 @@
-"""The packed (multi-tensor, single-pass) Adagrad training state.
+"""The packed (multi-tensor, single-pass) Adagrad training state (experimental).
+
+Public as `adagrad_jax.experimental.packed_adagrad` (and, for 0.1 code, as
+`adagrad_jax.packed_adagrad`). It wins the optimizer step alone; whole training
+steps of models that feed their weights to matrix products lose, because those
+read the weights through strided views of the packed buffers
+(`benchmarks/whole_step.py`).
 
 `packed_adagrad` owns the parameters and the accumulators in a few flat
 buffers, one per (parameter dtype, accumulator dtype) group, so that a training
@@ -26,8 +32,9 @@ donated and overwritten in place.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -106,8 +113,36 @@ class PackedAdagradState:
     layout: PackedLayout = dataclasses.field(metadata={"static": True})
 
 
-class PackedAdagrad(NamedTuple):
+def _consumer(module: str) -> str | None:
+    """How to name an optax or flax module that reads `init` (None: user code)."""
+    top = module.partition(".")[0]
+    if top == "flax":
+        return "flax's nnx.Optimizer (or another flax wrapper)"
+    if top == "optax":
+        return "an optax combinator (optax.chain, optax.masked, optax.MultiSteps, ...)"
+    return None
+
+
+def _not_a_transformation(where: str | None) -> TypeError:
+    start = (f"{_FN}(...) has no update(updates, state, params)" if where is None else
+             f"{_FN}(...) was given to {where}, which needs an optax GradientTransformation"
+             " (init and update)")
+    return TypeError(
+        f"{start}. It is a training state that owns the parameters (init(params) ->"
+        " state, step(state, grads) -> state, params(state) -> params), not an optax"
+        " GradientTransformation. Use adagrad_jax.adagrad(...) there: the same rule, as a"
+        " drop-in transformation. To train with the packed state, jit opt.step"
+        " yourself (see adagrad_jax.experimental.packed_adagrad)."
+    )
+
+
+class PackedAdagrad:
     """The functions of a packed Adagrad training state (see `packed_adagrad`).
+
+    Not an `optax.GradientTransformation`: it has no ``update``. Given to
+    ``nnx.Optimizer``, ``optax.chain`` or another optax or flax wrapper, it
+    fails at once (when that code reads ``init``) with a TypeError that points
+    to `adagrad_jax.adagrad`, instead of an AttributeError at the first update.
 
     Attributes:
       init: params -> `PackedAdagradState` (copies the parameters in).
@@ -116,10 +151,37 @@ class PackedAdagrad(NamedTuple):
       sum_of_squares: state -> the tree of accumulators G.
     """
 
-    init: Callable[[optax.Params], PackedAdagradState]
-    step: Callable[[PackedAdagradState, optax.Updates], PackedAdagradState]
-    params: Callable[[PackedAdagradState], optax.Params]
-    sum_of_squares: Callable[[PackedAdagradState], optax.Updates]
+    __slots__ = ("_init", "params", "step", "sum_of_squares")
+
+    def __init__(
+        self,
+        init: Callable[[optax.Params], PackedAdagradState],
+        step: Callable[[PackedAdagradState, optax.Updates], PackedAdagradState],
+        params: Callable[[PackedAdagradState], optax.Params],
+        sum_of_squares: Callable[[PackedAdagradState], optax.Updates],
+    ):
+        self._init = init
+        self.step = step
+        self.params = params
+        self.sum_of_squares = sum_of_squares
+
+    @property
+    def init(self) -> Callable[[optax.Params], PackedAdagradState]:
+        # optax.chain, optax.MultiSteps and nnx.Optimizer read `tx.init` when
+        # they are built (nnx.Optimizer also calls it); user code reads it to
+        # build the state. The module of the reading frame tells them apart, so
+        # that the misuse fails where it is written, with the fix in the message.
+        where = _consumer(sys._getframe(1).f_globals.get("__name__", ""))
+        if where is not None:
+            raise _not_a_transformation(where)
+        return self._init
+
+    @property
+    def update(self) -> Callable[..., Any]:
+        raise _not_a_transformation(None)
+
+    def __repr__(self) -> str:
+        return f"PackedAdagrad(init, step, params, sum_of_squares) of {_FN}"
 
 
 def _can_interleave(param_dtype: jnp.dtype, acc_dtype: jnp.dtype) -> bool:
@@ -175,8 +237,14 @@ def packed_adagrad(
     but the state owns the parameters: leaves that share a dtype live in one
     flat buffer, and with `interleave` each parameter and its accumulator share
     one complex element (w in the real part, G in the imaginary part), so XLA
-    compiles a step to one in-place loop per buffer. This is an opt-in path for
-    training loops; `adagrad` stays a plain `optax.GradientTransformation`.
+    compiles a step to one in-place loop per buffer. This is an experimental,
+    opt-in path (`adagrad_jax.experimental.packed_adagrad`; the 0.1 name
+    `adagrad_jax.packed_adagrad` still imports): it is not an
+    `optax.GradientTransformation`, so `nnx.Optimizer`, `optax.chain` and the
+    other optax wrappers refuse it when they are built. It halves the optimizer
+    step alone, but in whole training steps a model whose weights feed matrix
+    products reads them through strided views (a copy per step), and there
+    `adagrad` is as fast or faster (README, Performance).
 
     Jit the step with the state donated, so that it updates the buffers in
     place::
@@ -240,7 +308,7 @@ def packed_adagrad(
       >>> import functools
       >>> import jax, jax.numpy as jnp
       >>> import adagrad_jax
-      >>> opt = adagrad_jax.packed_adagrad(learning_rate=0.1)
+      >>> opt = adagrad_jax.experimental.packed_adagrad(learning_rate=0.1)
       >>> state = opt.init({"b": jnp.zeros(2), "w": jnp.array([1.0, -2.0])})
       >>> def loss(params):
       ...     return jnp.sum(params["w"] ** 2) + jnp.sum(params["b"])

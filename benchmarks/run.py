@@ -5,6 +5,12 @@ Usage (from the repository root)::
     .venv/bin/python -m benchmarks            # full run, a few minutes
     .venv/bin/python -m benchmarks --quick    # about a minute, smaller sizes
     .venv/bin/python -m benchmarks --only dense compile --rounds 30
+    .venv/bin/python -m benchmarks --only whole_step   # whole training steps
+
+Whole training steps come first (`benchmarks/whole_step.py`): an MLP in plain
+JAX and in Flax NNX, a small transformer (134 arrays), a recommendation model
+with row-sparse tables, each against `optax.adagrad` and a PyTorch twin, with
+the optimizer's share of the step; then 1,000 leaves with `optax.flatten`.
 
 Scenarios: dense single leaf (1M / 16M / 64M float32, with and without
 donation, plus an in-place streaming measurement of the machine's bandwidth in
@@ -13,7 +19,10 @@ of the same size); compile time for 1, 10, 100 and 1,000 leaves; peak memory of
 a step; the sparse embedding scenario of `benchmarks/sparse_embedding.py`
 when that file exists; and the regularized family (`proximal_adagrad`,
 `adagrad_da`, `ftrl`) against `adagrad` / `sparse_adagrad`, dense and on the
-table, from `benchmarks/regularized.py`. Each compares `optax.adagrad`, `adagrad_jax.adagrad`
+table, from `benchmarks/regularized.py`; and beyond the diagonal
+(`full_matrix_adagrad` against its block size, `shampoo` on 1024 x 1024 and
+4096 x 1024 layers, ordinary and preconditioner steps, against `adagrad` and
+`optax.adam`) from `benchmarks/beyond_diagonal.py`. Each compares `optax.adagrad`, `adagrad_jax.adagrad`
 (per leaf), `adagrad_jax.packed_adagrad` (interleaved, and split into two
 buffers) and, when PyTorch is installed, `torch.optim.Adagrad` with `foreach`
 and with `fused`.
@@ -51,7 +60,10 @@ from benchmarks import (
     _report,
     _timing,
 )
+from benchmarks import beyond_diagonal as beyond_module
 from benchmarks import regularized as regularized_module
+from benchmarks import scaling as _scaling
+from benchmarks import whole_step as whole_step_module
 
 MI = 2**20
 
@@ -68,6 +80,8 @@ class Config:
     rounds: int
     sparse: dict[str, int]
     regularized: dict[str, int]
+    beyond: dict[str, Any]
+    whole_step: dict[str, Any]
 
 
 FULL = Config(
@@ -79,6 +93,8 @@ FULL = Config(
     rounds=20,
     sparse={"num_steps": 50, "vocab": 1_000_000, "dim": 64, "k": 4096},
     regularized=regularized_module.FULL,
+    beyond=beyond_module.FULL,
+    whole_step=whole_step_module.FULL,
 )
 QUICK = Config(
     dense_sizes=(1 * MI, 16 * MI),
@@ -89,6 +105,8 @@ QUICK = Config(
     rounds=10,
     sparse={"num_steps": 10, "vocab": 100_000, "dim": 32, "k": 1024},
     regularized=regularized_module.QUICK,
+    beyond=beyond_module.QUICK,
+    whole_step=whole_step_module.QUICK,
 )
 TINY = Config(  # for the smoke test: exercises every code path in seconds
     dense_sizes=(4096,),
@@ -99,8 +117,11 @@ TINY = Config(  # for the smoke test: exercises every code path in seconds
     rounds=2,
     sparse={"num_steps": 2, "vocab": 1000, "dim": 8, "k": 16},
     regularized=regularized_module.TINY,
+    beyond=beyond_module.TINY,
+    whole_step=whole_step_module.TINY,
 )
-SCENARIOS = ("dense", "leaves", "compile", "sparse", "regularized")
+SCENARIOS = ("whole_step", "dense", "leaves", "compile", "sparse", "regularized", "beyond",
+             "scaling")
 
 
 def size_label(n: int) -> str:
@@ -264,6 +285,26 @@ def regularized(config: Config) -> tuple[list[dict[str, Any]], str | None]:
     return rows, None
 
 
+def whole_step(config: Config, torch: bool) -> tuple[list[dict[str, Any]], str | None]:
+    """Rows from benchmarks/whole_step.py (whole training steps), or why there are none."""
+    try:
+        out, notes = whole_step_module.run(config.whole_step, torch=torch)
+    except Exception:  # noqa: BLE001 - report and go on with the other scenarios
+        return [], "whole_step.run failed:\n" + traceback.format_exc()
+    rows = [{k: _jsonable(v) for k, v in r.items()} for r in out]
+    return rows, "\n".join(notes) or None
+
+
+def beyond(config: Config) -> tuple[list[dict[str, Any]], str | None]:
+    """Rows from benchmarks/beyond_diagonal.py, or why there are none."""
+    try:
+        out = beyond_module.run(**config.beyond)
+    except Exception:  # noqa: BLE001 - one scenario must not sink the run
+        return [], "beyond_diagonal.run failed:\n" + traceback.format_exc()
+    rows = [{"scenario": "beyond", **{k: _jsonable(v) for k, v in r.items()}} for r in out]
+    return rows, None
+
+
 def _sparse_case(sparse: dict[str, int]) -> str:
     return ", ".join(f"{k}={v:,}" for k, v in sparse.items())
 
@@ -376,13 +417,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "compile": lambda: compile_times(config, methods),
         "sparse": lambda: sparse(config),
         "regularized": lambda: regularized(config),
+        "beyond": lambda: beyond(config),
+        "whole_step": lambda: whole_step(config, "torch_fused" in methods),
+        # benchmarks/scaling.py: a row-sharded table on 1-8 simulated devices (a note).
+        "scaling": lambda: ([], _scaling.markdown(_scaling.run(quick=args.mode != "full"))),
     }
     results["meta"]["seconds"] = {}
     for name in SCENARIOS:
         if name not in args.only:
             continue
         out, seconds = _timing.timed(scenarios[name])
-        rows, note = out if name in ("sparse", "regularized") else (out, None)
+        rows, note = (out if name in ("sparse", "regularized", "beyond", "whole_step", "scaling")
+                      else (out, None))
         results["rows"] += rows
         if note:
             results["notes"].append(note)

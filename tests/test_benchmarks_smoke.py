@@ -95,3 +95,61 @@ def test_regularized_scenario_compares_the_family_against_adagrad(results):
             assert r["aliased_mb"] > 0  # table and state updated in place
     markdown = (out / "latest.md").read_text()
     assert "### Regularized family" in markdown and "adagrad_jax.ftrl(l1, l2)" in markdown
+
+
+def test_beyond_scenario_compares_shampoo_and_full_matrix_with_adagrad_and_adam(results):
+    """benchmarks/beyond_diagonal.py: ordinary and preconditioner steps, state sizes, goal."""
+    from benchmarks import beyond_diagonal
+
+    data, out = results
+    assert not [n for n in data["notes"] if n.startswith("beyond")]
+    rows = [r for r in data["rows"] if r["scenario"] == "beyond"]
+    config = beyond_diagonal.TINY
+    ordinary = [r for r in rows if r["step"] == "ordinary"]
+    refresh = [r for r in rows if r["step"] == "preconditioner"]
+    expected = ({("adagrad", None), ("adam", None)}
+                | {("shampoo", b) for b in config["shampoo_blocks"]}
+                | {("full_matrix_adagrad", b) for b in config["full_matrix_blocks"]})
+    assert {(r["method"], r["block_size"]) for r in ordinary} == expected
+    assert {(r["method"], r["block_size"]) for r in refresh} == {
+        m for m in expected if m[1] is not None}
+    for r in rows:
+        assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+        assert len(r["times_ms"]) == r["rounds"] > 0
+        assert r["vs_adagrad"] > 0 and r["vs_adam"] > 0
+    sizes = {(r["method"], r["block_size"]): r["state_bytes_per_param"] for r in ordinary}
+    # Per parameter (and a 4-byte step counter for the whole layer, if any).
+    assert sizes[("adagrad", None)] == pytest.approx(4, abs=0.01)
+    assert sizes[("adam", None)] == pytest.approx(8, abs=0.01)
+    # full-matrix keeps G and P: 2 b floats per coordinate (b = 8: 64 bytes).
+    assert sizes[("full_matrix_adagrad", 8)] == pytest.approx(2 * 8 * 4, abs=0.01)
+    goal = [r for r in ordinary if "goal_met" in r]
+    assert len(goal) == 1 and goal[0]["method"] == "shampoo"
+    assert "### Beyond the diagonal" in (out / "latest.md").read_text()
+
+
+def test_whole_step_scenario_reports_every_model_ratio_share_and_goal(results):
+    """benchmarks/whole_step.py: whole training steps against optax and PyTorch, first."""
+    from benchmarks import whole_step
+
+    data, out = results
+    assert not [n for n in data["notes"] if n.startswith("whole_step.run failed")]
+    rows = [r for r in data["rows"] if r["scenario"] == "whole_step"]
+    models = {r["model"] for r in rows}
+    assert {"mlp", "transformer", "recsys", "leaves"} <= models
+    if whole_step.flax_available():
+        assert "nnx_mlp" in models
+    for r in rows:
+        assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+        assert len(r["times_ms"]) == r["rounds"] > 0
+        assert r["vs_optax"] > 0
+    by = {(r["model"], r["method"]): r for r in rows}
+    for model in ("mlp", "transformer", "recsys"):
+        ours = by[(model, "adagrad_jax")]
+        assert isinstance(ours["goal_vs_optax_met"], bool)
+        assert ours["optimizer_share"] is not None and ours["aliased_outputs"] > 0
+        if _cases.torch_available():
+            assert by[(model, "torch_fused")]["vs_torch"] == 1.0
+    assert by[("recsys", "adagrad_jax")]["x_faster_than_optax_dense"] > 0
+    markdown = (out / "latest.md").read_text()
+    assert markdown.index("### Whole training steps") < markdown.index("### Dense single leaf")

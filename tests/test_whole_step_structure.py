@@ -1,0 +1,189 @@
+"""Structural facts of the whole training steps the README recommends (no timing).
+
+Each test reads the compiled program, XLA's memory analysis or a trace count:
+the steps of `benchmarks/whole_step.py` compile once, update the donated
+parameters and optimizer state in place, and the recommendation model's step
+never builds a table-sized buffer. Also: `packed_adagrad` lives in
+`adagrad_jax.experimental` and refuses, when they are built, the places that
+need a GradientTransformation (nnx.Optimizer, optax.chain and other wrappers).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import adagrad_jax
+from adagrad_jax import experimental
+from benchmarks import _hlo, whole_step
+
+
+@pytest.fixture(autouse=True)
+def _user_promotion_rules():
+    """The benchmark models are user code: they broadcast biases, as users write them."""
+    with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
+        yield
+
+
+# Tables large enough that a table-sized temporary would dwarf the step's own.
+RECSYS = {"vocabs": (1000, 2000, 5000, 20_000), "dim": 16, "bag": 3, "batch": 32,
+          "tower": (16, 8)}
+
+
+def _tx():
+    return adagrad_jax.adagrad(0.01, 0.1, eps=0.0, eps_root=1e-7)
+
+
+def _recsys_step(tx, traces):
+    grad_fn = adagrad_jax.value_and_row_grad(whole_step.recsys_row_loss)
+
+    def train_step(params, opt_state, ids, y):
+        traces.append(1)
+        loss, grads = grad_fn(params, {"tables": ids, "tower": None}, y)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return adagrad_jax.apply_updates(params, updates), opt_state, loss
+
+    return train_step
+
+
+def _recsys_inputs():
+    params_np, batches_np = whole_step.recsys_problem(RECSYS)
+    params = jax.tree.map(jnp.asarray, params_np)
+    batches = [({n: jnp.asarray(i) for n, i in ids.items()}, jnp.asarray(y))
+               for ids, y in batches_np[:3]]
+    return params, batches
+
+
+def test_recsys_row_sparse_step_compiles_once():
+    tx, traces = _tx(), []
+    params, batches = _recsys_inputs()
+    step = jax.jit(_recsys_step(tx, traces), donate_argnums=(0, 1))
+    state = tx.init(params)
+    for ids, y in batches:  # new ids every step: same shapes, no retrace
+        params, state, _ = step(params, state, ids, y)
+    assert len(traces) == 1
+
+
+def test_recsys_row_sparse_step_updates_tables_in_place_without_a_table_sized_buffer():
+    """Donation aliases every table and accumulator; temporaries stay O(ids), not O(table)."""
+    tx = _tx()
+    params, batches = _recsys_inputs()
+    step = jax.jit(_recsys_step(tx, []), donate_argnums=(0, 1))
+    compiled = step.lower(params, tx.init(params), *batches[0]).compile()
+    memory = compiled.memory_analysis()
+    if memory is None:
+        pytest.skip("no memory analysis on this backend")
+    table_bytes = [int(t.nbytes) for t in params["tables"].values()]
+    # Each table and its accumulator (float32, the table's shape) are aliased.
+    assert memory.alias_size_in_bytes >= 2 * sum(table_bytes), memory
+    assert memory.temp_size_in_bytes < max(table_bytes) // 4, memory
+    assert _hlo.aliased_outputs(compiled.as_text()) >= 2 * len(jax.tree.leaves(params))
+
+
+def test_recsys_dense_gradient_step_does_build_table_sized_buffers():
+    """The contrast that the row-sparse step avoids (optax.adagrad, jax.grad of the lookups)."""
+    tx = optax.adagrad(0.01)
+    params, batches = _recsys_inputs()
+
+    def train_step(params, opt_state, ids, y):
+        loss, grads = jax.value_and_grad(whole_step.recsys_dense_loss)(params, ids, y)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(
+        params, tx.init(params), *batches[0]).compile()
+    memory = compiled.memory_analysis()
+    if memory is None:
+        pytest.skip("no memory analysis on this backend")
+    largest = max(int(t.nbytes) for t in params["tables"].values())
+    assert memory.temp_size_in_bytes >= largest, memory
+
+
+@pytest.mark.parametrize("method", ["adagrad_jax", "adagrad_jax_flat"])
+def test_transformer_step_compiles_once_and_aliases_every_leaf(method):
+    cfg = whole_step.TINY["transformer"]
+    params = jax.tree.map(jnp.asarray, whole_step.transformer_params(
+        cfg["layers"], cfg["d"], cfg["mlp"], cfg["vocab"], cfg["seq"]))
+    tx, traces = whole_step.optimizer(method), []
+
+    def train_step(params, opt_state, tokens, targets):
+        traces.append(1)
+        loss, grads = jax.value_and_grad(whole_step.transformer_loss)(
+            params, tokens, targets, heads=cfg["heads"])
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    step = jax.jit(train_step, donate_argnums=(0, 1))
+    state = tx.init(params)
+    tokens = jnp.zeros((cfg["batch"], cfg["seq"]), jnp.int32)
+    text = step.lower(params, state, tokens, tokens).compile().as_text()
+    state_leaves = len(jax.tree.leaves(state))
+    assert _hlo.aliased_outputs(text) >= len(jax.tree.leaves(params)) + state_leaves - 1
+    for _ in range(3):
+        params, state, _ = step(params, state, tokens, tokens)
+    assert len(traces) == 1
+
+
+def test_nnx_optimizer_step_compiles_once_and_aliases_its_state():
+    nnx = pytest.importorskip("flax.nnx")
+    model = nnx.Linear(8, 4, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split((model, nnx.Optimizer(model, _tx(), wrt=nnx.Param)))
+    traces = []
+
+    def train_step(state, x):
+        traces.append(1)
+        model, opt = nnx.merge(graphdef, state)
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean(m(x) ** 2))(model)
+        opt.update(model, grads)
+        return nnx.state((model, opt)), loss
+
+    step = jax.jit(train_step, donate_argnums=0)
+    x = jnp.ones((2, 8))
+    text = step.lower(state, x).compile().as_text()
+    # kernel, bias, their two accumulators and the step counters, in place.
+    assert _hlo.aliased_outputs(text) >= 4
+    for _ in range(3):
+        state, _ = step(state, x)
+    assert len(traces) == 1
+
+
+# --- packed_adagrad: experimental, and refused where a transformation is needed ---
+
+
+def test_packed_adagrad_lives_in_experimental_and_the_old_name_still_imports():
+    assert experimental.packed_adagrad is adagrad_jax.packed_adagrad
+    assert experimental.PackedAdagrad is adagrad_jax.PackedAdagrad
+    assert experimental.PackedAdagradState is adagrad_jax.PackedAdagradState
+    assert "packed_adagrad" not in adagrad_jax.__all__
+    assert "packed_adagrad" in experimental.__all__
+
+
+def test_nnx_optimizer_refuses_packed_adagrad_when_built():
+    nnx = pytest.importorskip("flax.nnx")
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match=r"packed_adagrad\(\.\.\.\) was given to flax's"
+                                        r" nnx\.Optimizer.*Use adagrad_jax\.adagrad"):
+        nnx.Optimizer(model, experimental.packed_adagrad(0.1), wrt=nnx.Param)
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda opt: optax.chain(optax.clip(1.0), opt),
+    lambda opt: optax.MultiSteps(opt, 2),
+    lambda opt: optax.masked(opt, {"w": True}),
+], ids=["chain", "MultiSteps", "masked"])
+def test_optax_wrappers_refuse_packed_adagrad_when_built(wrap):
+    with pytest.raises(TypeError, match=r"was given to an optax combinator.*Use"
+                                        r" adagrad_jax\.adagrad\(\.\.\.\) there"):
+        wrap(experimental.packed_adagrad(0.1))
+
+
+def test_packed_adagrad_has_no_update_but_works_directly():
+    opt = experimental.packed_adagrad(0.1)
+    with pytest.raises(TypeError, match=r"packed_adagrad\(\.\.\.\) has no update"):
+        opt.update  # noqa: B018 - the attribute read is what fails
+    state = opt.init({"w": jnp.array([1.0, -2.0])})  # user code reads init freely
+    state = jax.jit(opt.step, donate_argnums=0)(state, {"w": jnp.array([1.0, 1.0])})
+    np.testing.assert_allclose(opt.params(state)["w"], [0.9, -2.1], rtol=1e-6)
