@@ -10,3 +10,9 @@ import jax
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# adagrad_jax/nnx.py needs Flax (the `recipes` extra); without it its doctests are not collected.
+try:
+    import flax.nnx  # noqa: F401
+except ImportError:
+    collect_ignore = ["adagrad_jax/nnx.py"]

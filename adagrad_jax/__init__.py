@@ -20,6 +20,7 @@ from adagrad_jax._full_matrix import full_matrix_adagrad as full_matrix_adagrad
 from adagrad_jax._full_matrix import (
     scale_by_full_matrix_adagrad as scale_by_full_matrix_adagrad,
 )
+from adagrad_jax._nonfinite import NonfiniteState as NonfiniteState
 
 # packed_adagrad lives in adagrad_jax.experimental (not a GradientTransformation, and it
 # loses whole training steps of matmul models); the 0.1 names still import, outside __all__.
@@ -37,20 +38,24 @@ from adagrad_jax._shampoo import scale_by_shampoo as scale_by_shampoo
 from adagrad_jax._shampoo import shampoo as shampoo
 from adagrad_jax._sparse_adagrad import scale_by_sparse_adagrad as scale_by_sparse_adagrad
 from adagrad_jax._sparse_adagrad import sparse_adagrad as sparse_adagrad
+from adagrad_jax._state import accumulators as accumulators
+from adagrad_jax._state import restore_structure as restore_structure
 from adagrad_jax.sharding import propose_placement as propose_placement
 from adagrad_jax.sharding import state_shardings as state_shardings
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place; pyproject.toml reads it
 
 __all__ = [
     "AdagradDAState",
     "FtrlState",
+    "NonfiniteState",
     "ProximalAdagradState",
     "RowSparse",
     "ScaleByAdagradNormState",
     "ScaleByAdagradState",
     "ScaleByFullMatrixAdagradState",
     "ScaleByShampooState",
+    "accumulators",
     "adagrad",
     "adagrad_da",
     "adagrad_norm",
@@ -62,6 +67,7 @@ __all__ = [
     "on_row_values",
     "propose_placement",
     "proximal_adagrad",
+    "restore_structure",
     "scale_by_adagrad",
     "scale_by_adagrad_norm",
     "scale_by_full_matrix_adagrad",

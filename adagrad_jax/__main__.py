@@ -30,7 +30,9 @@ def make_data(seed: int, num_examples: int, num_features: int):
     y = (rng.random(num_examples) < 1 / (1 + np.exp(-logits))).astype(np.float32)
     split = num_examples * 4 // 5
     return (jnp.asarray(x[:split]), jnp.asarray(y[:split])), (
-        jnp.asarray(x[split:]), jnp.asarray(y[split:]))
+        jnp.asarray(x[split:]),
+        jnp.asarray(y[split:]),
+    )
 
 
 def loss_fn(params, x, y):
@@ -53,6 +55,7 @@ def train(tx, params, train_data, num_steps):
             loss, grads = jax.value_and_grad(loss_fn)(params, *train_data)
             updates, state = tx.update(grads, state, params)
             return (optax.apply_updates(params, updates), state), loss
+
         (params, state), losses = jax.lax.scan(body, (params, state), None, length=num_steps)
         return params, losses[-1]
 
@@ -66,8 +69,11 @@ def train(tx, params, train_data, num_steps):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m adagrad_jax", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m adagrad_jax",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--steps", type=int, default=1000, help="training steps (1000)")
     parser.add_argument("--lr", type=float, default=0.5, help="learning rate for all (0.5)")
     parser.add_argument("--seed", type=int, default=0, help="data seed (0)")
@@ -80,10 +86,12 @@ def main(argv=None) -> int:
         "adagrad_jax.adagrad": adagrad_jax.adagrad(args.lr),
         "optax.adagrad": optax.adagrad(args.lr),
     }
-    print(f"adagrad_jax {adagrad_jax.__version__} demo: logistic regression, "
-          f"{train_data[0].shape[0]} examples x {train_data[0].shape[1]} long-tailed "
-          f"binary features, {args.steps} full-batch steps, lr={args.lr}, "
-          f"on {jax.devices()[0].platform}")
+    print(
+        f"adagrad_jax {adagrad_jax.__version__} demo: logistic regression, "
+        f"{train_data[0].shape[0]} examples x {train_data[0].shape[1]} long-tailed "
+        f"binary features, {args.steps} full-batch steps, lr={args.lr}, "
+        f"on {jax.devices()[0].platform}"
+    )
     header = f"{'optimizer':<22}{'train loss':>11}{'test acc':>10}{'ms/step':>9}{'compile s':>11}"
     print(header)
     print("-" * len(header))
@@ -91,10 +99,14 @@ def main(argv=None) -> int:
     for name, tx in optimizers.items():
         trained, loss, compile_s, run_s = train(tx, params, train_data, args.steps)
         results[name] = loss
-        print(f"{name:<22}{loss:>11.4f}{accuracy(trained, *test_data):>10.3f}"
-              f"{1e3 * run_s / args.steps:>9.3f}{compile_s:>11.2f}")
-    print(f"initial loss {float(loss_fn(params, *train_data)):.4f}; "
-          "Adagrad gives rare features larger steps than SGD's single rate.")
+        print(
+            f"{name:<22}{loss:>11.4f}{accuracy(trained, *test_data):>10.3f}"
+            f"{1e3 * run_s / args.steps:>9.3f}{compile_s:>11.2f}"
+        )
+    print(
+        f"initial loss {float(loss_fn(params, *train_data)):.4f}; "
+        "Adagrad gives rare features larger steps than SGD's single rate."
+    )
     return 0
 
 

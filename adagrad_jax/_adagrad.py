@@ -140,6 +140,7 @@ def scale_by_adagrad(
     row_wise: bool = False,
     pad_id: int | None = None,
     out_of_range: str = "drop",
+    nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     r"""Scales updates by the inverse root of the sum of all squared gradients.
 
@@ -171,6 +172,8 @@ def scale_by_adagrad(
       row_wise, pad_id, out_of_range: for embedding tables given `RowSparse`
         gradients; see `scale_by_sparse_adagrad`, which this is (under its
         v0.1 name). Defaults False, None, "drop".
+      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
+        (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
 
     Returns:
       An `optax.GradientTransformation` whose state is `ScaleByAdagradState`.
@@ -218,8 +221,15 @@ def scale_by_adagrad(
     from adagrad_jax._sparse_adagrad import scale_by_adagrad_impl
 
     return scale_by_adagrad_impl(
-        "scale_by_adagrad", initial_accumulator_value, eps, eps_root, accumulator_dtype,
-        row_wise, pad_id, out_of_range,
+        "scale_by_adagrad",
+        initial_accumulator_value,
+        eps,
+        eps_root,
+        accumulator_dtype,
+        row_wise,
+        pad_id,
+        out_of_range,
+        nonfinite,
     )
 
 
@@ -235,6 +245,7 @@ def adagrad(
     row_wise: bool = False,
     pad_id: int | None = None,
     out_of_range: str = "drop",
+    nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     r"""Adagrad: per-coordinate steps of lr over the root of summed squared gradients.
 
@@ -282,9 +293,26 @@ def adagrad(
         negative ids. Default None.
       out_of_range: what `RowSparse` ids >= the row count do: ``"drop"``
         (default) or ``"error"`` (see `scale_by_sparse_adagrad`).
+      nonfinite: what a NaN or +-inf gradient entry does. Default
+        ``"propagate"``: the rule as written, as in optax, PyTorch and Keras;
+        the NaN reaches that coordinate's accumulator and parameter (for good:
+        G stays NaN), so it shows in the loss at the step that caused it, and
+        the compiled step is exactly the plain one. We keep it the default
+        because skipping silently changes what is trained and hides the bug
+        that made the NaN. ``"skip_coordinate"``: a coordinate whose gradient
+        entry is not finite keeps its accumulator and parameter (update 0),
+        the others step (``row_wise``: the whole row is skipped, its G being
+        shared). ``"skip_step"``: if any entry is not finite, every state
+        array (step counts included) and every parameter stays as it was, as
+        ``optax.apply_if_finite`` does. Tables keep their O(k * D) in-place
+        step either way. With a skip policy the state is
+        ``NonfiniteState(nonfinite_steps, inner_state)``: the usual state,
+        and the number of steps that met a NaN or inf. Every optimizer of
+        the package takes the same argument.
 
     Returns:
-      An `optax.GradientTransformation`.
+      An `optax.GradientTransformation` (its state a 3-tuple, or a
+      `NonfiniteState` around it with a skip policy).
 
     Raises:
       ValueError, TypeError: as `scale_by_adagrad` (the same hyperparameter,
@@ -320,14 +348,21 @@ def adagrad(
     from adagrad_jax._sparse_adagrad import adagrad_impl  # See scale_by_adagrad.
 
     return adagrad_impl(
-        "adagrad", learning_rate, initial_accumulator_value, eps, eps_root, weight_decay,
-        accumulator_dtype, row_wise, pad_id, out_of_range,
+        "adagrad",
+        learning_rate,
+        initial_accumulator_value,
+        eps,
+        eps_root,
+        weight_decay,
+        accumulator_dtype,
+        row_wise,
+        pad_id,
+        out_of_range,
+        nonfinite,
     )
 
 
-def coupled_weight_decay(
-    weight_decay: Any, fn: str = "adagrad"
-) -> optax.GradientTransformation:
+def coupled_weight_decay(weight_decay: Any, fn: str = "adagrad") -> optax.GradientTransformation:
     """`optax.add_decayed_weights`, or `optax.identity` for None or a constant 0.
 
     Both have an empty state, so the chain's state has the same structure

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adagrad_jax import _proximal, _validation
+from adagrad_jax import _nonfinite, _proximal, _validation
 from adagrad_jax._adagrad import init_sum_of_squares, squared_magnitude
 from adagrad_jax._rows._engine import map_rule
 from adagrad_jax._rows._ids import _check_flags
@@ -25,14 +25,13 @@ class AdagradDAState(NamedTuple):
         the centre of the proximal term; None with ``warm_start=False``.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # (shadows tuple.count, as in optax)
     gradient_sum: optax.Updates
     sum_of_squares: optax.Updates
     initial_params: optax.Params | None
 
 
-def adagrad_da_rule(lr: Any, t: jax.Array, l1: Any, l2: Any, eps: Any, tau: Any,
-                    warm_start: bool):
+def adagrad_da_rule(lr: Any, t: jax.Array, l1: Any, l2: Any, eps: Any, tau: Any, warm_start: bool):
     """The leaf rule of `adagrad_da` (see `adagrad_jax._rows._engine`)."""
 
     def rule(g, slots, w):
@@ -50,8 +49,7 @@ def adagrad_da_rule(lr: Any, t: jax.Array, l1: Any, l2: Any, eps: Any, tau: Any,
         shrunk = _proximal.soft_threshold(numerator, lr_t * jnp.asarray(l1, dtype) * t_)
         if guard:  # Nothing accumulated and no l2: stay at the centre.
             positive = denominator > 0
-            new_w = jnp.where(positive, shrunk / jnp.where(positive, denominator, 1),
-                              centre)
+            new_w = jnp.where(positive, shrunk / jnp.where(positive, denominator, 1), centre)
         else:
             new_w = shrunk / denominator
         update = (new_w - w.astype(dtype)).astype(g.dtype)
@@ -83,6 +81,7 @@ def adagrad_da(
     accumulator_dtype: Any = None,
     pad_id: int | None = None,
     out_of_range: str = "drop",
+    nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     r"""Adagrad dual averaging: w is recomputed from the sum of all gradients.
 
@@ -138,6 +137,8 @@ def adagrad_da(
         negative ids. Default None.
       out_of_range: ``"drop"`` (default) or ``"error"`` for `RowSparse` ids
         >= the row count (see `scale_by_sparse_adagrad`).
+      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
+        (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
 
     Returns:
       An `optax.GradientTransformation` whose state is an `AdagradDAState`.
@@ -173,11 +174,13 @@ def adagrad_da(
     fn = "adagrad_da"
     _validation.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
     _proximal.check_nonnegative(
-        fn, initial_accumulator_value=initial_accumulator_value, l1=l1, l2=l2, eps=eps)
+        fn, initial_accumulator_value=initial_accumulator_value, l1=l1, l2=l2, eps=eps
+    )
     _proximal.check_bool(fn, "warm_start", warm_start)
     warm_start = bool(warm_start)
     accumulator_dtype = _validation.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
     _check_flags(fn, pad_id, out_of_range)
+    _nonfinite.check(fn, nonfinite)
 
     def init_fn(params):
         _proximal.check_real_params(fn, params)
@@ -197,11 +200,23 @@ def adagrad_da(
         if warm_start:
             slots += (state.initial_params,)
         updates, new_slots = map_rule(
-            fn, rule, updates, slots, params, read_params=True,
-            pad_id=pad_id, out_of_range=out_of_range,
+            fn,
+            rule,
+            updates,
+            slots,
+            params,
+            read_params=True,
+            pad_id=pad_id,
+            out_of_range=out_of_range,
+            nonfinite=nonfinite,
         )
         return updates, AdagradDAState(
-            count=t, gradient_sum=new_slots[0], sum_of_squares=new_slots[1],
-            initial_params=state.initial_params)
+            count=t,
+            gradient_sum=new_slots[0],
+            sum_of_squares=new_slots[1],
+            initial_params=state.initial_params,
+        )
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return _nonfinite.wrap(
+        fn, nonfinite, optax.GradientTransformation(init_fn, update_fn), skips_inside=True
+    )

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adagrad_jax import _matrix, _validation
+from adagrad_jax import _matrix, _nonfinite, _validation
 from adagrad_jax._adagrad import accumulator_dtype_for, adagrad_direction, squared_magnitude
 
 
@@ -38,6 +38,7 @@ def scale_by_adagrad_norm(
     *,
     eps: jax.typing.ArrayLike = 1e-8,
     per_leaf: bool = True,
+    nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     r"""Scales each gradient by one number: the root of the sum of all squared gradient norms.
 
@@ -63,6 +64,8 @@ def scale_by_adagrad_norm(
       eps: added to b_t, outside the root (>= 0). Default 1e-8.
       per_leaf: one b per leaf (True) or one for the whole tree (False).
         Default True.
+      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
+        (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
 
     Returns:
       An `optax.GradientTransformation` whose state is
@@ -91,7 +94,14 @@ def scale_by_adagrad_norm(
       Ward, Wu and Bottou, "AdaGrad stepsizes: Sharp convergence over
       nonconvex landscapes", ICML 2019 (JMLR 21, 2020).
     """
-    return _adagrad_norm("scale_by_adagrad_norm", initial_accumulator_value, eps, per_leaf)
+    fn = "scale_by_adagrad_norm"
+    _nonfinite.check(fn, nonfinite)
+    return _nonfinite.wrap(
+        fn,
+        nonfinite,
+        _adagrad_norm(fn, initial_accumulator_value, eps, per_leaf),
+        skips_inside=False,
+    )
 
 
 def _adagrad_norm(fn, initial_accumulator_value, eps, per_leaf):
@@ -115,7 +125,8 @@ def _adagrad_norm(fn, initial_accumulator_value, eps, per_leaf):
             return ScaleByAdagradNormState(
                 sum_of_squares=jax.tree.map(
                     lambda p, d: _matrix.placed_full(_leaf(p), (), tau, d, replicate=True),
-                    params, dtypes,
+                    params,
+                    dtypes,
                 )
             )
         leaves = jax.tree.leaves(dtypes)
@@ -131,17 +142,19 @@ def _adagrad_norm(fn, initial_accumulator_value, eps, per_leaf):
         return adagrad_direction(g, jnp.broadcast_to(b2, g.shape), eps, 0.0, tau=tau)
 
     def update_fn(updates, state, params=None):
-        del params
         if per_leaf:
             _validation.check_same_structure(
                 fn, "updates", updates, "state.sum_of_squares", state.sum_of_squares
             )
         updates = jax.tree.map(jnp.asarray, updates)
+        if params is not None:  # The state holds scalars: params fix the leaf shapes.
+            _validation.check_same_shapes(fn, "updates", updates, "params", params)
         _check_inexact(fn, updates)
         if per_leaf:
             b2 = jax.tree.map(
                 lambda g, s: s + jnp.sum(squared_magnitude(g, s.dtype)),
-                updates, state.sum_of_squares,
+                updates,
+                state.sum_of_squares,
             )
             new = jax.tree.map(direction, updates, b2)
             return new, ScaleByAdagradNormState(sum_of_squares=b2)
@@ -170,6 +183,7 @@ def adagrad_norm(
     *,
     eps: jax.typing.ArrayLike = 1e-8,
     per_leaf: bool = True,
+    nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     r"""AdaGrad-Norm: one adaptive step size per leaf (or per model), from summed gradient norms.
 
@@ -198,6 +212,8 @@ def adagrad_norm(
       eps: added to b_t, outside the root (>= 0). Default 1e-8.
       per_leaf: one b per leaf (True) or one for the whole tree (False).
         Default True.
+      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
+        (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
 
     Returns:
       An `optax.GradientTransformation`.
@@ -221,7 +237,13 @@ def adagrad_norm(
     """
     fn = "adagrad_norm"
     _validation.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
-    return optax.chain(
-        _adagrad_norm(fn, initial_accumulator_value, eps, per_leaf),
-        optax.scale_by_learning_rate(learning_rate),
+    _nonfinite.check(fn, nonfinite)
+    return _nonfinite.wrap(
+        fn,
+        nonfinite,
+        optax.chain(
+            _adagrad_norm(fn, initial_accumulator_value, eps, per_leaf),
+            optax.scale_by_learning_rate(learning_rate),
+        ),
+        skips_inside=False,
     )

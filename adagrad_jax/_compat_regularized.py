@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from adagrad_jax import _validation
+from adagrad_jax import _nonfinite, _validation
 from adagrad_jax._adagrad_da import adagrad_da
 from adagrad_jax._ftrl import ftrl
 from adagrad_jax._proximal_adagrad import proximal_adagrad
@@ -21,6 +21,8 @@ def tf1_proximal_adagrad(
     initial_accumulator_value: jax.typing.ArrayLike = 0.1,
     l1_regularization_strength: jax.typing.ArrayLike = 0.0,
     l2_regularization_strength: jax.typing.ArrayLike = 0.0,
+    *,
+    nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     """TF1's `tf.compat.v1.train.ProximalAdagradOptimizer`, same names and defaults.
 
@@ -42,6 +44,9 @@ def tf1_proximal_adagrad(
         against division by zero). Default 0.1.
       l1_regularization_strength: l1 (>= 0). Default 0.
       l2_regularization_strength: l2 (>= 0). Default 0.
+      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
+        (default), ``"skip_coordinate"`` or ``"skip_step"``; see
+        `adagrad_jax.adagrad`.
 
     Returns:
       An `optax.GradientTransformation` (a `proximal_adagrad`).
@@ -57,13 +62,20 @@ def tf1_proximal_adagrad(
       Array([0.0864206 , 0.38841462], dtype=float32)
     """
     fn = "tf1_proximal_adagrad"
+    _validation.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
     _validation.check_number(
-        fn, "initial_accumulator_value", initial_accumulator_value, positive=True)
+        fn, "initial_accumulator_value", initial_accumulator_value, positive=True
+    )
     _validation.check_number(fn, "l1_regularization_strength", l1_regularization_strength)
     _validation.check_number(fn, "l2_regularization_strength", l2_regularization_strength)
+    _nonfinite.check(fn, nonfinite)
     return proximal_adagrad(
-        learning_rate, initial_accumulator_value, 0.0,
-        l1=l1_regularization_strength, l2=l2_regularization_strength,
+        learning_rate,
+        initial_accumulator_value,
+        0.0,
+        l1=l1_regularization_strength,
+        l2=l2_regularization_strength,
+        nonfinite=nonfinite,
     )
 
 
@@ -73,6 +85,8 @@ def tf1_adagrad_da(
     initial_gradient_squared_accumulator_value: jax.typing.ArrayLike = 0.1,
     l1_regularization_strength: jax.typing.ArrayLike = 0.0,
     l2_regularization_strength: jax.typing.ArrayLike = 0.0,
+    *,
+    nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     """TF1's `tf.compat.v1.train.AdagradDAOptimizer`, same names and defaults.
 
@@ -80,7 +94,7 @@ def tf1_adagrad_da(
     (1 at the first step; here the optimizer's own step count)::
 
         z      += g                                  z_0 = 0
-        G      += g^2                                G_0 = initial_gradient_squared_accumulator_value
+        G      += g^2                   G_0 = initial_gradient_squared_accumulator_value
         w       = -sign(z) * lr * max(|z| - l1 * t, 0) / (lr * l2 * t + sqrt(G))
 
     which is ``adagrad_jax.adagrad_da(learning_rate, tau, l1=..., l2=...,
@@ -94,6 +108,9 @@ def tf1_adagrad_da(
       initial_gradient_squared_accumulator_value: G_0 (> 0). Default 0.1.
       l1_regularization_strength: l1 (>= 0). Default 0.
       l2_regularization_strength: l2 (>= 0). Default 0.
+      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
+        (default), ``"skip_coordinate"`` or ``"skip_step"``; see
+        `adagrad_jax.adagrad`.
 
     Returns:
       An `optax.GradientTransformation` (an `adagrad_da`).
@@ -108,15 +125,24 @@ def tf1_adagrad_da(
       Array([-0.9045341, -1.6035676], dtype=float32)
     """
     fn = "tf1_adagrad_da"
+    _validation.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
     _validation.check_number(
-        fn, "initial_gradient_squared_accumulator_value",
-        initial_gradient_squared_accumulator_value, positive=True)
+        fn,
+        "initial_gradient_squared_accumulator_value",
+        initial_gradient_squared_accumulator_value,
+        positive=True,
+    )
     _validation.check_number(fn, "l1_regularization_strength", l1_regularization_strength)
     _validation.check_number(fn, "l2_regularization_strength", l2_regularization_strength)
+    _nonfinite.check(fn, nonfinite)
     return adagrad_da(
-        learning_rate, initial_gradient_squared_accumulator_value,
-        l1=l1_regularization_strength, l2=l2_regularization_strength, eps=0.0,
+        learning_rate,
+        initial_gradient_squared_accumulator_value,
+        l1=l1_regularization_strength,
+        l2=l2_regularization_strength,
+        eps=0.0,
         warm_start=False,
+        nonfinite=nonfinite,
     )
 
 
@@ -129,6 +155,8 @@ def keras_ftrl(
     l2_regularization_strength: jax.typing.ArrayLike = 0.0,
     l2_shrinkage_regularization_strength: jax.typing.ArrayLike = 0.0,
     beta: jax.typing.ArrayLike = 0.0,
+    *,
+    nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     """`keras.optimizers.Ftrl` (Keras 3; tf.keras and TF's ApplyFtrlV2 alike), same names.
 
@@ -155,6 +183,9 @@ def keras_ftrl(
       l2_regularization_strength: Keras' l2 (>= 0). Default 0.
       l2_shrinkage_regularization_strength: Keras' s (>= 0). Default 0.
       beta: (>= 0). Default 0.
+      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
+        (default), ``"skip_coordinate"`` or ``"skip_step"``; see
+        `adagrad_jax.adagrad`.
 
     Returns:
       An `optax.GradientTransformation` (an `ftrl`).
@@ -172,15 +203,16 @@ def keras_ftrl(
     optax transforms instead).
     """
     fn = "keras_ftrl"
-    _validation.check_number(fn, "learning_rate", learning_rate, positive=True,
-                             allow_schedule=True)
+    _validation.check_number(fn, "learning_rate", learning_rate, positive=True, allow_schedule=True)
     _validation.check_number(fn, "initial_accumulator_value", initial_accumulator_value)
-    for arg, value in (("l1_regularization_strength", l1_regularization_strength),
-                       ("l2_regularization_strength", l2_regularization_strength),
-                       ("l2_shrinkage_regularization_strength",
-                        l2_shrinkage_regularization_strength),
-                       ("beta", beta)):
+    for arg, value in (
+        ("l1_regularization_strength", l1_regularization_strength),
+        ("l2_regularization_strength", l2_regularization_strength),
+        ("l2_shrinkage_regularization_strength", l2_shrinkage_regularization_strength),
+        ("beta", beta),
+    ):
         _validation.check_number(fn, arg, value)
+    _nonfinite.check(fn, nonfinite)
     return ftrl(
         learning_rate,
         learning_rate_power=learning_rate_power,
@@ -190,4 +222,5 @@ def keras_ftrl(
         l2_shrinkage=2 * l2_shrinkage_regularization_strength,
         beta=beta,
         warm_start=False,
+        nonfinite=nonfinite,
     )

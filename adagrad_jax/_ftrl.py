@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from adagrad_jax import _proximal, _validation
+from adagrad_jax import _nonfinite, _proximal, _validation
 from adagrad_jax._adagrad import init_sum_of_squares, squared_magnitude
 from adagrad_jax._rows._engine import map_rule
 from adagrad_jax._rows._ids import _check_flags
@@ -25,7 +25,7 @@ class FtrlState(NamedTuple):
       linear: z, the "linear" term: gradients minus sigma-weighted parameters.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # (shadows tuple.count, as in optax)
     sum_of_squares: optax.Updates
     linear: optax.Updates
 
@@ -74,7 +74,8 @@ def _check_power(fn: str, learning_rate_power: Any) -> None:
     if number is None:
         raise TypeError(
             f"{fn}(learning_rate_power={learning_rate_power!r}): learning_rate_power"
-            " must be a number.")
+            " must be a number."
+        )
     if not math.isfinite(number) or number > 0:
         raise ValueError(
             f"{fn}(learning_rate_power={learning_rate_power!r}): learning_rate_power"
@@ -97,6 +98,7 @@ def ftrl(
     accumulator_dtype: Any = None,
     pad_id: int | None = None,
     out_of_range: str = "drop",
+    nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     r"""FTRL-Proximal: follow the regularized leader with Adagrad's per-coordinate rates.
 
@@ -161,6 +163,8 @@ def ftrl(
         negative ids. Default None.
       out_of_range: ``"drop"`` (default) or ``"error"`` for `RowSparse` ids
         >= the row count (see `scale_by_sparse_adagrad`).
+      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
+        (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
 
     Returns:
       An `optax.GradientTransformation` whose state is an `FtrlState`. Its
@@ -198,18 +202,22 @@ def ftrl(
       with ``warm_start=False``.
     """
     fn = "ftrl"
-    _validation.check_number(fn, "learning_rate", learning_rate, positive=True,
-                             allow_schedule=True)
+    _validation.check_number(fn, "learning_rate", learning_rate, positive=True, allow_schedule=True)
     _check_power(fn, learning_rate_power)
     _proximal.check_nonnegative(
-        fn, initial_accumulator_value=initial_accumulator_value, l1=l1, l2=l2,
-        l2_shrinkage=l2_shrinkage, beta=beta,
+        fn,
+        initial_accumulator_value=initial_accumulator_value,
+        l1=l1,
+        l2=l2,
+        l2_shrinkage=l2_shrinkage,
+        beta=beta,
     )
     _proximal.check_bool(fn, "warm_start", warm_start)
     warm_start = bool(warm_start)
     accumulator_dtype = _validation.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
     _check_flags(fn, pad_id, out_of_range)
-    p = -learning_rate_power
+    _nonfinite.check(fn, nonfinite)
+    p = -cast(Any, learning_rate_power)  # A number or a JAX scalar (checked above).
 
     def init_fn(params):
         _proximal.check_real_params(fn, params)
@@ -233,9 +241,18 @@ def ftrl(
         lr = _proximal.learning_rate_at(learning_rate, state.count)
         rule = ftrl_rule(lr, p, l1, l2, l2_shrinkage, beta)
         updates, (sums, linears) = map_rule(
-            fn, rule, updates, (state.sum_of_squares, state.linear), params,
-            read_params=True, pad_id=pad_id, out_of_range=out_of_range,
+            fn,
+            rule,
+            updates,
+            (state.sum_of_squares, state.linear),
+            params,
+            read_params=True,
+            pad_id=pad_id,
+            out_of_range=out_of_range,
+            nonfinite=nonfinite,
         )
         return updates, FtrlState(optax.safe_increment(state.count), sums, linears)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return _nonfinite.wrap(
+        fn, nonfinite, optax.GradientTransformation(init_fn, update_fn), skips_inside=True
+    )

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adagrad_jax import _matrix, _validation
+from adagrad_jax import _matrix, _nonfinite, _validation
 
 
 class ScaleByFullMatrixAdagradState(NamedTuple):
@@ -27,7 +27,7 @@ class ScaleByFullMatrixAdagradState(NamedTuple):
         before the first step).
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # (shadows tuple.count, as in optax)
     statistics: optax.Updates
     preconditioners: optax.Updates
 
@@ -80,6 +80,7 @@ def scale_by_full_matrix_adagrad(
     eps: jax.typing.ArrayLike = 1e-8,
     eps_root: jax.typing.ArrayLike = 0.0,
     preconditioner_every: int = 1,
+    nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     r"""Preconditions each block of coordinates by the inverse root of its sum of g g^T.
 
@@ -131,6 +132,10 @@ def scale_by_full_matrix_adagrad(
       eps_root: added to G under the root (>= 0). Default 0.
       preconditioner_every: refresh P every this many steps (an int >= 1).
         Default 1 (every step).
+      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
+        (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
+        Here ``"skip_coordinate"`` sets the entry to 0 for the statistics
+        and gives its coordinate a zero update.
 
     Returns:
       An `optax.GradientTransformation` whose state is
@@ -164,8 +169,15 @@ def scale_by_full_matrix_adagrad(
       matrices, H_t = delta I + G_t^(1/2)).
     """
     fn = "scale_by_full_matrix_adagrad"
-    return _full_matrix(fn, block_size, initial_accumulator_value, eps, eps_root,
-                        preconditioner_every)
+    _nonfinite.check(fn, nonfinite)
+    return _nonfinite.wrap(
+        fn,
+        nonfinite,
+        _full_matrix(
+            fn, block_size, initial_accumulator_value, eps, eps_root, preconditioner_every
+        ),
+        skips_inside=False,
+    )
 
 
 def _full_matrix(fn, block_size, initial_accumulator_value, eps, eps_root, preconditioner_every):
@@ -199,11 +211,12 @@ def _full_matrix(fn, block_size, initial_accumulator_value, eps, eps_root, preco
         )
 
     def update_fn(updates, state, params=None):
-        del params
         _validation.check_same_structure(
             fn, "updates", updates, "state.statistics", state.statistics
         )
         updates = jax.tree.map(jnp.asarray, updates)
+        if params is not None:  # The blocks fix only each leaf's size; params fix its shape.
+            _validation.check_same_shapes(fn, "updates", updates, "params", params)
         _check_statistics(fn, updates, state.statistics)
 
         def blocks(g, s):
@@ -212,13 +225,15 @@ def _full_matrix(fn, block_size, initial_accumulator_value, eps, eps_root, preco
         xs = jax.tree.map(blocks, updates, state.statistics)
         statistics = jax.tree.map(
             lambda x, s: s + jnp.einsum("ni,nj->nij", x, x, precision=_matrix.HIGHEST),
-            xs, state.statistics,
+            xs,
+            state.statistics,
         )
 
         def recompute(stats, previous):
             flat, treedef = jax.tree.flatten(stats)
-            new = _matrix.refresh(jax.tree.leaves(previous), flat, [2] * len(flat),
-                                  eps_root=eps_root, eps=eps)
+            new = _matrix.refresh(
+                jax.tree.leaves(previous), flat, [2] * len(flat), eps_root=eps_root, eps=eps
+            )
             return jax.tree.unflatten(treedef, new)
 
         due = _matrix.refresh_due(state.count, preconditioner_every)
@@ -253,6 +268,7 @@ def full_matrix_adagrad(
     eps: jax.typing.ArrayLike = 1e-8,
     eps_root: jax.typing.ArrayLike = 0.0,
     preconditioner_every: int = 1,
+    nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     r"""Full-matrix Adagrad on blocks of coordinates: adapts to rotated, correlated curvature.
 
@@ -291,6 +307,8 @@ def full_matrix_adagrad(
       eps_root: added to G inside the root (>= 0). Default 0.
       preconditioner_every: refresh P every this many steps (an int >= 1).
         Default 1.
+      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
+        (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
 
     Returns:
       An `optax.GradientTransformation`.
@@ -314,8 +332,15 @@ def full_matrix_adagrad(
     """
     fn = "full_matrix_adagrad"
     _validation.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
-    return optax.chain(
-        _full_matrix(fn, block_size, initial_accumulator_value, eps, eps_root,
-                     preconditioner_every),
-        optax.scale_by_learning_rate(learning_rate),
+    _nonfinite.check(fn, nonfinite)
+    return _nonfinite.wrap(
+        fn,
+        nonfinite,
+        optax.chain(
+            _full_matrix(
+                fn, block_size, initial_accumulator_value, eps, eps_root, preconditioner_every
+            ),
+            optax.scale_by_learning_rate(learning_rate),
+        ),
+        skips_inside=False,
     )

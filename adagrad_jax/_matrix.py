@@ -103,7 +103,8 @@ def replicated(x: jax.Array) -> jax.Array:
     if sharding is None:
         return x
     return jax.sharding.reshard(
-        x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+        x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    )
 
 
 def sharded_like(x: jax.Array, like: jax.Array) -> jax.Array:
@@ -176,8 +177,9 @@ def inverse_root(
     else:
         lam, q = jnp.linalg.eigh(safe)
     lam_max = jnp.max(lam, axis=-1, keepdims=True)
-    cutoff = jnp.maximum(lam_max * jnp.asarray(b * float(finfo.eps), dtype),
-                         jnp.asarray(finfo.tiny, dtype))
+    cutoff = jnp.maximum(
+        lam_max * jnp.asarray(b * float(finfo.eps), dtype), jnp.asarray(finfo.tiny, dtype)
+    )
     keep = lam > cutoff
     base = jnp.where(keep, lam, jnp.ones((), dtype)) + jnp.asarray(eps_root, dtype)
     denom = _root(base, root) + jnp.asarray(eps, dtype)
@@ -203,8 +205,9 @@ def refresh(
         groups.setdefault((s.shape[-1], s.dtype, r), []).append(i)
     out: list[Any] = [None] * len(stats)
     for (_, _, root), members in groups.items():
-        batch = jnp.concatenate([stats[i] for i in members]) if len(members) > 1 else stats[
-            members[0]]
+        batch = (
+            jnp.concatenate([stats[i] for i in members]) if len(members) > 1 else stats[members[0]]
+        )
         new, finite = inverse_root(batch, root=root, eps_root=eps_root, eps=eps)
         offset = 0
         for i in members:

@@ -124,9 +124,12 @@ def _consumer(module: str) -> str | None:
 
 
 def _not_a_transformation(where: str | None) -> TypeError:
-    start = (f"{_FN}(...) has no update(updates, state, params)" if where is None else
-             f"{_FN}(...) was given to {where}, which needs an optax GradientTransformation"
-             " (init and update)")
+    start = (
+        f"{_FN}(...) has no update(updates, state, params)"
+        if where is None
+        else f"{_FN}(...) was given to {where}, which needs an optax GradientTransformation"
+        " (init and update)"
+    )
     return TypeError(
         f"{start}. It is a training state that owns the parameters (init(params) ->"
         " state, step(state, grads) -> state, params(state) -> params), not an optax"
@@ -327,9 +330,7 @@ def packed_adagrad(
     _validation.check_number(_FN, "eps", eps)
     _validation.check_number(_FN, "eps_root", eps_root)
     _validation.check_number(_FN, "weight_decay", weight_decay)
-    accumulator_dtype = _validation.check_float_dtype(
-        _FN, "accumulator_dtype", accumulator_dtype
-    )
+    accumulator_dtype = _validation.check_float_dtype(_FN, "accumulator_dtype", accumulator_dtype)
     for name, flag in (("interleave", interleave), ("grad_buffer", grad_buffer)):
         if not isinstance(flag, bool):
             raise TypeError(f"{_FN}({name}={flag!r}): {name} must be a bool.")

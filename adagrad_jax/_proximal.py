@@ -29,9 +29,7 @@ def soft_threshold(v: jax.Array, t: jax.Array) -> jax.Array:
     return jnp.where(jnp.abs(v) > t, v - jnp.sign(v) * t, jnp.zeros((), v.dtype))
 
 
-def adagrad_step_size(
-    lr: Any, s: jax.Array, eps: Any, eps_root: Any, *, tau: Any
-) -> jax.Array:
+def adagrad_step_size(lr: Any, s: jax.Array, eps: Any, eps_root: Any, *, tau: Any) -> jax.Array:
     """a = lr / (sqrt(s + eps_root) + eps) in the dtype of `s`; a = 0 where the root is 0.
 
     The root is 0 only while every gradient so far was 0 and tau, eps and

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adagrad_jax import _proximal, _validation
+from adagrad_jax import _nonfinite, _proximal, _validation
 from adagrad_jax._adagrad import init_sum_of_squares, squared_magnitude
 from adagrad_jax._rows._engine import map_rule
 from adagrad_jax._rows._ids import _check_flags
@@ -23,7 +23,7 @@ class ProximalAdagradState(NamedTuple):
         float16 parameters), started at `initial_accumulator_value`.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # (shadows tuple.count, as in optax)
     sum_of_squares: optax.Updates
 
 
@@ -59,6 +59,7 @@ def proximal_adagrad(
     accumulator_dtype: Any = None,
     pad_id: int | None = None,
     out_of_range: str = "drop",
+    nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     r"""Proximal Adagrad: an Adagrad step, then the L1 and L2 proximal maps.
 
@@ -102,8 +103,10 @@ def proximal_adagrad(
       pad_id: a row id treated as padding in `RowSparse` gradients, besides
         negative ids. Default None.
       out_of_range: what `RowSparse` ids >= the row count do: ``"drop"``
-        (default) skips them; ``"error"`` fails a `jax.experimental.checkify`
-        check naming the id (see `scale_by_sparse_adagrad`).
+        (default) skips them; ``"error"`` raises naming the id (see
+        `scale_by_sparse_adagrad`).
+      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
+        (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
 
     Returns:
       An `optax.GradientTransformation` whose state is a `ProximalAdagradState`.
@@ -139,28 +142,44 @@ def proximal_adagrad(
     fn = "proximal_adagrad"
     _validation.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
     _proximal.check_nonnegative(
-        fn, initial_accumulator_value=initial_accumulator_value, eps=eps, l1=l1, l2=l2,
+        fn,
+        initial_accumulator_value=initial_accumulator_value,
+        eps=eps,
+        l1=l1,
+        l2=l2,
         eps_root=eps_root,
     )
     accumulator_dtype = _validation.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
     _check_flags(fn, pad_id, out_of_range)
+    _nonfinite.check(fn, nonfinite)
 
     def init_fn(params):
         _proximal.check_real_params(fn, params)
         return ProximalAdagradState(
             count=_proximal.init_count(),
             sum_of_squares=init_sum_of_squares(
-                fn, params, initial_accumulator_value, accumulator_dtype),
+                fn, params, initial_accumulator_value, accumulator_dtype
+            ),
         )
 
     def update_fn(updates, state, params=None):
         lr = _proximal.learning_rate_at(learning_rate, state.count)
         rule, regularized = proximal_adagrad_rule(
-            lr, l1, l2, eps, eps_root, initial_accumulator_value)
+            lr, l1, l2, eps, eps_root, initial_accumulator_value
+        )
         updates, (sums,) = map_rule(
-            fn, rule, updates, (state.sum_of_squares,), params, read_params=regularized,
-            pad_id=pad_id, out_of_range=out_of_range,
+            fn,
+            rule,
+            updates,
+            (state.sum_of_squares,),
+            params,
+            read_params=regularized,
+            pad_id=pad_id,
+            out_of_range=out_of_range,
+            nonfinite=nonfinite,
         )
         return updates, ProximalAdagradState(optax.safe_increment(state.count), sums)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return _nonfinite.wrap(
+        fn, nonfinite, optax.GradientTransformation(init_fn, update_fn), skips_inside=True
+    )

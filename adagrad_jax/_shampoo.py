@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adagrad_jax import _matrix, _validation
+from adagrad_jax import _matrix, _nonfinite, _validation
 from adagrad_jax._adagrad import accumulator_dtype_for, adagrad_direction, squared_magnitude
 
 GRAFTS = ("adagrad", "sgd", None)
@@ -36,7 +36,7 @@ class ScaleByShampooState(NamedTuple):
         of the last refresh (zeros before the first one).
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # (shadows tuple.count, as in optax)
     sum_of_squares: optax.Updates
     statistics: Any
     preconditioners: Any
@@ -113,7 +113,7 @@ def _gram(x: jax.Array, i: int) -> jax.Array:
 def _mode_product(x: jax.Array, p: jax.Array, i: int) -> jax.Array:
     """x multiplied along block axis i by the (N, b_i, b_i) matrices p."""
     letters = string.ascii_lowercase[: x.ndim - 1]
-    out = letters[:i] + "Z" + letters[i + 1:]
+    out = letters[:i] + "Z" + letters[i + 1 :]
     spec = f"yZ{letters[i]},y{letters}->y{out}"
     return jnp.einsum(spec, p, x, precision=_matrix.HIGHEST)
 
@@ -134,7 +134,7 @@ def _check_statistics(fn: str, updates: Any, statistics: Any) -> None:
     """Each leaf's statistics must be square blocks that cover its gradient."""
     flat = jax.tree_util.tree_flatten_with_path(updates)[0]
     treedef = jax.tree.structure(updates)
-    for (path, g), stats in zip(flat, treedef.flatten_up_to(statistics)):
+    for (path, g), stats in zip(flat, treedef.flatten_up_to(statistics)):  # type: ignore[attr-defined]
         where = jax.tree_util.keystr(path)
         if not jnp.issubdtype(g.dtype, jnp.floating):
             raise TypeError(
@@ -146,8 +146,11 @@ def _check_statistics(fn: str, updates: Any, statistics: Any) -> None:
         ok = isinstance(stats, tuple) and len(stats) == expected_k
         if ok and stats:
             layout = _layout_from_state(tuple(g.shape), stats)
+            assert layout is not None  # stats is not empty
             ok = all(
-                s.ndim == 3 and s.shape[1] == s.shape[2] and 1 <= b <= d
+                s.ndim == 3
+                and s.shape[1] == s.shape[2]
+                and 1 <= b <= d
                 and s.shape[0] == layout.num_blocks
                 for s, b, d in zip(stats, layout.blocks, layout.dims)
             )
@@ -169,6 +172,7 @@ def scale_by_shampoo(
     preconditioner_every: int = 10,
     start_preconditioning_step: int = 10,
     graft: str | None = "adagrad",
+    nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     r"""Shampoo's Kronecker-factored preconditioner, with Adagrad statistics and grafting.
 
@@ -228,6 +232,10 @@ def scale_by_shampoo(
       graft: whose step length the Shampoo direction takes, per leaf:
         'adagrad' (diagonal Adagrad's, the default), 'sgd' (the gradient's)
         or None (Shampoo's own, as in the paper).
+      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
+        (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
+        Here ``"skip_coordinate"`` sets the entry to 0 for the statistics
+        and gives its coordinate a zero update.
 
     Returns:
       An `optax.GradientTransformation` whose state is `ScaleByShampooState`.
@@ -260,8 +268,14 @@ def scale_by_shampoo(
       Koren and Zhang, "Disentangling Adaptive Gradient Methods from
       Learning Rates", 2020 (grafting).
     """
-    return _shampoo("scale_by_shampoo", block_size, eps, preconditioner_every,
-                    start_preconditioning_step, graft)
+    fn = "scale_by_shampoo"
+    _nonfinite.check(fn, nonfinite)
+    return _nonfinite.wrap(
+        fn,
+        nonfinite,
+        _shampoo(fn, block_size, eps, preconditioner_every, start_preconditioning_step, graft),
+        skips_inside=False,
+    )
 
 
 def _shampoo(fn, block_size, eps, preconditioner_every, start_preconditioning_step, graft):
@@ -278,8 +292,9 @@ def _shampoo(fn, block_size, eps, preconditioner_every, start_preconditioning_st
             if not hasattr(p, "shape"):
                 p = jnp.asarray(p)
             dtype = _matrix.statistics_dtype(fn, path, p.dtype)
-            acc = _matrix.placed_full(p, tuple(p.shape), 0, accumulator_dtype_for(p.dtype),
-                                      replicate=False)
+            acc = _matrix.placed_full(
+                p, tuple(p.shape), 0, accumulator_dtype_for(p.dtype), replicate=False
+            )
             layout = _layout(tuple(p.shape), b_max)
             if layout is None:
                 return _LeafState(acc, (), ())
@@ -307,10 +322,10 @@ def _shampoo(fn, block_size, eps, preconditioner_every, start_preconditioning_st
 
     def update_fn(updates, state, params=None):
         del params
-        _validation.check_same_structure(
+        updates = jax.tree.map(jnp.asarray, updates)
+        _validation.check_same_shapes(
             fn, "updates", updates, "state.sum_of_squares", state.sum_of_squares
         )
-        updates = jax.tree.map(jnp.asarray, updates)
         _check_statistics(fn, updates, state.statistics)
         treedef = jax.tree.structure(updates)
         gs = treedef.flatten_up_to(updates)
@@ -332,8 +347,11 @@ def _shampoo(fn, block_size, eps, preconditioner_every, start_preconditioning_st
         def recompute(stats, previous):
             flat = [h for s in stats for h in s]
             roots = [2 * len(s) for s in stats for _ in s]
-            new = iter(_matrix.refresh([p for prev in previous for p in prev], flat, roots,
-                                       eps_root=eps, eps=0.0))
+            new = iter(
+                _matrix.refresh(
+                    [p for prev in previous for p in prev], flat, roots, eps_root=eps, eps=0.0
+                )
+            )
             return [tuple(next(new) for _ in s) for s in stats]
 
         due = _matrix.refresh_due(state.count, preconditioner_every, start_preconditioning_step)
@@ -363,8 +381,9 @@ def _shampoo(fn, block_size, eps, preconditioner_every, start_preconditioning_st
                 size = _norm(d)
                 tiny = jnp.asarray(jnp.finfo(d.dtype).tiny, d.dtype)
                 ok = size >= tiny
-                scale = jnp.where(ok, target / jnp.where(ok, size, jnp.ones_like(size)),
-                                  jnp.zeros_like(size))
+                scale = jnp.where(
+                    ok, target / jnp.where(ok, size, jnp.ones_like(size)), jnp.zeros_like(size)
+                )
                 d = d * scale
             d = d.astype(g.dtype)
             new_updates.append(d if started is True else jnp.where(started, d, diag))
@@ -388,6 +407,7 @@ def shampoo(
     preconditioner_every: int = 10,
     start_preconditioning_step: int = 10,
     graft: str | None = "adagrad",
+    nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     r"""Shampoo: one Kronecker factor per tensor dimension, Adagrad statistics, grafted step size.
 
@@ -428,6 +448,8 @@ def shampoo(
       start_preconditioning_step: the first step using Shampoo's direction
         (an int >= 1); earlier steps are diagonal Adagrad. Default 10.
       graft: 'adagrad' (default), 'sgd' or None (the paper's raw step).
+      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
+        (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
 
     Returns:
       An `optax.GradientTransformation`.
@@ -457,7 +479,13 @@ def shampoo(
     """
     fn = "shampoo"
     _validation.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
-    return optax.chain(
-        _shampoo(fn, block_size, eps, preconditioner_every, start_preconditioning_step, graft),
-        optax.scale_by_learning_rate(learning_rate),
+    _nonfinite.check(fn, nonfinite)
+    return _nonfinite.wrap(
+        fn,
+        nonfinite,
+        optax.chain(
+            _shampoo(fn, block_size, eps, preconditioner_every, start_preconditioning_step, graft),
+            optax.scale_by_learning_rate(learning_rate),
+        ),
+        skips_inside=False,
     )

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import optax
 
-from adagrad_jax import _validation
+from adagrad_jax import _nonfinite, _validation
 from adagrad_jax._adagrad import (
     ScaleByAdagradState,
     adagrad_direction,
@@ -41,6 +41,7 @@ def scale_by_sparse_adagrad(
     row_wise: bool = False,
     pad_id: int | None = None,
     out_of_range: str = "drop",
+    nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     r"""`scale_by_adagrad` under its v0.1 name; its rule for `RowSparse` gradients.
 
@@ -77,15 +78,23 @@ def scale_by_sparse_adagrad(
         bfloat16/float16 tables, the real counterpart for complex ones, the
         table's dtype otherwise.
       row_wise: keep one accumulator entry per row instead of per coordinate.
-        Default False.
+        Default False. `update` then needs `params`: the row-wise state does
+        not record the width of the rows, so gradients are checked against
+        the parameters (at trace time, before any state changes).
       pad_id: a row id to treat as padding (skipped) besides the negative ids.
         Default None.
       out_of_range: what ids >= V do. ``"drop"`` (default): they are skipped,
-        like padding; no other row changes. ``"error"``: a
-        `jax.experimental.checkify` check fails naming the first such id, its
-        position and the leaf. Eager calls raise at once; under `jax.jit` run
-        the step through ``checkify.checkify`` and call ``err.throw()``
-        (without it, tracing fails saying the check was not functionalized).
+        like padding; no other row changes. ``"error"``: the step raises,
+        naming the first such id (as given: int64 ids unclipped), its position
+        and the leaf. Eager calls raise a ``ValueError`` at once; a step under
+        plain `jax.jit` raises a ``jax.errors.JaxRuntimeError`` carrying the
+        same message when it runs (a host callback that runs only when an id
+        is out of range; no `checkify` needed). On a step sharded over
+        several devices use ``"drop"``: there a failing check stops the
+        program (the other devices wait in a collective for the one that
+        raised) instead of raising cleanly.
+      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
+        (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
 
     Returns:
       An `optax.GradientTransformation` whose state is a `ScaleByAdagradState`;
@@ -124,8 +133,15 @@ def scale_by_sparse_adagrad(
       ``padding_idx`` gives those rows a zero gradient instead).
     """
     return scale_by_adagrad_impl(
-        "scale_by_sparse_adagrad", initial_accumulator_value, eps, eps_root,
-        accumulator_dtype, row_wise, pad_id, out_of_range,
+        "scale_by_sparse_adagrad",
+        initial_accumulator_value,
+        eps,
+        eps_root,
+        accumulator_dtype,
+        row_wise,
+        pad_id,
+        out_of_range,
+        nonfinite,
     )
 
 
@@ -151,8 +167,15 @@ def _adagrad_rule(eps: Any, eps_root: Any, tau: Any, row_wise: bool):
 
 
 def _scale_by_sparse_adagrad(
-    fn, initial_accumulator_value, eps, eps_root, accumulator_dtype, row_wise, pad_id,
+    fn,
+    initial_accumulator_value,
+    eps,
+    eps_root,
+    accumulator_dtype,
+    row_wise,
+    pad_id,
     out_of_range,
+    nonfinite,
 ) -> optax.GradientTransformation:
     rule = _adagrad_rule(eps, eps_root, initial_accumulator_value, row_wise)
 
@@ -167,8 +190,15 @@ def _scale_by_sparse_adagrad(
 
     def update_fn(updates, state, params=None):
         updates, (sums,) = map_rule(
-            fn, rule, updates, (state.sum_of_squares,), params,
-            row_wise=row_wise, pad_id=pad_id, out_of_range=out_of_range,
+            fn,
+            rule,
+            updates,
+            (state.sum_of_squares,),
+            params,
+            row_wise=row_wise,
+            pad_id=pad_id,
+            out_of_range=out_of_range,
+            nonfinite=nonfinite,
             state_name="state.sum_of_squares",
         )
         return updates, ScaleByAdagradState(sum_of_squares=sums)
@@ -205,8 +235,17 @@ def _sparse_coupled_weight_decay(fn: str, weight_decay: Any) -> optax.GradientTr
 
 
 def adagrad_impl(
-    fn, learning_rate, initial_accumulator_value, eps, eps_root, weight_decay,
-    accumulator_dtype, row_wise, pad_id, out_of_range,
+    fn,
+    learning_rate,
+    initial_accumulator_value,
+    eps,
+    eps_root,
+    weight_decay,
+    accumulator_dtype,
+    row_wise,
+    pad_id,
+    out_of_range,
+    nonfinite,
 ) -> optax.GradientTransformation:
     """The checks and the chain of `adagrad` and of its v0.1 name `sparse_adagrad`."""
     _validation.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
@@ -218,19 +257,39 @@ def adagrad_impl(
     accumulator_dtype = _validation.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
     _check_row_wise(fn, row_wise)
     _check_flags(fn, pad_id, out_of_range)
-    return optax.chain(
-        _sparse_coupled_weight_decay(fn, weight_decay),
-        _scale_by_sparse_adagrad(
-            fn, initial_accumulator_value, eps, eps_root, accumulator_dtype,
-            bool(row_wise), pad_id, out_of_range,
+    _nonfinite.check(fn, nonfinite)
+    return _nonfinite.wrap(
+        fn,
+        nonfinite,
+        optax.chain(
+            _sparse_coupled_weight_decay(fn, weight_decay),
+            _scale_by_sparse_adagrad(
+                fn,
+                initial_accumulator_value,
+                eps,
+                eps_root,
+                accumulator_dtype,
+                bool(row_wise),
+                pad_id,
+                out_of_range,
+                nonfinite,
+            ),
+            on_row_values(optax.scale_by_learning_rate(learning_rate)),
         ),
-        on_row_values(optax.scale_by_learning_rate(learning_rate)),
+        skips_inside=True,
     )
 
 
 def scale_by_adagrad_impl(
-    fn, initial_accumulator_value, eps, eps_root, accumulator_dtype, row_wise, pad_id,
+    fn,
+    initial_accumulator_value,
+    eps,
+    eps_root,
+    accumulator_dtype,
+    row_wise,
+    pad_id,
     out_of_range,
+    nonfinite="propagate",
 ) -> optax.GradientTransformation:
     """The checks and the transform of `scale_by_adagrad` (and `scale_by_sparse_adagrad`)."""
     _validation.check_number(fn, "initial_accumulator_value", initial_accumulator_value)
@@ -239,9 +298,22 @@ def scale_by_adagrad_impl(
     accumulator_dtype = _validation.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
     _check_row_wise(fn, row_wise)
     _check_flags(fn, pad_id, out_of_range)
-    return _scale_by_sparse_adagrad(
-        fn, initial_accumulator_value, eps, eps_root, accumulator_dtype,
-        bool(row_wise), pad_id, out_of_range,
+    _nonfinite.check(fn, nonfinite)
+    return _nonfinite.wrap(
+        fn,
+        nonfinite,
+        _scale_by_sparse_adagrad(
+            fn,
+            initial_accumulator_value,
+            eps,
+            eps_root,
+            accumulator_dtype,
+            bool(row_wise),
+            pad_id,
+            out_of_range,
+            nonfinite,
+        ),
+        skips_inside=True,
     )
 
 
@@ -257,6 +329,7 @@ def sparse_adagrad(
     row_wise: bool = False,
     pad_id: int | None = None,
     out_of_range: str = "drop",
+    nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     r"""`adagrad` under its v0.1 name; its rule for `RowSparse` gradients.
 
@@ -300,9 +373,10 @@ def sparse_adagrad(
       row_wise: one accumulator entry per row (leading-axis entry) of every
         leaf. Default False.
       pad_id: a row id treated as padding, besides negative ids. Default None.
-      out_of_range: ``"drop"`` (default) skips ids >= V; ``"error"`` fails a
-        `jax.experimental.checkify` check naming the id (see
-        `scale_by_sparse_adagrad`).
+      out_of_range: ``"drop"`` (default) skips ids >= V; ``"error"`` raises
+        naming the id (see `scale_by_sparse_adagrad`).
+      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
+        (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
 
     Returns:
       An `optax.GradientTransformation`.
@@ -325,6 +399,15 @@ def sparse_adagrad(
       Learning and Stochastic Optimization", JMLR 12, 2011.
     """
     return adagrad_impl(
-        "sparse_adagrad", learning_rate, initial_accumulator_value, eps, eps_root,
-        weight_decay, accumulator_dtype, row_wise, pad_id, out_of_range,
+        "sparse_adagrad",
+        learning_rate,
+        initial_accumulator_value,
+        eps,
+        eps_root,
+        weight_decay,
+        accumulator_dtype,
+        row_wise,
+        pad_id,
+        out_of_range,
+        nonfinite,
     )

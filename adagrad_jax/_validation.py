@@ -7,7 +7,9 @@ One place for each kind of check:
 - `check_float_dtype`: an accumulator dtype;
 - `check_param_dtype`, `check_inexact_leaves`: float or complex leaves;
 - `check_same_structure`, `check_same_shapes`: a gradient tree against the state's
-  or the parameters', and `check_gradients`, which runs all three on a gradient tree.
+  or the parameters', and `check_gradients`, which runs all three on a gradient tree;
+- `check_choice`: a string flag from a fixed set (``out_of_range``, ``nonfinite``);
+- `error_if`: a check of run-time values that raises under plain `jax.jit` too.
 
 Python and NumPy numbers and concrete JAX arrays are checked by value. A traced
 JAX array (as `optax.inject_hyperparams` passes them under `jit`) is checked
@@ -20,10 +22,11 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import logging
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +58,7 @@ def _python_number(value: Any) -> float | None:
         try:
             return float(value)
         except OverflowError:  # An int beyond float range: reported as not finite.
-            return math.inf if value > 0 else -math.inf
+            return math.inf if cast(Any, value) > 0 else -math.inf  # (only ints overflow)
     return None
 
 
@@ -124,13 +127,24 @@ def check_number(
     Raises:
         TypeError: for a bool, a string, None, a complex or boolean array, a
             number type JAX cannot take (`fractions.Fraction`, `decimal.Decimal`,
-            `np.longdouble`: the message says to pass ``float(value)``), or a
-            callable where no schedule is allowed.
+            `np.longdouble`: the message says to pass ``float(value)``), a
+            callable where no schedule is allowed, or a schedule that cannot be
+            called with one argument (the step count).
         ValueError: for an array of any shape but (), or a value that is
             negative, zero (when `positive`), NaN or not finite in JAX's
             default float dtype.
     """
     if allow_schedule and callable(value) and not isinstance(value, _ARRAY_TYPES):
+        try:
+            inspect.signature(value).bind(0)
+        except TypeError:
+            raise TypeError(
+                f"{fn}({arg}={describe(value)}): {arg} is a callable that cannot take the step"
+                f" count; an optax schedule is called as {arg}(count). Pass a number, or a"
+                " function of one argument (optax.constant_schedule(x) for a constant)."
+            ) from None
+        except ValueError:
+            pass  # No signature to read (a builtin): trust it.
         return
     kind = "a number or an optax schedule" if allow_schedule else "a number"
     number = _real_scalar(fn, arg, value, kind)
@@ -172,7 +186,9 @@ def check_integer(
     if isinstance(value, _ARRAY_TYPES):
         dtype = jnp.dtype(value.dtype)
         if not jnp.issubdtype(dtype, jnp.integer):
-            raise TypeError(f"{fn}({arg}={shown}): {arg} must be an integer, got dtype {dtype.name}.")
+            raise TypeError(
+                f"{fn}({arg}={shown}): {arg} must be an integer, got dtype {dtype.name}."
+            )
         if np.shape(value) != ():
             raise ValueError(
                 f"{fn}({arg}={shown}): {arg} must be a scalar, got shape {np.shape(value)}."
@@ -181,7 +197,9 @@ def check_integer(
             return None
         value = int(np.asarray(value).item())
     elif isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{fn}({arg}={shown}): {arg} must be an integer, got {type(value).__name__}.")
+        raise TypeError(
+            f"{fn}({arg}={shown}): {arg} must be an integer, got {type(value).__name__}."
+        )
     if (low is not None and value < low) or (high is not None and value > high):
         lo = "-inf" if low is None else low
         hi = "inf" if high is None else high
@@ -291,7 +309,7 @@ def check_same_structure(fn: str, name_a: str, tree_a: Any, name_b: str, tree_b:
     """
     treedef_a = jax.tree.structure(tree_a)
     treedef_b = jax.tree.structure(tree_b)
-    if treedef_a == treedef_b:
+    if treedef_a == treedef_b:  # type: ignore[operator]
         return
     keystr = jax.tree_util.keystr
     paths_a = [keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree_a)[0]]
@@ -341,7 +359,7 @@ def check_same_shapes(
     if is_leaf is None:
         check_same_structure(fn, name_a, tree_a, name_b, tree_b)
     paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree_a, is_leaf=is_leaf)
-    leaves_b = treedef.flatten_up_to(tree_b)
+    leaves_b = treedef.flatten_up_to(tree_b)  # type: ignore[attr-defined]
     for (path, a), b in zip(paths_and_leaves, leaves_b):
         sa, sb = tuple(shape_a(a)), tuple(shape_b(b))
         if sa != sb:
@@ -361,6 +379,88 @@ def check_gradients(fn: str, name: str, tree: Any, ref_name: str, ref_tree: Any)
     """
     check_same_shapes(fn, name, tree, ref_name, ref_tree)
     check_inexact_leaves(fn, name, tree)
+
+
+def check_choice(fn: str, arg: str, value: Any, choices: tuple[Any, ...]) -> None:
+    """Raises ValueError unless `value` is one of `choices` (strings or None), naming them all.
+
+    >>> check_choice("f", "mode", "dorp", ("drop", "error"))
+    Traceback (most recent call last):
+    ...
+    ValueError: f(mode='dorp'): mode must be one of 'drop', 'error'. Did you mean 'drop'?
+    """
+    if not isinstance(value, (str, type(None))) or value not in choices:
+        close = (
+            difflib.get_close_matches(value, [c for c in choices if c], n=1)
+            if isinstance(value, str)
+            else []
+        )
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"{fn}({arg}={value!r}): {arg} must be one of"
+            f" {', '.join(repr(c) for c in choices)}.{hint}"
+        )
+
+
+class RuntimeCheckError(ValueError):
+    """Raised by a failed `error_if` check (eagerly as itself; under `jax.jit` its
+    message arrives inside the `jax.errors.JaxRuntimeError` that JAX raises)."""
+
+
+class _QuietCheckErrors(logging.Filter):
+    """Drops JAX's "callback failed" log record (with a full traceback) for our checks.
+
+    The error itself still propagates with its message; the log record would
+    only repeat it, with a traceback into JAX's internals.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, RuntimeCheckError)
+
+
+@functools.cache
+def _quiet_check_errors() -> None:
+    for name in ("jax._src.debugging", "jax._src.callback"):
+        logging.getLogger(name).addFilter(_QuietCheckErrors())
+
+
+def _raise_if(message: str, bad: Any, *values: Any) -> None:
+    """Host side of `error_if`: raises for the first True entry of `bad` (vmap batches it)."""
+    flags = np.asarray(bad).reshape(-1)
+    if not flags.any():
+        return
+    first = int(np.argmax(flags))
+    shown = [np.asarray(v).reshape(-1)[first] if np.ndim(v) else np.asarray(v) for v in values]
+    raise RuntimeCheckError(message.format(*(x.item() for x in shown)))
+
+
+def error_if(bad: Any, message: str, *values: Any) -> None:
+    """Raises `RuntimeCheckError(message.format(*values))` where the scalar `bad` is True.
+
+    A check of values known only at run time that works eagerly, under plain
+    `jax.jit` (no `checkify` needed) and under `vmap`. Concrete inputs are
+    checked at once in Python. Traced ones are checked on the device: when
+    `bad` is True a host callback (run only then, under a `lax.cond`) raises,
+    and JAX raises a `jax.errors.JaxRuntimeError` carrying the message from
+    the jitted call (or from the first `block_until_ready` where dispatch is
+    asynchronous). When `bad` is False the step costs one scalar branch.
+
+    Args:
+      bad: a boolean scalar (a JAX array, traced or not).
+      message: a `str.format` template with one ``{}`` per value.
+      *values: scalars shown in the message (the offending id, its position).
+    """
+    if not any(is_traced(x) for x in (bad, *values)):
+        _raise_if(message, bad, *values)
+        return
+    _quiet_check_errors()
+    callback = functools.partial(_raise_if, message)
+    jax.lax.cond(
+        jnp.asarray(bad),
+        lambda: jax.debug.callback(callback, bad, *values),
+        lambda: None,
+    )
 
 
 _ALIASES = {

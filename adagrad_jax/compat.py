@@ -21,8 +21,8 @@ from __future__ import annotations
 import jax
 import optax
 
-from adagrad_jax import _validation, schedules
-from adagrad_jax._adagrad import coupled_weight_decay, scale_by_adagrad
+from adagrad_jax import _nonfinite, _validation, schedules
+from adagrad_jax._adagrad import coupled_weight_decay
 from adagrad_jax._compat_regularized import keras_ftrl as keras_ftrl
 from adagrad_jax._compat_regularized import tf1_adagrad_da as tf1_adagrad_da
 from adagrad_jax._compat_regularized import tf1_proximal_adagrad as tf1_proximal_adagrad
@@ -36,6 +36,8 @@ def torch_adagrad(
     initial_accumulator_value: jax.typing.ArrayLike = 0.0,
     eps: jax.typing.ArrayLike = 1e-10,
     maximize: bool = False,
+    *,
+    nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     """`torch.optim.Adagrad`, with its argument names and defaults.
 
@@ -57,6 +59,9 @@ def torch_adagrad(
       initial_accumulator_value: tau (>= 0). Default 0.
       eps: added outside the square root (>= 0). Default 1e-10.
       maximize: ascend instead of descend. Default False.
+      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
+        (default), ``"skip_coordinate"`` or ``"skip_step"``; see
+        `adagrad_jax.adagrad`.
 
     Returns:
       An `optax.GradientTransformation`.
@@ -91,6 +96,7 @@ def torch_adagrad(
     _validation.check_number(fn, "eps", eps)
     if not isinstance(maximize, bool):
         raise TypeError(f"{fn}(maximize={maximize!r}): maximize must be a bool.")
+    _nonfinite.check(fn, nonfinite)
     if _validation.is_zero_constant(lr_decay):
         learning_rate = lr
     elif callable(lr):
@@ -100,11 +106,16 @@ def torch_adagrad(
         )
     else:
         learning_rate = schedules.inverse_time_decay(lr, lr_decay)
-    return optax.chain(
-        _negate(fn) if maximize else optax.identity(),
-        coupled_weight_decay(weight_decay, fn),
-        scale_by_adagrad(initial_accumulator_value, eps),
-        optax.scale_by_learning_rate(learning_rate),
+    return _nonfinite.wrap(
+        fn,
+        nonfinite,
+        optax.chain(
+            _negate(fn) if maximize else optax.identity(),
+            coupled_weight_decay(weight_decay, fn),
+            _preconditioner(fn, initial_accumulator_value, eps, 0.0, nonfinite),
+            optax.scale_by_learning_rate(learning_rate),
+        ),
+        skips_inside=True,
     )
 
 
@@ -114,6 +125,8 @@ def keras_adagrad(
     initial_accumulator_value: jax.typing.ArrayLike = 0.1,
     epsilon: jax.typing.ArrayLike = 1e-7,
     weight_decay: jax.typing.ArrayLike | None = None,
+    *,
+    nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     """`keras.optimizers.Adagrad` (Keras 3, tf.keras >= 2.11), same names and defaults.
 
@@ -132,6 +145,9 @@ def keras_adagrad(
       initial_accumulator_value: tau (>= 0). Default 0.1.
       epsilon: added inside the square root (>= 0). Default 1e-7.
       weight_decay: decoupled decay coefficient, or None for none. Default None.
+      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
+        (default), ``"skip_coordinate"`` or ``"skip_step"``; see
+        `adagrad_jax.adagrad`.
 
     Returns:
       An `optax.GradientTransformation`.
@@ -160,11 +176,17 @@ def keras_adagrad(
     _validation.check_number(fn, "epsilon", epsilon)
     if weight_decay is not None:
         _validation.check_number(fn, "weight_decay", weight_decay)
-    return optax.chain(
-        scale_by_adagrad(initial_accumulator_value, 0.0, eps_root=epsilon),
-        # Decoupled: added after the preconditioner, so it is lr * wd * w.
-        coupled_weight_decay(weight_decay, fn),
-        optax.scale_by_learning_rate(learning_rate),
+    _nonfinite.check(fn, nonfinite)
+    return _nonfinite.wrap(
+        fn,
+        nonfinite,
+        optax.chain(
+            _preconditioner(fn, initial_accumulator_value, 0.0, epsilon, nonfinite),
+            # Decoupled: added after the preconditioner, so it is lr * wd * w.
+            coupled_weight_decay(weight_decay, fn),
+            optax.scale_by_learning_rate(learning_rate),
+        ),
+        skips_inside=True,
     )
 
 
@@ -172,6 +194,8 @@ def keras_adagrad(
 def tf1_adagrad(
     learning_rate: optax.ScalarOrSchedule,
     initial_accumulator_value: jax.typing.ArrayLike = 0.1,
+    *,
+    nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     """TF1's `tf.compat.v1.train.AdagradOptimizer`: no epsilon at all.
 
@@ -184,6 +208,9 @@ def tf1_adagrad(
       learning_rate: required, >= 0, or an optax schedule.
       initial_accumulator_value: tau, which must be > 0 as in TF1 (it is the
         only guard against division by zero). Default 0.1.
+      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
+        (default), ``"skip_coordinate"`` or ``"skip_step"``; see
+        `adagrad_jax.adagrad`.
 
     Returns:
       An `optax.GradientTransformation`.
@@ -208,10 +235,24 @@ def tf1_adagrad(
     _validation.check_number(
         fn, "initial_accumulator_value", initial_accumulator_value, positive=True
     )
-    return optax.chain(
-        scale_by_adagrad(initial_accumulator_value, 0.0),
-        optax.scale_by_learning_rate(learning_rate),
+    _nonfinite.check(fn, nonfinite)
+    return _nonfinite.wrap(
+        fn,
+        nonfinite,
+        optax.chain(
+            _preconditioner(fn, initial_accumulator_value, 0.0, 0.0, nonfinite),
+            optax.scale_by_learning_rate(learning_rate),
+        ),
+        skips_inside=True,
     )
+
+
+def _preconditioner(fn, tau, eps, eps_root, nonfinite) -> optax.GradientTransformation:
+    """`scale_by_adagrad(tau, eps, eps_root=eps_root)` (arguments already checked), whose
+    trace-time errors name the compat constructor `fn`."""
+    from adagrad_jax._sparse_adagrad import _scale_by_sparse_adagrad
+
+    return _scale_by_sparse_adagrad(fn, tau, eps, eps_root, None, False, None, "drop", nonfinite)
 
 
 def _negate(fn: str) -> optax.GradientTransformation:

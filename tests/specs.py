@@ -23,8 +23,10 @@ from tests import reference, reference_beyond
 def adagrad_accumulators(state) -> list:
     """The leaves of the one `ScaleByAdagradState` inside an optimizer state."""
     found = [
-        x for x in jax.tree.leaves(
-            state, is_leaf=lambda x: isinstance(x, adagrad_jax.ScaleByAdagradState))
+        x
+        for x in jax.tree.leaves(
+            state, is_leaf=lambda x: isinstance(x, adagrad_jax.ScaleByAdagradState)
+        )
         if isinstance(x, adagrad_jax.ScaleByAdagradState)
     ]
     assert len(found) == 1, found
@@ -65,6 +67,10 @@ class Spec:
         scalars): jax.jit then drops the parameters and puts the whole state
         on one device; ``out_shardings=adagrad_jax.state_shardings(tx,
         params)`` places it (tests/mesh_conformance.py checks both).
+      coordinatewise: whether each coordinate's step depends on that
+        coordinate's gradient and state alone (the diagonal family). Then
+        ``nonfinite="skip_coordinate"`` leaves every other coordinate exactly
+        where ``"propagate"`` takes it; matrix and norm rules couple them.
     """
 
     name: str
@@ -80,6 +86,7 @@ class Spec:
     lazy_matches_dense: bool = False
     param_shaped_state: bool = True
     jit_init_follows_params: bool = True
+    coordinatewise: bool = True
 
     def build(self, **overrides) -> optax.GradientTransformation:
         return self.make(**{**self.hyperparams, **overrides})
@@ -96,10 +103,16 @@ SPECS = [
     Spec(
         name="adagrad-all-options",
         make=adagrad_jax.adagrad,
-        hyperparams=dict(learning_rate=0.05, initial_accumulator_value=0.3, eps=1e-3,
-                         eps_root=0.2, weight_decay=0.01),
-        reference=reference.leafwise(reference.adagrad_step, tau=0.3, lr=0.05, eps=1e-3, eps_root=0.2,
-                       weight_decay=0.01),
+        hyperparams=dict(
+            learning_rate=0.05,
+            initial_accumulator_value=0.3,
+            eps=1e-3,
+            eps_root=0.2,
+            weight_decay=0.01,
+        ),
+        reference=reference.leafwise(
+            reference.adagrad_step, tau=0.3, lr=0.05, eps=1e-3, eps_root=0.2, weight_decay=0.01
+        ),
         converge={"learning_rate": 0.5, "weight_decay": 0.0},
         uses_params=True,
     ),
@@ -107,16 +120,18 @@ SPECS = [
         name="adagrad-schedule",
         make=adagrad_jax.adagrad,
         hyperparams=dict(learning_rate=schedules.inverse_time_decay(0.1, 0.5), eps=0.0),
-        reference=reference.leafwise(reference.adagrad_step, tau=0.0, lr=lambda c: 0.1 / (1 + 0.5 * c), eps=0.0),
+        reference=reference.leafwise(
+            reference.adagrad_step, tau=0.0, lr=lambda c: 0.1 / (1 + 0.5 * c), eps=0.0
+        ),
         converge={"learning_rate": schedules.inverse_time_decay(0.5, 1e-4)},
     ),
     Spec(
         name="sparse_adagrad-dense-leaves",
         make=adagrad_jax.sparse_adagrad,
-        hyperparams=dict(learning_rate=0.05, initial_accumulator_value=0.2, eps=1e-6,
-                         eps_root=0.1),
-        reference=reference.leafwise(reference.adagrad_step, tau=0.2, lr=0.05, eps=1e-6,
-                                     eps_root=0.1),
+        hyperparams=dict(learning_rate=0.05, initial_accumulator_value=0.2, eps=1e-6, eps_root=0.1),
+        reference=reference.leafwise(
+            reference.adagrad_step, tau=0.2, lr=0.05, eps=1e-6, eps_root=0.1
+        ),
         converge={"learning_rate": 0.5},
         row_sparse=True,
         lazy_matches_dense=True,
@@ -131,9 +146,10 @@ SPECS = [
     Spec(
         name="compat.torch_adagrad",
         make=compat.torch_adagrad,
-        hyperparams=dict(lr=0.1, lr_decay=0.01, weight_decay=0.01,
-                         initial_accumulator_value=0.1),
-        reference=reference.leafwise(reference.torch_step, tau=0.1, lr=0.1, lr_decay=0.01, weight_decay=0.01),
+        hyperparams=dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1),
+        reference=reference.leafwise(
+            reference.torch_step, tau=0.1, lr=0.1, lr_decay=0.01, weight_decay=0.01
+        ),
         converge={"lr": 0.5, "lr_decay": 0.0, "weight_decay": 0.0},
         complex_params=False,
         uses_params=True,
@@ -141,9 +157,12 @@ SPECS = [
     Spec(
         name="compat.keras_adagrad",
         make=compat.keras_adagrad,
-        hyperparams=dict(learning_rate=0.1, initial_accumulator_value=0.1, epsilon=1e-7,
-                         weight_decay=0.004),
-        reference=reference.leafwise(reference.keras3_step, tau=0.1, lr=0.1, epsilon=1e-7, weight_decay=0.004),
+        hyperparams=dict(
+            learning_rate=0.1, initial_accumulator_value=0.1, epsilon=1e-7, weight_decay=0.004
+        ),
+        reference=reference.leafwise(
+            reference.keras3_step, tau=0.1, lr=0.1, epsilon=1e-7, weight_decay=0.004
+        ),
         converge={"learning_rate": 0.5, "weight_decay": None},
         complex_params=False,
         uses_params=True,
@@ -168,17 +187,31 @@ def _pick(index):
     return lambda leaf_state: leaf_state[index]
 
 
-REGULARIZED = dict(accumulators=_sum_of_squares, complex_params=False, needs_params=True,
-                   row_sparse=True)
+REGULARIZED = dict(
+    accumulators=_sum_of_squares, complex_params=False, needs_params=True, row_sparse=True
+)
 
 SPECS += [
     Spec(
         name="proximal_adagrad",
         make=adagrad_jax.proximal_adagrad,
-        hyperparams=dict(learning_rate=0.1, initial_accumulator_value=0.1, eps=1e-7, l1=0.01,
-                         l2=0.02, eps_root=0.05),
-        reference=reference.leafwise(reference.proximal_adagrad_step, tau=0.1, lr=0.1,
-                                     l1=0.01, l2=0.02, eps=1e-7, eps_root=0.05),
+        hyperparams=dict(
+            learning_rate=0.1,
+            initial_accumulator_value=0.1,
+            eps=1e-7,
+            l1=0.01,
+            l2=0.02,
+            eps_root=0.05,
+        ),
+        reference=reference.leafwise(
+            reference.proximal_adagrad_step,
+            tau=0.1,
+            lr=0.1,
+            l1=0.01,
+            l2=0.02,
+            eps=1e-7,
+            eps_root=0.05,
+        ),
         converge={"learning_rate": 0.5, "l1": 0.0, "l2": 0.0},
         **REGULARIZED,
     ),
@@ -186,83 +219,133 @@ SPECS += [
         name="proximal_adagrad-schedule",
         make=adagrad_jax.proximal_adagrad,
         hyperparams=dict(learning_rate=schedules.inverse_time_decay(0.2, 0.5), l1=0.02),
-        reference=reference.leafwise(reference.proximal_adagrad_step, tau=0.0,
-                                     lr=lambda c: 0.2 / (1 + 0.5 * c), l1=0.02),
+        reference=reference.leafwise(
+            reference.proximal_adagrad_step, tau=0.0, lr=lambda c: 0.2 / (1 + 0.5 * c), l1=0.02
+        ),
         converge=None,
         **REGULARIZED,
     ),
     Spec(
         name="adagrad_da",
         make=adagrad_jax.adagrad_da,
-        hyperparams=dict(learning_rate=0.2, initial_accumulator_value=0.1, l1=0.01, l2=0.02,
-                         eps=1e-6),
+        hyperparams=dict(
+            learning_rate=0.2, initial_accumulator_value=0.1, l1=0.01, l2=0.02, eps=1e-6
+        ),
         reference=reference.leafwise_state(
             reference.adagrad_da_step,
-            lambda w: reference.adagrad_da_init(w, tau=0.1), accumulator=_pick(1),
-            lr=0.2, l1=0.01, l2=0.02, eps=1e-6),
+            lambda w: reference.adagrad_da_init(w, tau=0.1),
+            accumulator=_pick(1),
+            lr=0.2,
+            l1=0.01,
+            l2=0.02,
+            eps=1e-6,
+        ),
         converge={"learning_rate": 0.5, "l1": 0.0, "l2": 0.0},
         **REGULARIZED,
     ),
     Spec(
         name="ftrl",
         make=adagrad_jax.ftrl,
-        hyperparams=dict(learning_rate=0.2, learning_rate_power=-0.5,
-                         initial_accumulator_value=0.1, l1=0.01, l2=0.02, l2_shrinkage=0.01,
-                         beta=0.1),
+        hyperparams=dict(
+            learning_rate=0.2,
+            learning_rate_power=-0.5,
+            initial_accumulator_value=0.1,
+            l1=0.01,
+            l2=0.02,
+            l2_shrinkage=0.01,
+            beta=0.1,
+        ),
         reference=reference.leafwise_state(
             reference.ftrl_step,
-            lambda w: reference.ftrl_init(w, tau=0.1, lr=0.2, beta=0.1), accumulator=_pick(0),
-            lr=0.2, l1=0.01, l2=0.02, l2_shrinkage=0.01, beta=0.1),
-        converge={"learning_rate": 0.5, "l1": 0.0, "l2": 0.0, "l2_shrinkage": 0.0,
-                  "beta": 0.0},
+            lambda w: reference.ftrl_init(w, tau=0.1, lr=0.2, beta=0.1),
+            accumulator=_pick(0),
+            lr=0.2,
+            l1=0.01,
+            l2=0.02,
+            l2_shrinkage=0.01,
+            beta=0.1,
+        ),
+        converge={"learning_rate": 0.5, "l1": 0.0, "l2": 0.0, "l2_shrinkage": 0.0, "beta": 0.0},
         **REGULARIZED,
     ),
     Spec(
         name="ftrl-power",
         make=adagrad_jax.ftrl,
-        hyperparams=dict(learning_rate=0.3, learning_rate_power=-0.3,
-                         initial_accumulator_value=0.5, l1=0.02),
+        hyperparams=dict(
+            learning_rate=0.3, learning_rate_power=-0.3, initial_accumulator_value=0.5, l1=0.02
+        ),
         reference=reference.leafwise_state(
             reference.ftrl_step,
-            lambda w: reference.ftrl_init(w, tau=0.5, lr=0.3, p=0.3), accumulator=_pick(0),
-            lr=0.3, p=0.3, l1=0.02),
+            lambda w: reference.ftrl_init(w, tau=0.5, lr=0.3, p=0.3),
+            accumulator=_pick(0),
+            lr=0.3,
+            p=0.3,
+            l1=0.02,
+        ),
         converge=None,
         **REGULARIZED,
     ),
     Spec(
         name="compat.tf1_proximal_adagrad",
         make=compat.tf1_proximal_adagrad,
-        hyperparams=dict(learning_rate=0.1, initial_accumulator_value=0.1,
-                         l1_regularization_strength=0.01, l2_regularization_strength=0.02),
-        reference=reference.leafwise(reference.tf1_proximal_adagrad_step, tau=0.1, lr=0.1,
-                                     l1=0.01, l2=0.02),
-        converge={"learning_rate": 0.5, "l1_regularization_strength": 0.0,
-                  "l2_regularization_strength": 0.0},
+        hyperparams=dict(
+            learning_rate=0.1,
+            initial_accumulator_value=0.1,
+            l1_regularization_strength=0.01,
+            l2_regularization_strength=0.02,
+        ),
+        reference=reference.leafwise(
+            reference.tf1_proximal_adagrad_step, tau=0.1, lr=0.1, l1=0.01, l2=0.02
+        ),
+        converge={
+            "learning_rate": 0.5,
+            "l1_regularization_strength": 0.0,
+            "l2_regularization_strength": 0.0,
+        },
         **REGULARIZED,
     ),
     Spec(
         name="compat.tf1_adagrad_da",
         make=compat.tf1_adagrad_da,
-        hyperparams=dict(learning_rate=0.2, initial_gradient_squared_accumulator_value=0.1,
-                         l1_regularization_strength=0.01, l2_regularization_strength=0.02),
+        hyperparams=dict(
+            learning_rate=0.2,
+            initial_gradient_squared_accumulator_value=0.1,
+            l1_regularization_strength=0.01,
+            l2_regularization_strength=0.02,
+        ),
         reference=reference.leafwise_state(
             reference.tf1_adagrad_da_step,
             lambda w: reference.adagrad_da_init(w, tau=0.1, warm_start=False),
-            accumulator=_pick(1), lr=0.2, l1=0.01, l2=0.02),
+            accumulator=_pick(1),
+            lr=0.2,
+            l1=0.01,
+            l2=0.02,
+        ),
         converge=None,
         **REGULARIZED,
     ),
     Spec(
         name="compat.keras_ftrl",
         make=compat.keras_ftrl,
-        hyperparams=dict(learning_rate=0.2, learning_rate_power=-0.5,
-                         initial_accumulator_value=0.1, l1_regularization_strength=0.01,
-                         l2_regularization_strength=0.01,
-                         l2_shrinkage_regularization_strength=0.005, beta=0.1),
+        hyperparams=dict(
+            learning_rate=0.2,
+            learning_rate_power=-0.5,
+            initial_accumulator_value=0.1,
+            l1_regularization_strength=0.01,
+            l2_regularization_strength=0.01,
+            l2_shrinkage_regularization_strength=0.005,
+            beta=0.1,
+        ),
         reference=reference.leafwise_state(
             reference.keras_ftrl_step,
             lambda w: reference.ftrl_init(w, tau=0.1, lr=0.2, warm_start=False),
-            accumulator=_pick(0), lr=0.2, l1=0.01, l2=0.01, l2_shrinkage=0.005, beta=0.1),
+            accumulator=_pick(0),
+            lr=0.2,
+            l1=0.01,
+            l2=0.01,
+            l2_shrinkage=0.005,
+            beta=0.1,
+        ),
         converge=None,
         **REGULARIZED,
     ),
@@ -281,23 +364,24 @@ SPECS += [
 def _full_matrix_reference(*, lr, block_size, tau, **hyper) -> reference.Reference:
     return reference.Reference(
         functools.partial(reference_beyond.full_matrix_init, block_size=block_size, tau=tau),
-        functools.partial(reference_beyond.full_matrix_step, lr=lr, **hyper))
+        functools.partial(reference_beyond.full_matrix_step, lr=lr, **hyper),
+    )
 
 
 def _shampoo_reference(*, lr, block_size, **hyper) -> reference.Reference:
     return reference.Reference(
         functools.partial(reference_beyond.shampoo_init, block_size=block_size),
         functools.partial(reference_beyond.shampoo_step, lr=lr, block_size=block_size, **hyper),
-        accumulators=lambda state: state["A"])
+        accumulators=lambda state: state["A"],
+    )
 
 
 def _adagrad_norm_reference(*, lr, tau, eps, per_leaf) -> reference.Reference:
     return reference.Reference(
         functools.partial(reference_beyond.adagrad_norm_init, tau=tau, per_leaf=per_leaf),
-        functools.partial(reference_beyond.adagrad_norm_step, lr=lr, eps=eps,
-                          per_leaf=per_leaf),
-        accumulators=lambda state: (
-            [float(b) for b in state["b2"]] if per_leaf else [state["b2"]]))
+        functools.partial(reference_beyond.adagrad_norm_step, lr=lr, eps=eps, per_leaf=per_leaf),
+        accumulators=lambda state: [float(b) for b in state["b2"]] if per_leaf else [state["b2"]],
+    )
 
 
 def _inner_sums(state) -> list:
@@ -309,39 +393,54 @@ SPECS += [
     Spec(
         name="full_matrix_adagrad",
         make=adagrad_jax.full_matrix_adagrad,
-        hyperparams=dict(learning_rate=0.1, block_size=3, initial_accumulator_value=0.1,
-                         eps=1e-3, eps_root=0.05, preconditioner_every=2),
-        reference=_full_matrix_reference(lr=0.1, block_size=3, tau=0.1, eps=1e-3,
-                                         eps_root=0.05, every=2),
+        hyperparams=dict(
+            learning_rate=0.1,
+            block_size=3,
+            initial_accumulator_value=0.1,
+            eps=1e-3,
+            eps_root=0.05,
+            preconditioner_every=2,
+        ),
+        reference=_full_matrix_reference(
+            lr=0.1, block_size=3, tau=0.1, eps=1e-3, eps_root=0.05, every=2
+        ),
         # One 2 x 2 block on Rosenbrock's valley wants fresh preconditioners.
         converge={"learning_rate": 0.2, "preconditioner_every": 1},
         accumulators=None,
         complex_params=False,
         param_shaped_state=False,
         jit_init_follows_params=False,
+        coordinatewise=False,
     ),
     Spec(
         name="shampoo-blocked",
         make=adagrad_jax.shampoo,
-        hyperparams=dict(learning_rate=0.1, block_size=2, eps=1e-3, preconditioner_every=2,
-                         start_preconditioning_step=2),
+        hyperparams=dict(
+            learning_rate=0.1,
+            block_size=2,
+            eps=1e-3,
+            preconditioner_every=2,
+            start_preconditioning_step=2,
+        ),
         reference=_shampoo_reference(lr=0.1, block_size=2, eps=1e-3, every=2, start=2),
         converge={"learning_rate": 0.5},
         accumulators=_inner_sums,
         complex_params=False,
         jit_init_follows_params=False,
+        coordinatewise=False,
     ),
     Spec(
         name="shampoo-paper",
         make=functools.partial(adagrad_jax.shampoo, graft=None),  # a str/None stays static
-        hyperparams=dict(learning_rate=0.1, eps=0.1, preconditioner_every=1,
-                         start_preconditioning_step=1),
-        reference=_shampoo_reference(lr=0.1, block_size=128, eps=0.1, every=1, start=1,
-                                     graft=None),
+        hyperparams=dict(
+            learning_rate=0.1, eps=0.1, preconditioner_every=1, start_preconditioning_step=1
+        ),
+        reference=_shampoo_reference(lr=0.1, block_size=128, eps=0.1, every=1, start=1, graft=None),
         converge=None,
         accumulators=_inner_sums,
         complex_params=False,
         jit_init_follows_params=False,
+        coordinatewise=False,
     ),
     Spec(
         name="adagrad_norm",
@@ -352,6 +451,7 @@ SPECS += [
         accumulators=_inner_sums,
         param_shaped_state=False,
         jit_init_follows_params=False,
+        coordinatewise=False,
     ),
     Spec(
         name="adagrad_norm-per-model",
@@ -362,6 +462,7 @@ SPECS += [
         accumulators=_inner_sums,
         param_shaped_state=False,
         jit_init_follows_params=False,
+        coordinatewise=False,
     ),
 ]
 

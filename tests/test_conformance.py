@@ -38,8 +38,11 @@ def make_params(dtype=jnp.float32, seed=0):
             x = x + 1j * rng.normal(size=shape)
         return jnp.asarray(x, dtype)
 
-    return {"w": draw(shapes["w"]), "b": draw(shapes["b"]),
-            "deep": [draw(s) for s in shapes["deep"]]}
+    return {
+        "w": draw(shapes["w"]),
+        "b": draw(shapes["b"]),
+        "deep": [draw(s) for s in shapes["deep"]],
+    }
 
 
 def make_grads(params, num_steps=NUM_STEPS, seed=1):
@@ -80,8 +83,11 @@ def reference_run(spec, params, grads):
 def assert_trees_close(actual, expected, rtol, atol=0.0):
     jax.tree.map(
         lambda a, e: np.testing.assert_allclose(
-            np.asarray(a).astype(np.asarray(e).dtype), e, rtol=rtol, atol=atol),
-        actual, expected)
+            np.asarray(a).astype(np.asarray(e).dtype), e, rtol=rtol, atol=atol
+        ),
+        actual,
+        expected,
+    )
 
 
 def assert_same_types(a, b):
@@ -92,6 +98,7 @@ def assert_same_types(a, b):
 
 
 # --- numbers ------------------------------------------------------------------
+
 
 @parametrize
 def test_matches_numpy_reference(spec):
@@ -145,6 +152,7 @@ def test_no_retrace_on_second_call(spec):
 
 # --- state --------------------------------------------------------------------
 
+
 def _dtype_cases():
     """(spec, dtype) pairs: complex only for specs whose rule covers it."""
     for spec in SPECS:
@@ -177,8 +185,10 @@ def test_float64_state_stays_float64(spec):
         state0 = tx.init(params)
         _, state = run_steps(tx, params, make_grads(params, 2), state0)
         assert_same_types(state, state0)
-        assert all(x.dtype in (jnp.float64, jnp.int32)  # floats stay float64; counters
-                   for x in jax.tree.leaves(state))
+        assert all(
+            x.dtype in (jnp.float64, jnp.int32)  # floats stay float64; counters
+            for x in jax.tree.leaves(state)
+        )
 
 
 @parametrize
@@ -214,7 +224,8 @@ def test_state_is_stable_inside_lax_cond(spec):
         return jax.lax.cond(
             pred,
             lambda: tx.update(grads, state, params),
-            lambda: (jax.tree.map(jnp.zeros_like, grads), state))
+            lambda: (jax.tree.map(jnp.zeros_like, grads), state),
+        )
 
     _, s_skip = maybe_step(False, params, state, grads)
     u_take, s_take = maybe_step(True, params, state, grads)
@@ -273,6 +284,7 @@ def test_checkpoint_round_trip_through_numpy(spec):
 
 # --- composition --------------------------------------------------------------
 
+
 @parametrize
 def test_none_leaves(spec):
     tx = spec.build()
@@ -297,8 +309,11 @@ def test_update_without_params_unless_weight_decay_is_set(spec):
             tx.update(make_grads(params, 1)[0], tx.init(params))
         return
     (g,) = make_grads(params, 1)
-    hyper = spec.hyperparams if not spec.uses_params else {
-        k: v for k, v in spec.hyperparams.items() if k != "weight_decay"}
+    hyper = (
+        spec.hyperparams
+        if not spec.uses_params
+        else {k: v for k, v in spec.hyperparams.items() if k != "weight_decay"}
+    )
     for tx in (spec.make(**hyper), optax.inject_hyperparams(spec.make)(**hyper)):
         u, _ = jax.jit(tx.update)(g, tx.init(params))
         with_params, _ = jax.jit(tx.update)(g, tx.init(params), params)
@@ -324,7 +339,8 @@ def test_masked_and_multi_transform(spec):
     sgd = optax.sgd(0.1)
     labels = {"w": "ada", "b": "sgd", "deep": ["ada", "sgd"]}
     multi, _ = run_steps(
-        optax.multi_transform({"ada": spec.build(), "sgd": sgd}, labels), params, grads)
+        optax.multi_transform({"ada": spec.build(), "sgd": sgd}, labels), params, grads
+    )
     # The selected leaves move as the optimizer alone moves that sub-tree (a rule may
     # couple the leaves it is given, as a per-model norm does).
     pick = lambda t: {"w": t["w"], "deep": [t["deep"][0]]}  # noqa: E731
@@ -335,8 +351,7 @@ def test_masked_and_multi_transform(spec):
         np.testing.assert_allclose(tree["deep"][0], full["deep"][0], rtol=1e-6)
     # Masked-out leaves get the raw gradient as "update"; multi_transform's get SGD.
     np.testing.assert_allclose(multi["b"], sgd_only["b"], rtol=1e-6)
-    np.testing.assert_allclose(
-        masked["b"], params["b"] + sum(g["b"] for g in grads), rtol=1e-5)
+    np.testing.assert_allclose(masked["b"], params["b"] + sum(g["b"] for g in grads), rtol=1e-5)
 
 
 @parametrize
@@ -369,6 +384,7 @@ def test_multi_steps_accumulates_then_steps(spec):
 
 # --- convergence --------------------------------------------------------------
 
+
 def _minimise(tx, loss, x0, num_steps):
     @jax.jit
     def run(x):
@@ -377,8 +393,10 @@ def _minimise(tx, loss, x0, num_steps):
             g = jax.grad(loss)(x)
             u, s = tx.update(g, s, x)
             return (optax.apply_updates(x, u), s), None
+
         (x, _), _ = jax.lax.scan(body, (x, tx.init(x)), None, length=num_steps)
         return x
+
     return run(x0)
 
 
@@ -405,14 +423,16 @@ def test_converges_on_rosenbrock(spec):
 
 ROW_SPARSE = [s for s in SPECS if s.row_sparse]
 parametrize_row_sparse = pytest.mark.parametrize(
-    "spec", ROW_SPARSE, ids=[s.name for s in ROW_SPARSE])
+    "spec", ROW_SPARSE, ids=[s.name for s in ROW_SPARSE]
+)
 TABLES = {"t": (12, 3), "v": (10,)}
 
 
 def _tables(seed=0):
     rng = np.random.default_rng(seed)
-    params = {name: jnp.asarray(rng.normal(size=shape), jnp.float32)
-              for name, shape in TABLES.items()}
+    params = {
+        name: jnp.asarray(rng.normal(size=shape), jnp.float32) for name, shape in TABLES.items()
+    }
     params["w"] = jnp.asarray(rng.normal(size=(2,)), jnp.float32)  # a dense leaf
     return params
 
@@ -452,10 +472,10 @@ def test_row_sparse_touching_every_row_equals_dense(spec):
     the lazy table rule and the dense rule are the same computation."""
     params = _tables()
     pairs = _row_grads({name: np.arange(shape[0]) for name, shape in TABLES.items()})
-    sparse, s_state = _train_rows(spec.build(), params, [p[0] for p in pairs],
-                                  adagrad_jax.apply_updates)
-    dense, d_state = _train_rows(spec.build(), params, [p[1] for p in pairs],
-                                 optax.apply_updates)
+    sparse, s_state = _train_rows(
+        spec.build(), params, [p[0] for p in pairs], adagrad_jax.apply_updates
+    )
+    dense, d_state = _train_rows(spec.build(), params, [p[1] for p in pairs], optax.apply_updates)
     assert_trees_close(sparse, dense, rtol=1e-5, atol=1e-6)
     assert_trees_close(s_state, d_state, rtol=1e-5, atol=1e-6)
 
@@ -467,11 +487,13 @@ def test_row_sparse_untouched_rows_keep_their_values_and_state(spec):
     touched = {"t": np.array([1, 4, 5, 9]), "v": np.array([0, 7])}
     params = _tables()
     pairs = _row_grads(touched)
-    sparse, s_state = _train_rows(spec.build(), params, [p[0] for p in pairs],
-                                  adagrad_jax.apply_updates)
+    sparse, s_state = _train_rows(
+        spec.build(), params, [p[0] for p in pairs], adagrad_jax.apply_updates
+    )
     sub = {name: params[name][touched[name]] for name in TABLES} | {"w": params["w"]}
-    sub_grads = [{name: d[name][touched[name]] for name in TABLES} | {"w": d["w"]}
-                 for _, d in pairs]
+    sub_grads = [
+        {name: d[name][touched[name]] for name in TABLES} | {"w": d["w"]} for _, d in pairs
+    ]
     sub_trained, _ = _train_rows(spec.build(), sub, sub_grads, optax.apply_updates)
     start_state = spec.build().init(params)
     for name, shape in TABLES.items():
@@ -480,11 +502,11 @@ def test_row_sparse_untouched_rows_keep_their_values_and_state(spec):
         for new, old in zip(jax.tree.leaves(s_state), jax.tree.leaves(start_state)):
             if new.shape == shape:
                 np.testing.assert_array_equal(new[others], old[others])
-        np.testing.assert_allclose(sparse[name][touched[name]], sub_trained[name],
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            sparse[name][touched[name]], sub_trained[name], rtol=1e-5, atol=1e-6
+        )
     if spec.lazy_matches_dense:
-        dense, _ = _train_rows(spec.build(), params, [p[1] for p in pairs],
-                               optax.apply_updates)
+        dense, _ = _train_rows(spec.build(), params, [p[1] for p in pairs], optax.apply_updates)
         assert_trees_close(sparse, dense, rtol=1e-5, atol=1e-6)
 
 
@@ -505,14 +527,16 @@ def test_row_sparse_step_is_in_place_without_table_sized_temporaries(spec):
     state = tx.init(params)
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(state) if x.shape == (num_rows, dim))
     ids = jnp.asarray(np.random.default_rng(0).integers(0, num_rows, k), jnp.int32)
-    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
-        params, state, ids, jnp.ones((k, dim))).compile()
+    compiled = (
+        jax.jit(step, donate_argnums=(0, 1)).lower(params, state, ids, jnp.ones((k, dim))).compile()
+    )
     memory = compiled.memory_analysis()
     assert memory.temp_size_in_bytes < table_bytes // 10, memory
     assert memory.alias_size_in_bytes >= table_bytes + state_bytes, memory
 
 
 # --- an 8-device mesh, Explicit and Auto axes (tests/mesh_conformance.py) ------
+
 
 @pytest.fixture(scope="module")
 def mesh_report():
@@ -522,11 +546,20 @@ def mesh_report():
     import subprocess
     import sys
 
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "JAX_PLATFORMS": "cpu"}
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "JAX_PLATFORMS": "cpu",
+    }
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "-m", "tests.mesh_conformance"], cwd=root,
-                            env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.mesh_conformance"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -537,3 +570,127 @@ def test_state_follows_parameter_shardings_on_an_8_device_mesh(spec, axes, mesh_
     """state_shardings gives the state's placement; eager and jitted init give it,
     update keeps it and its types, and a lax.scan over steps compiles."""
     assert mesh_report[spec.name][axes] == "ok"
+
+
+# --- non-finite gradients (issue 11): the `nonfinite` policy of every optimizer ----
+
+
+def _with_nan(grads, value=np.nan):
+    """`grads` with entry [1, 2] of leaf "w" replaced by `value` (NaN or inf)."""
+    return {**grads, "w": grads["w"].at[1, 2].set(value)}
+
+
+def _has_nonfinite(tree) -> bool:
+    return any(not np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(tree))
+
+
+@parametrize
+def test_nonfinite_propagate_is_the_default_and_the_rule(spec):
+    """Default "propagate": the state keeps its usual type and the NaN reaches the
+    state or the update, as the formula says (and as optax and PyTorch do)."""
+    params = make_params()
+    (g,) = make_grads(params, 1)
+    tx = spec.build()
+    state = tx.init(params)
+    assert not isinstance(state, adagrad_jax.NonfiniteState)
+    assert jax.tree.structure(state) == jax.tree.structure(
+        spec.build(nonfinite="propagate").init(params)
+    )
+    updates, new_state = jax.jit(tx.update)(_with_nan(g), state, params)
+    assert _has_nonfinite((updates, new_state))
+
+
+@parametrize
+def test_nonfinite_skip_step_keeps_state_and_params(spec, bad=np.nan):
+    """ "skip_step": every state array (counts included) and every parameter stay
+    bit for bit; the counter records the step; the next finite step is the one a
+    fresh optimizer would take (the skipped step left no trace)."""
+    params = make_params()
+    g1, g2 = make_grads(params, 2)
+    tx = spec.build(nonfinite="skip_step")
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    updates, skipped = update(_with_nan(g1, bad), state, params)
+    for u in jax.tree.leaves(updates):
+        np.testing.assert_array_equal(u, np.zeros_like(u))
+    jax.tree.map(np.testing.assert_array_equal, skipped.inner_state, state.inner_state)
+    assert int(skipped.nonfinite_steps) == 1
+    after, after_state = update(g2, skipped, params)
+    fresh, fresh_state = update(g2, state, params)
+    assert_trees_close(after, fresh, rtol=0)
+    assert_trees_close(after_state.inner_state, fresh_state.inner_state, rtol=0)
+    assert int(after_state.nonfinite_steps) == 1
+
+
+@parametrize
+def test_nonfinite_skip_coordinate_keeps_that_coordinate(spec, bad=-np.inf):
+    """ "skip_coordinate": the bad coordinate gets a zero update and nothing
+    becomes non-finite; for coordinatewise rules every other coordinate takes
+    exactly the step "propagate" gives it, and the bad one keeps its accumulator."""
+    params = make_params()
+    (g,) = make_grads(params, 1)
+    tx = spec.build(nonfinite="skip_coordinate")
+    state = tx.init(params)
+    updates, new_state = jax.jit(tx.update)(_with_nan(g, bad), state, params)
+    assert not _has_nonfinite((updates, new_state))
+    assert float(updates["w"][1, 2]) == 0.0
+    assert int(new_state.nonfinite_steps) == 1
+    if not spec.coordinatewise:
+        return
+    plain = spec.build()
+    expected, _ = jax.jit(plain.update)(_with_nan(g, bad), plain.init(params), params)
+    mask = np.ones((3, 4), bool)
+    mask[1, 2] = False
+    # Equal up to XLA's fusion of the two programs (an ulp).
+    np.testing.assert_allclose(
+        np.asarray(updates["w"])[mask], np.asarray(expected["w"])[mask], rtol=1e-6
+    )
+    assert_trees_close(
+        {k: v for k, v in updates.items() if k != "w"},
+        {k: v for k, v in expected.items() if k != "w"},
+        rtol=1e-6,
+    )
+    if spec.accumulators is not None:
+        for new, old in zip(
+            spec.accumulators(new_state.inner_state), spec.accumulators(state.inner_state)
+        ):
+            if np.shape(new) == (3, 4):
+                assert float(new[1, 2]) == float(old[1, 2])
+
+
+@parametrize_row_sparse
+@pytest.mark.parametrize("policy", ["skip_coordinate", "skip_step"])
+def test_nonfinite_row_sparse(spec, policy):
+    """Tables: a NaN in one id's row values. skip_coordinate: that coordinate of
+    that row keeps parameter and state, every other touched coordinate takes the
+    step it takes without the NaN elsewhere; skip_step: nothing moves."""
+    params = _tables()
+    (pair,) = _row_grads({"t": np.array([1, 4, 4]), "v": np.array([2])}, num_steps=1)
+    sparse = pair[0]
+    bad = dict(
+        sparse,
+        t=adagrad_jax.RowSparse(sparse["t"].indices, sparse["t"].values.at[0, 1].set(jnp.nan)),
+    )
+    tx = spec.build(nonfinite=policy)
+    state = tx.init(params)
+    updates, new_state = jax.jit(tx.update)(bad, state, params)
+    trained = adagrad_jax.apply_updates(params, updates)
+    assert not _has_nonfinite((trained, new_state))
+    assert int(new_state.nonfinite_steps) == 1
+    if policy == "skip_step":
+        assert_trees_close(trained, params, rtol=0)
+        jax.tree.map(np.testing.assert_array_equal, new_state.inner_state, state.inner_state)
+        return
+    row = int(sparse["t"].indices[0])
+    assert float(trained["t"][row, 1]) == float(params["t"][row, 1])
+    plain = spec.build()
+    expected, _ = jax.jit(plain.update)(bad, plain.init(params), params)
+    expected = adagrad_jax.apply_updates(params, expected)
+    mask = np.ones(TABLES["t"], bool)
+    mask[row, 1] = False
+    np.testing.assert_allclose(
+        np.asarray(trained["t"])[mask], np.asarray(expected["t"])[mask], rtol=1e-6
+    )
+    assert_trees_close(
+        {k: trained[k] for k in ("v", "w")}, {k: expected[k] for k in ("v", "w")}, rtol=1e-6
+    )

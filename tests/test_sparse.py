@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.experimental import checkify
 
 import adagrad_jax
 from adagrad_jax import RowSparse
@@ -29,6 +28,7 @@ LR, TAU, EPS = 0.1, 0.1, 1e-7
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
+
 
 def _ids(rng, num_rows, k):
     """Ids with many duplicates: a Zipf draw folded into [0, num_rows)."""
@@ -46,8 +46,9 @@ def _dyadic(rng, shape, dtype):
 
 def _dense(num_rows, ids, values):
     """The dense gradient equal to RowSparse(ids, values): np.add.at in float64/complex128."""
-    values = np.asarray(jnp.asarray(values).astype(
-        jnp.complex64 if jnp.iscomplexobj(values) else jnp.float32))
+    values = np.asarray(
+        jnp.asarray(values).astype(jnp.complex64 if jnp.iscomplexobj(values) else jnp.float32)
+    )
     dtype = np.complex128 if np.iscomplexobj(values) else np.float64
     out = np.zeros((num_rows,) + values.shape[1:], dtype)
     ids = np.asarray(ids)
@@ -133,6 +134,7 @@ def _gradient_sequences(dtype, steps=4, k=24, seed=1):
 # equivalence with dense Adagrad
 # ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.complex64])
 def test_row_sparse_training_equals_dense_training(dtype):
     # Source: dense Adagrad. Ids repeat heavily (Zipf), three tables, four steps.
@@ -167,8 +169,12 @@ def test_random_values_and_schedule_match_dense():
         values = jnp.asarray(rng.standard_normal((k, dim)), jnp.float32)
         sparse_seq.append({"t": RowSparse(jnp.asarray(ids), values)})
         dense_seq.append({"t": jnp.asarray(_dense(num_rows, ids, values), jnp.float32)})
-    sparse = _run(adagrad_jax.sparse_adagrad(schedule, **kwargs), params, sparse_seq,
-                  adagrad_jax.apply_updates)
+    sparse = _run(
+        adagrad_jax.sparse_adagrad(schedule, **kwargs),
+        params,
+        sparse_seq,
+        adagrad_jax.apply_updates,
+    )
     dense = _run_dense_reference(adagrad_jax.adagrad(schedule, **kwargs), params, dense_seq)
     _assert_trees_close(sparse, dense, rtol=1e-5, atol=1e-6)
     assert int(sparse[1][2].count) == 5  # the schedule's counter advanced once per step
@@ -178,8 +184,9 @@ def test_dense_only_tree_is_exactly_adagrad_including_weight_decay():
     # Source: dense Adagrad; with no RowSparse leaf the two optimizers coincide.
     rng = np.random.default_rng(3)
     params = {"w": jnp.asarray(rng.standard_normal((4, 3)), jnp.float32), "n": None}
-    grads = [{"w": jnp.asarray(rng.standard_normal((4, 3)), jnp.float32), "n": None}
-             for _ in range(3)]
+    grads = [
+        {"w": jnp.asarray(rng.standard_normal((4, 3)), jnp.float32), "n": None} for _ in range(3)
+    ]
     kwargs = {"learning_rate": 0.3, "weight_decay": 0.01, "eps_root": 1e-3}
     # Both compiled the same way (update and apply fused): the same program.
     sparse = _run(adagrad_jax.sparse_adagrad(**kwargs), params, grads, adagrad_jax.apply_updates)
@@ -210,10 +217,17 @@ def test_table_touched_by_every_id():
     ids = np.concatenate([rng.permutation(num_rows), _ids(rng, num_rows, 20)]).astype(np.int32)
     values = jnp.asarray(rng.integers(1, 5, (ids.size, 3)) * 0.5, jnp.float32)  # no zero sums
     params = {"t": jnp.asarray(rng.standard_normal((num_rows, 3)), jnp.float32)}
-    sparse = _run(adagrad_jax.sparse_adagrad(LR), params,
-                  [{"t": RowSparse(jnp.asarray(ids), values)}], adagrad_jax.apply_updates)
-    dense = _run_dense_reference(adagrad_jax.adagrad(LR), params,
-                                 [{"t": jnp.asarray(_dense(num_rows, ids, values), jnp.float32)}])
+    sparse = _run(
+        adagrad_jax.sparse_adagrad(LR),
+        params,
+        [{"t": RowSparse(jnp.asarray(ids), values)}],
+        adagrad_jax.apply_updates,
+    )
+    dense = _run_dense_reference(
+        adagrad_jax.adagrad(LR),
+        params,
+        [{"t": jnp.asarray(_dense(num_rows, ids, values), jnp.float32)}],
+    )
     _assert_trees_equal(sparse, dense)
     assert not np.any(np.asarray(sparse[0]["t"]) == np.asarray(params["t"]))  # every row moved
 
@@ -242,11 +256,11 @@ def test_dedup_matches_numpy_reference(table_bits):
     rng = np.random.default_rng(11)
     num_rows = 1000
     cases = [
-        _ids(rng, num_rows, 300),                                  # Zipf: many repeats
-        rng.permutation(num_rows)[:257].astype(np.int32),          # all distinct
-        np.full(40, 17, np.int32),                                 # one id
-        np.full(9, num_rows, np.int32),                            # all dead
-        np.array([5], np.int32),                                   # k = 1
+        _ids(rng, num_rows, 300),  # Zipf: many repeats
+        rng.permutation(num_rows)[:257].astype(np.int32),  # all distinct
+        np.full(40, 17, np.int32),  # one id
+        np.full(9, num_rows, np.int32),  # all dead
+        np.array([5], np.int32),  # k = 1
         np.where(rng.random(200) < 0.3, num_rows, _ids(rng, num_rows, 200)).astype(np.int32),
         np.array([0, num_rows, 0, num_rows - 1, num_rows, num_rows - 1], np.int32),
     ]
@@ -267,8 +281,10 @@ def test_update_lists_distinct_ids_in_order_of_first_appearance():
     # Rows are listed at each id's first position (0, 1, 6); the other slots j
     # hold the out-of-range id 6 + j and a zero update.
     tx = adagrad_jax.scale_by_sparse_adagrad(eps=0.0)
-    g = RowSparse(jnp.array([5, 2, 5, -1, 2, 9, 0]),
-                  jnp.array([[1.0], [-2.0], [3.0], [4.0], [-5.0], [6.0], [7.0]]))
+    g = RowSparse(
+        jnp.array([5, 2, 5, -1, 2, 9, 0]),
+        jnp.array([[1.0], [-2.0], [3.0], [4.0], [-5.0], [6.0], [7.0]]),
+    )
     u, state = jax.jit(tx.update)(g, tx.init(jnp.zeros((6, 1))))
     np.testing.assert_array_equal(u.indices, [5, 2, 8, 9, 10, 11, 0])
     np.testing.assert_array_equal(u.values[:, 0], [1.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0])
@@ -278,6 +294,7 @@ def test_update_lists_distinct_ids_in_order_of_first_appearance():
 # ---------------------------------------------------------------------------
 # structure of the compiled step
 # ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("row_wise", [False, True])
 def test_compiled_step_updates_in_place_without_a_table_sized_temporary(row_wise):
@@ -352,6 +369,7 @@ def test_step_does_not_retrace_and_row_sparse_passes_through_jit():
 # padding, out-of-range ids, empty batches
 # ---------------------------------------------------------------------------
 
+
 def _one_step(tx, params, grads):
     state = tx.init(params)
     updates, state = jax.jit(tx.update)(grads, state, params)
@@ -404,42 +422,43 @@ def test_apply_updates_drops_negative_and_out_of_range_rows_and_sums_duplicates(
     np.testing.assert_array_equal(out["b"], [1.5, 0.5])
 
 
-def _checked_step(tx):
+def _plain_jit_step(tx):
     def step(params, state, grads):
         updates, state = tx.update(grads, state, params)
         return adagrad_jax.apply_updates(params, updates), state
 
-    return jax.jit(checkify.checkify(step))
+    return jax.jit(step)
 
 
 def test_out_of_range_error_mode_names_the_bad_id():
+    # Issue 11: the documented mode works in an ordinary jitted step (no checkify).
     tx = adagrad_jax.sparse_adagrad(LR, out_of_range="error", pad_id=0)
     params = {"emb": jnp.zeros((10, 2))}
     state = tx.init(params)
-    step = _checked_step(tx)
+    step = _plain_jit_step(tx)
     ok = {"emb": RowSparse(jnp.array([9, -1, 0, 3]), jnp.ones((4, 2)))}
-    err, (new_params, _) = step(params, state, ok)
-    assert err.get() is None  # padding (-1, pad_id 0) and row 9 are fine
+    new_params, _ = step(params, state, ok)  # padding (-1, pad_id 0) and row 9 are fine
     np.testing.assert_array_equal(new_params["emb"][9], np.float32([-LR, -LR]))
 
     bad = {"emb": RowSparse(jnp.array([2, 9, 10, 57]), jnp.ones((4, 2)))}
-    err, _ = step(params, state, bad)
-    message = re.escape("updates['emb'] holds row id 10 at position 2")
-    with pytest.raises(checkify.JaxRuntimeError, match=message):
-        err.throw()
-    with pytest.raises(checkify.JaxRuntimeError, match="has 10 rows"):
+    message = re.escape(
+        "sparse_adagrad(out_of_range='error'): updates['emb'] holds row id 10"
+        " at position 2, but the table has 10 rows"
+    )
+    with pytest.raises(jax.errors.JaxRuntimeError, match=message):
+        jax.block_until_ready(step(params, state, bad))
+    with pytest.raises(ValueError, match=message):
         tx.update(bad, state, params)  # eager: raised at once
-    with pytest.raises(ValueError, match="checkify"):
-        jax.jit(tx.update)(bad, state, params)  # jit without checkify.checkify: not functionalized
+    with pytest.raises(jax.errors.JaxRuntimeError, match=message):
+        jax.block_until_ready(jax.jit(tx.update)(bad, state, params))
 
 
 def test_out_of_range_error_mode_reports_wide_ids_unclipped():
     tx = adagrad_jax.scale_by_sparse_adagrad(out_of_range="error")
     state = tx.init(jnp.zeros((4, 1)))
     bad = RowSparse(jnp.array([1, 3_000_000_000], jnp.uint32), jnp.ones((2, 1)))
-    err, _ = jax.jit(checkify.checkify(tx.update))(bad, state)
-    with pytest.raises(checkify.JaxRuntimeError, match="row id 3000000000 at position 1"):
-        err.throw()
+    with pytest.raises(jax.errors.JaxRuntimeError, match="row id 3000000000 at position 1"):
+        jax.block_until_ready(jax.jit(tx.update)(bad, state))
 
 
 def test_empty_batch_changes_nothing():
@@ -448,8 +467,7 @@ def test_empty_batch_changes_nothing():
     params = {"t": jnp.ones((4, 3)), "w": jnp.ones(2)}
     state = tx.init(params)
     grads = {"t": RowSparse(jnp.zeros((0,), jnp.int32), jnp.zeros((0, 3))), "w": jnp.zeros(2)}
-    err, (updates, new_state) = jax.jit(checkify.checkify(tx.update))(grads, state, params)
-    err.throw()
+    updates, new_state = jax.jit(tx.update)(grads, state, params)
     assert updates["t"].values.shape == (0, 3) and updates["t"].indices.shape == (0,)
     _assert_trees_equal(new_state, state)
     _assert_trees_equal(adagrad_jax.apply_updates(params, updates), params)
@@ -458,6 +476,7 @@ def test_empty_batch_changes_nothing():
 # ---------------------------------------------------------------------------
 # row-wise accumulator
 # ---------------------------------------------------------------------------
+
 
 def _numpy_row_wise(params, grads_seq, lr, tau, eps, eps_root):
     """NumPy reference of the row-wise rule, in float64.
@@ -492,12 +511,15 @@ def test_row_wise_matches_numpy_reference():
     grads_seq = []
     for _ in range(4):
         ids = _ids(rng, 20, 16)
-        grads_seq.append({
-            "t": RowSparse(jnp.asarray(ids),
-                           jnp.asarray(rng.standard_normal((16, 4)), jnp.float32)),
-            "d": jnp.asarray(rng.standard_normal((3, 5)), jnp.float32),
-            "b": jnp.asarray(rng.standard_normal(3), jnp.float32),
-        })
+        grads_seq.append(
+            {
+                "t": RowSparse(
+                    jnp.asarray(ids), jnp.asarray(rng.standard_normal((16, 4)), jnp.float32)
+                ),
+                "d": jnp.asarray(rng.standard_normal((3, 5)), jnp.float32),
+                "b": jnp.asarray(rng.standard_normal(3), jnp.float32),
+            }
+        )
     kwargs = {"initial_accumulator_value": 0.1, "eps": 1e-6, "eps_root": 1e-4}
     tx = adagrad_jax.sparse_adagrad(0.2, row_wise=True, **kwargs)
     new_params, state = _run(tx, params, grads_seq, adagrad_jax.apply_updates)
@@ -519,6 +541,7 @@ def test_row_wise_init_keeps_one_float_per_row():
 # schedules, hyperparameter injection
 # ---------------------------------------------------------------------------
 
+
 def test_inject_hyperparams_learning_rate_on_sparse_path():
     # Source: sparse_adagrad with the same constant learning rate. (weight_decay
     # defaults to None, which inject_hyperparams leaves static.)
@@ -535,6 +558,7 @@ def test_inject_hyperparams_learning_rate_on_sparse_path():
 # ---------------------------------------------------------------------------
 # value_and_row_grad and a mixed model
 # ---------------------------------------------------------------------------
+
 
 def test_value_and_row_grad_equals_dense_gradient():
     # Source: jax.value_and_grad of the same loss written on the tables, with
@@ -561,8 +585,11 @@ def test_value_and_row_grad_equals_dense_gradient():
         return jnp.where(dead[..., None], jnp.zeros((), table.dtype), table[safe])
 
     def loss_on_tables(params, y):
-        rows = {"user": lookup(params["user"], user_ids, -1),
-                "item": lookup(params["item"], item_ids, 8), "mlp": params["mlp"]}
+        rows = {
+            "user": lookup(params["user"], user_ids, -1),
+            "item": lookup(params["item"], item_ids, 8),
+            "mlp": params["mlp"],
+        }
         return loss_on_rows(rows, y)
 
     grad_fn = jax.jit(adagrad_jax.value_and_row_grad(loss_on_rows, has_aux=True, pad_id=8))
@@ -587,12 +614,19 @@ def test_mixed_model_with_multi_transform():
     num_rows, dim, batch, bag = 50, 4, 8, 3
     params = {
         "emb": jnp.asarray(rng.standard_normal((num_rows, dim)) * 0.1, jnp.float32),
-        "dense": {"w": jnp.asarray(rng.standard_normal((dim,)), jnp.float32),
-                  "b": jnp.zeros((), jnp.float32)},
+        "dense": {
+            "w": jnp.asarray(rng.standard_normal((dim,)), jnp.float32),
+            "b": jnp.zeros((), jnp.float32),
+        },
     }
     labels = {"emb": "table", "dense": {"w": "dense", "b": "dense"}}
-    batches = [(jnp.asarray(_ids(rng, num_rows, batch * bag).reshape(batch, bag)),
-                jnp.asarray(rng.standard_normal(batch), jnp.float32)) for _ in range(5)]
+    batches = [
+        (
+            jnp.asarray(_ids(rng, num_rows, batch * bag).reshape(batch, bag)),
+            jnp.asarray(rng.standard_normal(batch), jnp.float32),
+        )
+        for _ in range(5)
+    ]
 
     def loss_on_rows(rows, y):
         pooled = rows["emb"].mean(axis=1)
@@ -603,7 +637,8 @@ def test_mixed_model_with_multi_transform():
     # promotion of this suite rejects; momentum SGD is as stateful.)
     dense_opt = optax.sgd(0.05, momentum=0.9)
     sparse_tx = optax.multi_transform(
-        {"table": adagrad_jax.sparse_adagrad(0.5), "dense": dense_opt}, labels)
+        {"table": adagrad_jax.sparse_adagrad(0.5), "dense": dense_opt}, labels
+    )
     grad_fn = adagrad_jax.value_and_row_grad(loss_on_rows)
 
     @jax.jit
@@ -613,7 +648,8 @@ def test_mixed_model_with_multi_transform():
         return adagrad_jax.apply_updates(params, updates), state, loss
 
     dense_tx = optax.multi_transform(
-        {"table": adagrad_jax.adagrad(0.5), "dense": dense_opt}, labels)
+        {"table": adagrad_jax.adagrad(0.5), "dense": dense_opt}, labels
+    )
 
     @jax.jit
     def dense_step(params, state, ids, y):
@@ -638,6 +674,7 @@ def test_mixed_model_with_multi_transform():
 # misuse gives clear errors
 # ---------------------------------------------------------------------------
 
+
 def _sparse_grads():
     return {"t": RowSparse(jnp.array([1, 2]), jnp.ones((2, 3)))}
 
@@ -661,8 +698,10 @@ def test_plain_leafwise_transforms_refuse_row_sparse():
     with pytest.raises(NotImplementedError):
         tx.update(_sparse_grads(), tx.init(params), params)
     # Wrapped in on_row_values, the same transforms see the values only.
-    tx = optax.chain(adagrad_jax.scale_by_sparse_adagrad(),
-                     adagrad_jax.on_row_values(optax.scale_by_learning_rate(schedule)))
+    tx = optax.chain(
+        adagrad_jax.scale_by_sparse_adagrad(),
+        adagrad_jax.on_row_values(optax.scale_by_learning_rate(schedule)),
+    )
     updates, _ = tx.update(_sparse_grads(), tx.init(params), params)
     np.testing.assert_array_equal(updates["t"].indices[:2], [1, 2])
     np.testing.assert_allclose(updates["t"].values[:2], np.full((2, 3), -0.01), rtol=1e-6)
@@ -759,14 +798,18 @@ def test_row_sparse_refuses_arithmetic_and_mutation():
 # argument checks
 # ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
         ({"pad_id": -3}, ValueError, "sparse_adagrad(pad_id=-3): pad_id must be a row id"),
         ({"pad_id": 1.5}, TypeError, "sparse_adagrad(pad_id=1.5): pad_id must be an integer"),
         ({"row_wise": 1}, TypeError, "sparse_adagrad(row_wise=1): row_wise must be True or False"),
-        ({"out_of_range": "clip"}, ValueError,
-         "sparse_adagrad(out_of_range='clip'): out_of_range must be"),
+        (
+            {"out_of_range": "clip"},
+            ValueError,
+            "sparse_adagrad(out_of_range='clip'): out_of_range must be",
+        ),
         ({"eps": -1.0}, ValueError, "sparse_adagrad(eps=-1.0): eps must be finite and >= 0"),
         ({"learning_rate": "fast"}, TypeError, "sparse_adagrad(learning_rate='fast')"),
         ({"padid": 0}, TypeError, "Did you mean 'pad_id'?"),
@@ -780,12 +823,20 @@ def test_invalid_arguments(kwargs, error, message):
 @pytest.mark.parametrize(
     "indices, values, error, message",
     [
-        (jnp.array([1.0]), jnp.ones((1, 2)), TypeError,
-         "RowSparse(indices=float32[1]): indices must be an integer"),
+        (
+            jnp.array([1.0]),
+            jnp.ones((1, 2)),
+            TypeError,
+            "RowSparse(indices=float32[1]): indices must be an integer",
+        ),
         (jnp.zeros((2, 2), jnp.int32), jnp.ones((2, 2)), ValueError, "indices must be 1-D"),
         (jnp.array([1]), jnp.ones((1, 2), jnp.int32), TypeError, "RowSparse(values=int32[1,2])"),
-        (jnp.array([1, 2]), jnp.ones((3, 2)), ValueError,
-         "values must have one row per id, i.e. shape (2, ...)"),
+        (
+            jnp.array([1, 2]),
+            jnp.ones((3, 2)),
+            ValueError,
+            "values must have one row per id, i.e. shape (2, ...)",
+        ),
     ],
 )
 def test_invalid_row_sparse(indices, values, error, message):

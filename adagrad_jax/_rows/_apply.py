@@ -112,9 +112,7 @@ def apply_updates(params: optax.Params, updates: optax.Updates) -> optax.Params:
              [1., 1.]], dtype=float32)
     """
     fn = "apply_updates"
-    _validation.check_same_structure(
-        fn, "updates", _values_view(updates), "params", params
-    )
+    _validation.check_same_structure(fn, "updates", _values_view(updates), "params", params)
 
     def leaf(path, p, u):
         if p is None:
@@ -133,9 +131,10 @@ def apply_updates(params: optax.Params, updates: optax.Updates) -> optax.Params:
         ids = _clean_ids(_as_int32_ids(u.indices), num_rows)
         # On an Explicit mesh: a masked scatter into each row shard, in place.
         return _spmd.partitioned(
-            lambda t, i, v: t.at[i].add(v.astype(t.dtype), mode="drop"), (p, ids, u.values),
-            _spmd.spec_of(p, jnp.ndim(p)), like=(p, ids, u.values))
+            lambda t, i, v: t.at[i].add(v.astype(t.dtype), mode="drop"),
+            (p, ids, u.values),
+            _spmd.spec_of(p, jnp.ndim(p)),
+            like=(p, ids, u.values),
+        )
 
-    return jax.tree_util.tree_map_with_path(
-        leaf, params, updates, is_leaf=lambda x: x is None
-    )
+    return jax.tree_util.tree_map_with_path(leaf, params, updates, is_leaf=lambda x: x is None)

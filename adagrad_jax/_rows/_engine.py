@@ -39,7 +39,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import checkify
+from jax import lax
 
 from adagrad_jax import _spmd, _validation
 from adagrad_jax._rows._ids import _as_int32_ids, _check_row_count, _dedup
@@ -84,8 +84,9 @@ def _row_like(p: Any) -> Any:
     typed = _spmd.typed_sharding(p)
     if isinstance(p, jax.core.Tracer) and typed is not None:
         spec = jax.sharding.PartitionSpec(*tuple(_spmd.spec_of(p, p.ndim))[:1])
-        rows = jnp.zeros(p.shape[:1], p.dtype,
-                         out_sharding=jax.sharding.NamedSharding(typed.mesh, spec))
+        rows = jnp.zeros(
+            p.shape[:1], p.dtype, out_sharding=jax.sharding.NamedSharding(typed.mesh, spec)
+        )
         return _spmd.tie_to(rows, p)
     return jax.ShapeDtypeStruct(p.shape[:1], p.dtype, sharding=_row_sharding(p))
 
@@ -116,10 +117,11 @@ def _check_placement(fn, where, state_where, p, slot, row_wise):
     expected = _spmd.spec_of(p, 1 if row_wise else jnp.ndim(p))
     actual = _spmd.spec_of(slot, jnp.ndim(slot))
     if (_spmd.typed_sharding(p) is not None or _spmd.typed_sharding(slot) is not None) and (
-            tuple(expected) != tuple(actual)):
+        tuple(expected) != tuple(actual)
+    ):
         raise ValueError(
             f"{fn}: {state_where} is sharded {actual} but its parameter"
-            f" params{where[len('updates'):]} is sharded {expected}"
+            f" params{where[len('updates') :]} is sharded {expected}"
             f"{' (row-wise: the row axis)' if row_wise else ''}; optimizer state must be"
             " placed like its parameters. Build it with jax.jit(tx.init)(params) or"
             " with out_shardings=adagrad_jax.state_shardings(tx, params)."
@@ -127,7 +129,13 @@ def _check_placement(fn, where, state_where, p, slot, row_wise):
 
 
 def _live_ids(fn, where, g, num_rows, *, pad_id, out_of_range):
-    """int32 ids of `g` with padding and out-of-range ids replaced by `num_rows`."""
+    """int32 ids of `g` with padding and out-of-range ids replaced by `num_rows`.
+
+    With ``out_of_range="error"`` an id >= `num_rows` that is not padding
+    raises (`_validation.error_if`: eagerly at once, under `jax.jit` when the
+    step runs), naming the id as given (int64 and uint32 ids unclipped), its
+    position and the leaf.
+    """
     k = g.indices.shape[0]
     ids = _as_int32_ids(g.indices)
     padding = ids < 0
@@ -135,16 +143,22 @@ def _live_ids(fn, where, g, num_rows, *, pad_id, out_of_range):
         padding = padding | (ids == jnp.asarray(pad_id).astype(jnp.int32))
     too_big = (ids >= num_rows) & ~padding
     if out_of_range == "error" and k:
+        # Reductions rather than g.indices[position]: a dynamic index into ids
+        # sharded over a mesh fails to trace on Explicit meshes.
         position = jnp.argmax(too_big)
+        first_bad = jnp.max(
+            jnp.where(lax.iota(jnp.int32, k) == position, g.indices, jnp.zeros((), g.indices.dtype))
+        )
         safe_where = where.replace("{", "{{").replace("}", "}}")
-        checkify.check(
-            ~jnp.any(too_big),
-            f"{fn}(out_of_range='error'): {safe_where} holds row id {{id}} at"
-            f" position {{position}}, but the table has {num_rows} rows (ids 0 to"
-            f" {num_rows - 1}; negative ids"
-            f"{'' if pad_id is None else ' and pad_id'} are padding).",
-            id=g.indices[position],
-            position=position,
+        valid = f"ids 0 to {num_rows - 1}" if num_rows else "no id is valid"
+        _validation.error_if(
+            jnp.any(too_big),
+            f"{fn}(out_of_range='error'): {safe_where} holds row id {{}} at position {{}},"
+            f" but the table has {num_rows} rows ({valid}; negative ids"
+            f"{'' if pad_id is None else ' and pad_id'} are padding). Fix the ids, or pass"
+            " out_of_range='drop' to skip such ids.",
+            first_bad,
+            position,
         )
     return jnp.where(padding | too_big, num_rows, ids)
 
@@ -155,7 +169,7 @@ def _rows_update(fn, where, rule, g, slots, param, *, pad_id, out_of_range):
     k = g.indices.shape[0]
     _check_row_count(fn, where, num_rows, k)
     ids = _live_ids(fn, where, g, num_rows, pad_id=pad_id, out_of_range=out_of_range)
-    if k == 0:
+    if k == 0 or num_rows == 0:  # No live id: nothing to gather (a 0-row table has no rows).
         return RowSparse(ids, jnp.zeros_like(g.values)), tuple(slots)
 
     rows, u, new_slots = _touched_rows(rule, ids, g.values, tuple(slots), param, num_rows)
@@ -186,7 +200,8 @@ def _touched_rows(rule, ids, values, slots, param, num_rows):
         return rows, jax.ops.segment_sum(values.astype(compute_dtype), slot, num_segments=k)
 
     rows, summed = _spmd.partitioned(
-        dedup_and_sum, (ids, values), (_spmd.spec_of(ids, 1), row_spec), like=like)
+        dedup_and_sum, (ids, values), (_spmd.spec_of(ids, 1), row_spec), like=like
+    )
     live = _per_row(rows < num_rows, values.ndim)
     zero = jnp.zeros((), values.dtype)
     summed = jnp.where(live, summed.astype(values.dtype), zero)
@@ -197,19 +212,66 @@ def _touched_rows(rule, ids, values, slots, param, num_rows):
     def gather(table, fill):
         return _spmd.partitioned(
             lambda t, r: t.at[r].get(mode="fill", fill_value=fill, unique_indices=True),
-            (table, rows), _spmd.rows_spec(rows, table.ndim), like=like)
+            (table, rows),
+            _spmd.rows_spec(rows, table.ndim),
+            like=like,
+        )
 
     def scatter(table, new_rows):
         return _spmd.partitioned(
             lambda t, r, v: t.at[r].set(v, mode="drop", unique_indices=True),
-            (table, rows, new_rows), _spmd.spec_of(table, table.ndim), like=like)
+            (table, rows, new_rows),
+            _spmd.spec_of(table, table.ndim),
+            like=like,
+        )
 
     slot_rows = tuple(gather(s, 1) for s in slots)
     w_rows = None if param is None else gather(param, 0)
     u, new_slot_rows = rule(summed, slot_rows, w_rows)
     new_slots = tuple(scatter(s, r) for s, r in zip(slots, new_slot_rows)) + tuple(
-        slots[len(new_slot_rows):])
+        slots[len(new_slot_rows) :]
+    )
     return rows, jnp.where(live, u, jnp.zeros((), u.dtype)), new_slots
+
+
+NONFINITE_POLICIES = ("propagate", "skip_coordinate", "skip_step")
+
+
+def _all_finite(updates: Any) -> jax.Array:
+    """True if every entry of every leaf (the values of a RowSparse) is finite."""
+    ok = jnp.bool_(True)
+    for leaf in jax.tree.leaves(updates, is_leaf=_is_row_sparse):
+        values = leaf.values if _is_row_sparse(leaf) else jnp.asarray(leaf)
+        ok = ok & jnp.all(jnp.isfinite(values))
+    return ok
+
+
+def _skipping(rule: Rule, nonfinite: str, row_wise: bool, step_ok: Any) -> Rule:
+    """`rule` under a non-finite policy (`map_rule`'s ``nonfinite``).
+
+    "skip_coordinate": where a (summed) gradient entry is NaN or +-inf, that
+    coordinate (with ``row_wise``, that row: its accumulator is shared) keeps
+    its state and gets a zero update. "skip_step": every coordinate does, if
+    any entry of the step's gradient tree is not finite (`step_ok` False).
+    The rule sees the gradient with the skipped entries set to 0.
+    """
+    if nonfinite == "propagate":
+        return rule
+
+    def guarded(g, slots, w):
+        if nonfinite == "skip_step":
+            keep = keep_slot = step_ok
+        elif row_wise:
+            finite = jnp.isfinite(g)
+            keep_slot = jnp.all(finite, axis=tuple(range(1, g.ndim))) if g.ndim > 1 else finite
+            keep = _per_row(keep_slot, g.ndim)
+        else:
+            keep = keep_slot = jnp.isfinite(g)
+        u, new_slots = rule(jnp.where(keep, g, jnp.zeros((), g.dtype)), slots, w)
+        new_slots = tuple(jnp.where(keep_slot, new, old) for new, old in zip(new_slots, slots))
+        return jnp.where(keep, u, jnp.zeros((), u.dtype)), new_slots
+
+    return guarded
 
 
 def _check_dense_shape(fn, where, shape, expected, what):
@@ -232,6 +294,7 @@ def map_rule(
     row_wise: bool = False,
     pad_id: Any = None,
     out_of_range: str = "drop",
+    nonfinite: str = "propagate",
     state_name: str = "state",
 ) -> tuple[Any, tuple]:
     """Applies `rule` to every leaf of `updates`; returns (updates, new slot trees).
@@ -247,6 +310,9 @@ def map_rule(
       row_wise: whether the slots hold one entry per row (shape ``p.shape[:1]``)
         instead of one per coordinate.
       pad_id, out_of_range: the id rules of `RowSparse` leaves.
+      nonfinite: "propagate" (the rule as written), "skip_coordinate" or
+        "skip_step" (`_skipping`): the one place where the diagonal family
+        handles NaN and inf gradients. "propagate" adds no operation.
       state_name: how messages name the first slot tree.
 
     Raises:
@@ -255,27 +321,42 @@ def map_rule(
         table, or `params` missing when the rule reads them (each naming the
         path).
     """
-    _validation.check_same_structure(
-        fn, "updates", _values_view(updates), state_name, slots[0]
-    )
+    _validation.check_same_structure(fn, "updates", _values_view(updates), state_name, slots[0])
     _validation.check_inexact_leaves(
-        fn, "updates", updates, is_leaf=_is_row_sparse,
-        dtype_of=lambda x: x.values.dtype if _is_row_sparse(x) else _validation.leaf_dtype(x))
+        fn,
+        "updates",
+        updates,
+        is_leaf=_is_row_sparse,
+        dtype_of=lambda x: x.values.dtype if _is_row_sparse(x) else _validation.leaf_dtype(x),
+    )
     if read_params and params is None:
         raise ValueError(
             f"{fn}: update(updates, state, params) needs params: this rule reads the"
             " current parameter values. Pass them as the third argument (as"
             " optax.adamw needs them)."
         )
+    if row_wise and params is None:
+        raise ValueError(
+            f"{fn}(row_wise=True): update(updates, state, params) needs params: the"
+            " row-wise state keeps one number per row and does not record the width of"
+            " the rows, so the gradients' row shapes are checked against params (before"
+            " any state changes). Pass params as the third argument."
+        )
+    if nonfinite == "propagate":
+        rule_fn = rule
+    else:
+        step_ok = _all_finite(updates) if nonfinite == "skip_step" else None
+        rule_fn = _skipping(rule, nonfinite, row_wise, step_ok)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=_is_row_sparse)
-    slot_leaves = [treedef.flatten_up_to(tree) for tree in slots]
+    slot_leaves = [treedef.flatten_up_to(tree) for tree in slots]  # type: ignore[attr-defined]
     if params is not None:
         _validation.check_same_structure(fn, "params", params, state_name, slots[0])
-        param_leaves = treedef.flatten_up_to(params)
+        param_leaves = treedef.flatten_up_to(params)  # type: ignore[attr-defined]
     else:
         param_leaves = [None] * len(leaves)
 
-    new_updates, new_slots = [], [[] for _ in slots]
+    new_updates: list[Any] = []
+    new_slots: list[list[Any]] = [[] for _ in slots]
     for i, ((path, g), p) in enumerate(zip(leaves, param_leaves)):
         where = _path(path)
         state_where = state_name + jax.tree_util.keystr(path)
@@ -289,28 +370,41 @@ def map_rule(
                     " only tables (arrays with a row axis) take row gradients."
                 )
             if p is not None:
-                _check_dense_shape(fn, f"params{jax.tree_util.keystr(path)}",
-                                   jnp.shape(p)[:1] if row_wise else jnp.shape(p),
-                                   first.shape, state_where)
+                _check_dense_shape(
+                    fn,
+                    f"params{jax.tree_util.keystr(path)}",
+                    jnp.shape(p)[:1] if row_wise else jnp.shape(p),
+                    first.shape,
+                    state_where,
+                )
             _check_placement(fn, where, state_where, p, first, row_wise)
             row_shape = (None if p is None else jnp.shape(p)[1:]) if row_wise else first.shape[1:]
             _check_row_sparse(fn, where, g, row_shape)
             u, leaf_slots = _rows_update(
-                fn, where, rule, g, leaf_slots, w, pad_id=pad_id, out_of_range=out_of_range
+                fn, where, rule_fn, g, leaf_slots, w, pad_id=pad_id, out_of_range=out_of_range
             )
         else:
             if not hasattr(g, "shape") or not hasattr(g, "dtype"):
                 g = jnp.asarray(g)  # A Python float: float32 (integers were refused above).
             if row_wise:
-                _check_dense_shape(fn, f"{where}'s row count", jnp.shape(g)[:1], first.shape,
-                                   f"the row-wise {state_where}")
+                _check_dense_shape(
+                    fn, where, g.shape, jnp.shape(p), f"params{jax.tree_util.keystr(path)}"
+                )
+                _check_dense_shape(
+                    fn,
+                    f"{where}'s row count",
+                    jnp.shape(g)[:1],
+                    first.shape,
+                    f"the row-wise {state_where}",
+                )
             else:
                 _check_dense_shape(fn, where, g.shape, first.shape, state_where)
             if w is not None:
-                _check_dense_shape(fn, f"params{jax.tree_util.keystr(path)}", jnp.shape(w),
-                                   g.shape, where)
-            u, new_leaf_slots = rule(g, leaf_slots, w)
-            leaf_slots = tuple(new_leaf_slots) + leaf_slots[len(new_leaf_slots):]
+                _check_dense_shape(
+                    fn, f"params{jax.tree_util.keystr(path)}", jnp.shape(w), g.shape, where
+                )
+            u, new_leaf_slots = rule_fn(g, leaf_slots, w)
+            leaf_slots = tuple(new_leaf_slots) + leaf_slots[len(new_leaf_slots) :]
         new_updates.append(u)
         for acc, s in zip(new_slots, leaf_slots):
             acc.append(s)

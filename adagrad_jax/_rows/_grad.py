@@ -14,6 +14,25 @@ from adagrad_jax._rows._ids import _as_int32_ids, _check_pad_id, _check_row_coun
 from adagrad_jax._rows._row_sparse import RowSparse, _as_array, _describe, _is_index_dtype
 
 
+def _gradient_ids(given: jax.Array, ids32: jax.Array) -> jax.Array:
+    """The ids a gradient carries: int32, or the given ids unclipped where int32 cannot hold them.
+
+    int64, uint32 and uint64 ids stay exact (as int64) when JAX has 64-bit
+    integers (``jax_enable_x64``), so that ``out_of_range="error"`` reports the
+    id the caller passed; a uint64 id beyond 2**63 shows as 2**63 - 1. Without
+    64-bit mode only uint32 ids can exceed int32: they show as 2**31 - 1, which
+    is out of range for every table, so they are still never trained.
+    """
+    dtype = jnp.dtype(given.dtype)
+    signed = jnp.issubdtype(dtype, jnp.signedinteger)
+    fits = dtype.itemsize <= (4 if signed else 2)
+    if fits or jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.int64)).itemsize < 8:
+        return ids32
+    if not signed and dtype.itemsize == 8:
+        given = jnp.minimum(given, np.iinfo(np.int64).max)
+    return given.astype(jnp.int64)
+
+
 def value_and_row_grad(
     fun: Callable[..., Any], *, has_aux: bool = False, pad_id: int | None = None
 ) -> Callable[..., Any]:
@@ -35,9 +54,12 @@ def value_and_row_grad(
     lookup (duplicates are summed by the optimizer).
 
     Padding ids (negative, or ``pad_id``) and ids >= the table's row count
-    look up a zero row. Padding ids come back as -1 in the gradient, so the
-    optimizer skips them; out-of-range ids come back unchanged, so
-    ``sparse_adagrad(out_of_range="error")`` can report them.
+    look up a zero row (a table with 0 rows gives zero rows for every id).
+    Padding ids come back as -1 in the gradient, so the optimizer skips them;
+    out-of-range ids come back unchanged, so ``sparse_adagrad(out_of_range=
+    "error")`` can report them: gradient ids are int32, or int64 for int64,
+    uint32 and uint64 ids under ``jax_enable_x64`` (an id of 2**32 + 3 comes
+    back as itself, not clipped).
 
     Args:
       fun: ``fun(rows, *args, **kwargs)`` returning a real scalar (or
@@ -85,26 +107,38 @@ def value_and_row_grad(
             raise TypeError(f"{fn}: {where} is {_describe(ids)}; ids must be integers.")
         num_rows = table.shape[0]
         _check_row_count(fn, f"params{jax.tree_util.keystr(path)}", num_rows, ids.size)
+        given = ids
         ids = _as_int32_ids(ids)
         padding = ids < 0
         if pad_id is not None:
             padding = padding | (ids == jnp.asarray(pad_id).astype(jnp.int32))
         safe = jnp.where(padding | (ids >= num_rows), num_rows, ids)
-        # On an Explicit mesh: a masked gather on each row shard, placed like the ids.
-        rows = _spmd.partitioned(
-            lambda t, i: t.at[i].get(mode="fill", fill_value=0), (table, safe),
-            _spmd.rows_spec(safe, safe.ndim + table.ndim - 1), like=(table, safe))
-        return jnp.where(padding, -1, ids), rows
+        if num_rows == 0:  # No row to gather from: every lookup is a zero row.
+            rows = jnp.zeros(safe.shape + table.shape[1:], table.dtype)
+        else:
+            # On an Explicit mesh: a masked gather on each row shard, placed like the ids.
+            rows = _spmd.partitioned(
+                lambda t, i: t.at[i].get(mode="fill", fill_value=0),
+                (table, safe),
+                _spmd.rows_spec(safe, safe.ndim + table.ndim - 1),
+                like=(table, safe),
+            )
+        return jnp.where(padding, -1, _gradient_ids(given, ids)), rows
 
     def wrapped(params, ids, *args, **kwargs):
         try:
             pairs = jax.tree_util.tree_map_with_path(
                 lambda path, i, p: None if i is None else lookup_ids(path, i, p),
-                ids, params, is_leaf=lambda x: x is None,
+                ids,
+                params,
+                is_leaf=lambda x: x is None,
             )
             looked_up = jax.tree.map(
                 lambda i, p, pair: p if i is None else pair[1],
-                ids, params, pairs, is_leaf=lambda x: x is None,
+                ids,
+                params,
+                pairs,
+                is_leaf=lambda x: x is None,
             )
         except ValueError as e:
             if fn in str(e):
@@ -115,10 +149,15 @@ def value_and_row_grad(
             ) from None
         value, row_grads = grad_fn(looked_up, *args, **kwargs)
         grads = jax.tree.map(
-            lambda i, g, pair: g if i is None else RowSparse(
-                pair[0].reshape(-1), g.reshape((-1,) + g.shape[pair[0].ndim:])
+            lambda i, g, pair: (
+                g
+                if i is None
+                else RowSparse(pair[0].reshape(-1), g.reshape((-1,) + g.shape[pair[0].ndim :]))
             ),
-            ids, row_grads, pairs, is_leaf=lambda x: x is None,
+            ids,
+            row_grads,
+            pairs,
+            is_leaf=lambda x: x is None,
         )
         return value, grads
 

@@ -119,8 +119,4 @@ def _check_pad_id(fn: str, pad_id: Any) -> None:
 def _check_flags(fn: str, pad_id: Any, out_of_range: Any) -> None:
     """Checks the arguments every row-sparse optimizer takes: pad_id, out_of_range."""
     _check_pad_id(fn, pad_id)
-    if out_of_range not in _OUT_OF_RANGE_MODES:
-        raise ValueError(
-            f"{fn}(out_of_range={out_of_range!r}): out_of_range must be 'drop' or"
-            " 'error'."
-        )
+    _validation.check_choice(fn, "out_of_range", out_of_range, _OUT_OF_RANGE_MODES)

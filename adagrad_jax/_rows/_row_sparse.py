@@ -8,7 +8,6 @@ from typing import Any
 import jax
 import jax.extend
 import jax.numpy as jnp
-import numpy as np
 from jax.tree_util import GetAttrKey
 
 from adagrad_jax._rows._ids import _as_int32_ids, _clean_ids
@@ -41,7 +40,7 @@ def _guard_impl() -> Any:
 @functools.cache
 def _guard() -> jax.Array:
     with jax.ensure_compile_time_eval():
-        return jax.random.wrap_key_data(np.zeros((1,), np.uint32), impl=_guard_impl())
+        return jax.random.wrap_key_data(jnp.zeros((1,), jnp.uint32), impl=_guard_impl())
 
 
 def _describe(x: Any) -> str:
@@ -52,7 +51,7 @@ def _describe(x: Any) -> str:
     return repr(x)
 
 
-def _as_array(x: Any) -> Any:
+def _as_array(x: Any) -> Any:  # Any: callers check dtype and shape.
     if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
         return x
     return jnp.asarray(x)
@@ -89,7 +88,12 @@ class RowSparse:
     ``adagrad_jax.RowSparse guard`` instead of silently rescaling the row ids
     (norms such as ``optax.clip_by_global_norm`` fail inside ``jnp.real``
     with a ``NotImplementedError``). Wrap such transforms in
-    `adagrad_jax.on_row_values`. Transforms that keep per-parameter state
+    `adagrad_jax.on_row_values`. To cast a tree holding RowSparse leaves,
+    use `RowSparse.astype` with ``jax.tree.map(..., is_leaf=...)``: a plain
+    ``jax.tree.map(lambda x: x.astype(d), tree)`` reaches the guard, which
+    fails (eagerly JAX says only "Cannot call abstract method astype"; under
+    ``jit`` the error names the guard). A RowSparse can be copied
+    (``copy.copy``, ``copy.deepcopy``) and pickled. Transforms that keep per-parameter state
     (``optax.adam``, ``optax.MultiSteps``) fail on the tree structure instead:
     their state has an array where the updates have a RowSparse.
 
@@ -116,34 +120,61 @@ class RowSparse:
 
     # The guard comes first, so that a leaf-wise map meets it before the ids.
     __slots__ = ("_guard", "indices", "values")
+    _guard: jax.Array
+    indices: jax.Array
+    values: jax.Array
 
     def __init__(self, indices: jax.typing.ArrayLike, values: jax.typing.ArrayLike):
-        indices = _as_array(indices)
-        values = _as_array(values)
-        if not _is_index_dtype(indices.dtype):
+        ids: Any = _as_array(indices)
+        vals: Any = _as_array(values)
+        if not _is_index_dtype(ids.dtype):
             raise TypeError(
-                f"RowSparse(indices={_describe(indices)}): indices must be an"
-                " integer array of row ids."
+                f"RowSparse(indices={_describe(ids)}): indices must be an integer array of row ids."
             )
-        if indices.ndim != 1:
+        if ids.ndim != 1:
             raise ValueError(
-                f"RowSparse(indices={_describe(indices)}): indices must be 1-D;"
+                f"RowSparse(indices={_describe(ids)}): indices must be 1-D;"
                 " flatten the id array (ids.reshape(-1)) and the values to match."
             )
-        if not jnp.issubdtype(values.dtype, jnp.inexact):
+        if not jnp.issubdtype(vals.dtype, jnp.inexact):
             raise TypeError(
-                f"RowSparse(values={_describe(values)}): values must be a floating"
-                " or complex array."
+                f"RowSparse(values={_describe(vals)}): values must be a floating or complex array."
             )
-        if values.ndim < 1 or values.shape[0] != indices.shape[0]:
+        if vals.ndim < 1 or vals.shape[0] != ids.shape[0]:
             raise ValueError(
-                f"RowSparse(values={_describe(values)}): values must have one row"
-                f" per id, i.e. shape ({indices.shape[0]}, ...), for"
-                f" indices={_describe(indices)}."
+                f"RowSparse(values={_describe(vals)}): values must have one row"
+                f" per id, i.e. shape ({ids.shape[0]}, ...), for"
+                f" indices={_describe(ids)}."
             )
-        object.__setattr__(self, "indices", indices)
-        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "indices", ids)
+        object.__setattr__(self, "values", vals)
         object.__setattr__(self, "_guard", _guard())
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, Any]]:
+        # copy.copy, copy.deepcopy and pickle rebuild from the ids and values; the
+        # guard is made anew (slots and __setattr__ would refuse the default way).
+        return _rebuild, (self.indices, self.values)
+
+    def astype(self, dtype: Any) -> RowSparse:
+        """The same rows with the values cast to `dtype` (a floating or complex dtype).
+
+        The row ids keep their dtype. ``jax.tree.map(lambda x: x.astype(d), tree)``
+        cannot do this, because it reaches the ids (and the guard leaf, where it
+        fails); map with ``is_leaf`` so that it stops at each `RowSparse`::
+
+            jax.tree.map(lambda x: x.astype(d), tree,
+                         is_leaf=lambda x: isinstance(x, adagrad_jax.RowSparse))
+
+        >>> import jax.numpy as jnp
+        >>> RowSparse(jnp.array([1]), jnp.ones((1, 2))).astype(jnp.bfloat16).values.dtype
+        dtype(bfloat16)
+        """
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f"RowSparse.astype(dtype={dtype!r}): row values must stay floating or"
+                " complex; cast the ids with RowSparse(g.indices.astype(...), g.values)."
+            )
+        return RowSparse(self.indices, self.values.astype(dtype))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(
@@ -188,6 +219,11 @@ class RowSparse:
     __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _refuse
     __matmul__ = __rmatmul__ = __pow__ = __neg__ = _refuse
     __array__ = _refuse
+
+
+def _rebuild(indices: Any, values: Any) -> RowSparse:
+    """`RowSparse.__reduce__`'s constructor: no checks (tree_unflatten's children may be any)."""
+    return RowSparse.tree_unflatten(None, (_guard(), indices, values))
 
 
 def _is_row_sparse(x: Any) -> bool:

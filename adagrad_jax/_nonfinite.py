@@ -1,0 +1,162 @@
+"""What every optimizer of the package does with NaN and inf gradients: `nonfinite`.
+
+One NaN or inf in one coordinate's gradient poisons that coordinate's
+accumulator for good (every later step of it is NaN, or 0). Each constructor
+takes ``nonfinite``:
+
+- ``"propagate"`` (default): the rule as written, like optax, PyTorch and
+  Keras. A NaN gradient gives NaN state and parameters at once, so the loss
+  shows the bug at the step that caused it; nothing is added to the step.
+- ``"skip_coordinate"``: a coordinate whose gradient entry is NaN or +-inf
+  keeps its state and its parameter; the others take their step.
+- ``"skip_step"``: if any gradient entry is not finite, the whole step is
+  skipped: every state array (step counts included) and every parameter
+  stays as it was, as with ``optax.apply_if_finite``.
+
+With a skip policy the state is a `NonfiniteState` around the usual one, whose
+``nonfinite_steps`` counts the steps that met a non-finite gradient entry.
+
+The diagonal family (adagrad, proximal_adagrad, adagrad_da, ftrl and their
+compat presets) skips inside the row engine (`adagrad_jax._rows._engine`), so
+tables keep their O(k * D) in-place step. `wrap` does the rest: the counter,
+the step counts, and the whole rule for the matrix family and AdaGrad-Norm,
+which it runs on the gradient with skipped entries set to 0 and whose update
+it zeroes there.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adagrad_jax import _validation
+from adagrad_jax._rows._engine import NONFINITE_POLICIES, _all_finite
+from adagrad_jax._rows._row_sparse import RowSparse, _is_row_sparse
+
+DOC = """nonfinite: what a NaN or +-inf gradient entry does. ``"propagate"``
+        (default): the rule as written, as in optax and PyTorch: the NaN reaches
+        the state and the parameter, so it shows in the loss at the step that
+        caused it, and the step costs nothing extra. ``"skip_coordinate"``:
+        that coordinate keeps its state and parameter (its update is 0).
+        ``"skip_step"``: the whole step is skipped (state, step counts and
+        parameters unchanged). With a skip policy the state is a
+        `NonfiniteState` around the usual one, counting such steps."""
+
+
+class NonfiniteState(NamedTuple):
+    """State of an optimizer built with ``nonfinite="skip_coordinate"`` or ``"skip_step"``.
+
+    Attributes:
+      nonfinite_steps: int32 number of steps whose gradient had a NaN or inf
+        entry (skipped whole with "skip_step", in part with "skip_coordinate").
+      inner_state: the optimizer's usual state.
+    """
+
+    nonfinite_steps: jax.Array
+    inner_state: Any
+
+
+def check(fn: str, nonfinite: Any) -> str:
+    """Checks the ``nonfinite`` argument; returns it."""
+    _validation.check_choice(fn, "nonfinite", nonfinite, NONFINITE_POLICIES)
+    return nonfinite
+
+
+def _map_values(f: Any, tree: Any, *rest: Any) -> Any:
+    """`jax.tree.map` that applies `f` to the values of each RowSparse (ids kept)."""
+
+    def leaf(x, *r):
+        if _is_row_sparse(x):
+            return RowSparse(x.indices, f(x.values, *(y.values for y in r)))
+        return f(x, *r)
+
+    return jax.tree.map(leaf, tree, *rest, is_leaf=_is_row_sparse)
+
+
+def wrap(
+    fn: str,
+    nonfinite: str,
+    inner: optax.GradientTransformation,
+    *,
+    skips_inside: bool,
+) -> optax.GradientTransformation:
+    """`inner` under the policy `nonfinite`; `inner` itself unless it skips.
+
+    Args:
+      fn: the public name, for messages.
+      nonfinite: a checked policy.
+      inner: the optimizer's transform, built with the same policy.
+      skips_inside: True where `inner` already keeps the state and zeroes the
+        update of skipped coordinates (the diagonal family, through the row
+        engine); `wrap` then only restores the scalar state (step counts) on
+        skipped steps and counts them. False: `wrap` applies the whole policy.
+    """
+    if nonfinite == "propagate":
+        return inner
+
+    def init_fn(params):
+        inner_state = inner.init(params)
+        return NonfiniteState(jnp.zeros([], jnp.int32), inner_state)
+
+    def update_fn(updates, state, params=None):
+        if not isinstance(state, NonfiniteState):
+            raise TypeError(
+                f"{fn}(nonfinite={nonfinite!r}): the state is a"
+                f" {type(state).__name__}, not the NonfiniteState that init returns with"
+                " this policy. Pass the state that tx.init returned."
+            )
+        ok = _all_finite(updates)
+        if skips_inside:
+            new_updates, new_inner = inner.update(updates, state.inner_state, params)
+        else:
+            keep = ok if nonfinite == "skip_step" else None
+
+            def clean(g):
+                mask = jnp.isfinite(g) if keep is None else keep
+                return jnp.where(mask, g, jnp.zeros((), g.dtype))
+
+            cleaned = _map_values(clean, updates)
+            new_updates, new_inner = inner.update(cleaned, state.inner_state, params)
+
+            def zero_skipped(u, g):
+                mask = jnp.isfinite(g) if keep is None else keep
+                return jnp.where(mask, u, jnp.zeros((), u.dtype))
+
+            new_updates = _map_values(zero_skipped, new_updates, updates)
+            if nonfinite == "skip_step":
+                new_inner = jax.tree.map(
+                    lambda new, old: jnp.where(ok, new, old), new_inner, state.inner_state
+                )
+        if skips_inside and nonfinite == "skip_step":
+            # The engine kept every array of the rule; counts (and a schedule's
+            # count) are scalars outside it. A later stage of a chain (Keras'
+            # decoupled decay) may have moved the update: zero it.
+            new_inner = jax.tree.map(
+                lambda new, old: jnp.where(ok, new, old) if jnp.ndim(new) == 0 else new,
+                new_inner,
+                state.inner_state,
+            )
+            new_updates = _map_values(
+                lambda u: jnp.where(ok, u, jnp.zeros((), u.dtype)), new_updates
+            )
+        elif skips_inside:
+            # Dense leaves: zero skipped coordinates whatever a later stage added
+            # (RowSparse updates hold deduplicated rows; the engine zeroed them).
+            new_updates = jax.tree.map(
+                lambda u, g: (
+                    u
+                    if _is_row_sparse(u)
+                    else jnp.where(jnp.isfinite(g), u, jnp.zeros((), jnp.asarray(u).dtype))
+                ),
+                new_updates,
+                updates,
+                is_leaf=_is_row_sparse,
+            )
+        count = state.nonfinite_steps
+        count = jnp.where(ok, count, optax.safe_increment(count))
+        return new_updates, NonfiniteState(count, new_inner)
+
+    return optax.GradientTransformation(init_fn, update_fn)
