@@ -145,7 +145,7 @@ def _live_ids(fn, where, g, num_rows, *, pad_id, out_of_range):
     if out_of_range == "error" and k:
         # Reductions rather than g.indices[position]: a dynamic index into ids
         # sharded over a mesh fails to trace on Explicit meshes.
-        position = jnp.argmax(too_big)
+        position = jnp.argmax(too_big).astype(jnp.int32)  # int64 under x64
         first_bad = jnp.max(
             jnp.where(lax.iota(jnp.int32, k) == position, g.indices, jnp.zeros((), g.indices.dtype))
         )
