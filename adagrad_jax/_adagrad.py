@@ -217,20 +217,11 @@ def scale_by_adagrad(
       tau = 0.1: it equals ``scale_by_adagrad(0.1, eps=0.0, eps_root=1e-7)``.
       PyTorch and the paper put epsilon outside, as our `eps` does.
     """
+    arguments = dict(locals())  # this call's arguments, forwarded by name
     # The row machinery builds on this module's numerics, so it is imported here.
     from adagrad_jax._sparse_adagrad import scale_by_adagrad_impl
 
-    return scale_by_adagrad_impl(
-        "scale_by_adagrad",
-        initial_accumulator_value,
-        eps,
-        eps_root,
-        accumulator_dtype,
-        row_wise,
-        pad_id,
-        out_of_range,
-        nonfinite,
-    )
+    return scale_by_adagrad_impl("scale_by_adagrad", **arguments)
 
 
 @_validation.checked_arguments
@@ -345,21 +336,10 @@ def adagrad(
       root; Keras 3 to lr=0.001, tau=0.1, eps=1e-7 inside the root and
       decoupled weight decay. `adagrad_jax.compat` reproduces each exactly.
     """
+    arguments = dict(locals())  # this call's arguments, forwarded by name
     from adagrad_jax._sparse_adagrad import adagrad_impl  # See scale_by_adagrad.
 
-    return adagrad_impl(
-        "adagrad",
-        learning_rate,
-        initial_accumulator_value,
-        eps,
-        eps_root,
-        weight_decay,
-        accumulator_dtype,
-        row_wise,
-        pad_id,
-        out_of_range,
-        nonfinite,
-    )
+    return adagrad_impl("adagrad", **arguments)
 
 
 def coupled_weight_decay(weight_decay: Any, fn: str = "adagrad") -> optax.GradientTransformation:

@@ -132,17 +132,8 @@ def scale_by_sparse_adagrad(
       same way; it has no row-wise mode and no padding ids (``nn.Embedding``'s
       ``padding_idx`` gives those rows a zero gradient instead).
     """
-    return scale_by_adagrad_impl(
-        "scale_by_sparse_adagrad",
-        initial_accumulator_value,
-        eps,
-        eps_root,
-        accumulator_dtype,
-        row_wise,
-        pad_id,
-        out_of_range,
-        nonfinite,
-    )
+    arguments = dict(locals())  # this call's arguments, forwarded by name
+    return scale_by_adagrad_impl("scale_by_sparse_adagrad", **arguments)
 
 
 def _check_row_wise(fn: str, row_wise: Any) -> None:
@@ -398,16 +389,5 @@ def sparse_adagrad(
       Duchi, Hazan and Singer, "Adaptive Subgradient Methods for Online
       Learning and Stochastic Optimization", JMLR 12, 2011.
     """
-    return adagrad_impl(
-        "sparse_adagrad",
-        learning_rate,
-        initial_accumulator_value,
-        eps,
-        eps_root,
-        weight_decay,
-        accumulator_dtype,
-        row_wise,
-        pad_id,
-        out_of_range,
-        nonfinite,
-    )
+    arguments = dict(locals())  # this call's arguments, forwarded by name
+    return adagrad_impl("sparse_adagrad", **arguments)
