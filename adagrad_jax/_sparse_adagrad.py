@@ -89,10 +89,9 @@ def scale_by_sparse_adagrad(
         and the leaf. Eager calls raise a ``ValueError`` at once; a step under
         plain `jax.jit` raises a ``jax.errors.JaxRuntimeError`` carrying the
         same message when it runs (a host callback that runs only when an id
-        is out of range; no `checkify` needed). On a step sharded over
-        several devices use ``"drop"``: there a failing check stops the
-        program (the other devices wait in a collective for the one that
-        raised) instead of raising cleanly.
+        is out of range; no `checkify` needed), also on a step sharded over
+        several devices or processes (every device runs the check, so all of
+        them raise together and none waits in a collective).
       nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
         (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
 

@@ -446,10 +446,18 @@ def error_if(bad: Any, message: str, *values: Any) -> None:
     the jitted call (or from the first `block_until_ready` where dispatch is
     asynchronous). When `bad` is False the step costs one scalar branch.
 
+    On a step sharded over several devices (or processes) the callback runs
+    on every device (``partitioned=True``), each with its own copy of the
+    scalars, so every device raises at the same point of the program and
+    none is left waiting in a collective for one that stopped (with the
+    callback on one device only, XLA aborts the whole process instead).
+
     Args:
-      bad: a boolean scalar (a JAX array, traced or not).
+      bad: a boolean scalar (a JAX array, traced or not), the same on every
+        device (a reduction is).
       message: a `str.format` template with one ``{}`` per value.
-      *values: scalars shown in the message (the offending id, its position).
+      *values: scalars shown in the message (the offending id, its position),
+        also the same on every device.
     """
     if not any(is_traced(x) for x in (bad, *values)):
         _raise_if(message, bad, *values)
@@ -458,7 +466,8 @@ def error_if(bad: Any, message: str, *values: Any) -> None:
     callback = functools.partial(_raise_if, message)
     jax.lax.cond(
         jnp.asarray(bad),
-        lambda: jax.debug.callback(callback, bad, *values),
+        # partitioned: every device runs the callback; see the docstring.
+        lambda: jax.debug.callback(callback, bad, *values, partitioned=True),
         lambda: None,
     )
 

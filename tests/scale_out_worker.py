@@ -3,10 +3,12 @@
 ``python -m tests.scale_out_worker MODE OUT [ARGS]`` with JAX's device count
 already set through XLA_FLAGS; MODE is
 
-* ``single``: train on 8 devices (Explicit mesh) and on 1 device; save both;
+* ``single``: train on 8 devices (Explicit mesh) and on 1 device; save both,
+  and the error of an ``out_of_range="error"`` step on 8 devices;
 * ``process PID PORT``: one of 2 processes with 4 CPU devices each
   (``jax.distributed`` on 127.0.0.1:PORT, gloo collectives); process 0 saves
-  the trained arrays, gathered to the host;
+  the trained arrays, gathered to the host; each process saves the error
+  its ``out_of_range="error"`` step raised;
 * ``checkpoint``: train 2 steps on 8 devices, save with orbax, restore onto
   the same mesh and onto 4 devices, train 2 more steps; save all three runs.
 
@@ -102,6 +104,33 @@ def train(mesh, params=None, state=None, data=None):
     return params, state
 
 
+def out_of_range_error(mesh):
+    """Runs a step of `out_of_range="error"` training whose last id (on the last
+    device) is past the table; returns the last line of the error it raised
+    ("no error" if none), after checking that a good step still runs after it."""
+    import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import adagrad_jax
+
+    tx = adagrad_jax.sparse_adagrad(0.1, initial_accumulator_value=0.1, out_of_range="error")
+    params = jax.tree.map(put, initial_params(), placement(mesh))
+    state = jax.jit(tx.init, out_shardings=adagrad_jax.state_shardings(tx, params))(params)
+    step = make_step(tx)
+    ids = NamedSharding(mesh, P("data"))
+    big, small, y = batches(1, devices=mesh.size)[0]
+    bad = big.copy()
+    bad[-1] = ROWS + 5
+    try:
+        jax.block_until_ready(step(params, state, put(bad, ids), put(small, ids), put(y, ids)))
+        message = "no error"
+    except jax.errors.JaxRuntimeError as e:
+        message = str(e).strip().splitlines()[-1]
+    jax.block_until_ready(step(params, state, put(big, ids), put(small, ids), put(y, ids)))
+    return message
+
+
 def to_host(params, state):
     import jax
     from jax.experimental import multihost_utils
@@ -124,17 +153,20 @@ def main(argv):
         assert jax.device_count() == 8 and jax.local_device_count() == 4, jax.devices()
         mesh = jax.make_mesh((8,), ("data",))
         result = to_host(*train(mesh))
+        error = out_of_range_error(mesh)
         # The table and its accumulator stayed row-sharded: this process holds half.
         if pid == 0:
             np.savez(out, **result)
+        np.save(f"{out}.error{pid}.npy", np.array(error))
         jax.distributed.shutdown()
         return
     assert jax.device_count() == 8, jax.devices()
     if mode == "single":
         eight = to_host(*train(jax.make_mesh((8,), ("data",))))
         one = to_host(*train(jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])))
+        error = out_of_range_error(jax.make_mesh((8,), ("data",)))
         np.savez(out, **{f"8/{k}": v for k, v in eight.items()},
-                 **{f"1/{k}": v for k, v in one.items()})
+                 **{f"1/{k}": v for k, v in one.items()}, error=np.array(error))
     elif mode == "checkpoint":
         checkpoint(out, argv[2])
 

@@ -396,6 +396,17 @@ def test_eight_devices_equal_one_device(tmp_path):
     runs = np.load(tmp_path / "single.npz")
     for key in KEYS:
         np.testing.assert_allclose(runs[f"8/{key}"], runs[f"1/{key}"], rtol=1e-5, atol=1e-6)
+    _assert_out_of_range_error(str(runs["error"]))
+
+
+def _assert_out_of_range_error(message: str) -> None:
+    """The error of the worker's out_of_range='error' step (bad id 69 at the end
+    of 48 ids), raised cleanly on a sharded step: every device runs the check."""
+    assert message.endswith(
+        "sparse_adagrad(out_of_range='error'): updates['big'] holds row id 69 at"
+        " position 47, but the table has 64 rows (ids 0 to 63; negative ids are"
+        " padding). Fix the ids, or pass out_of_range='drop' to skip such ids."
+    ), message
 
 
 def _free_port() -> int:
@@ -442,6 +453,8 @@ def test_two_processes_equal_one_process(tmp_path):
                 p.wait()
     assert all(p.returncode == 0 for p in procs), "\n".join(e[-2000:] for e in errors)
     multi, single = np.load(out), np.load(tmp_path / "single.npz")
+    for pid in (0, 1):
+        _assert_out_of_range_error(str(np.load(f"{out}.error{pid}.npy")))
     for key in KEYS:
         np.testing.assert_allclose(multi[key], single[f"8/{key}"], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(multi[key], single[f"1/{key}"], rtol=1e-5, atol=1e-6)
