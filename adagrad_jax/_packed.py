@@ -41,8 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adagrad_jax import _validation
+from adagrad_jax import _nonfinite, _validation
 from adagrad_jax._adagrad import ScaleByAdagradState, accumulator_dtype_for, adagrad
+from adagrad_jax._rows._engine import _all_finite
 
 _FN = "packed_adagrad"
 
@@ -104,12 +105,16 @@ class PackedAdagradState:
       grads: one entry per group: the last gradients of the group, flattened
         (zeros before the first step), for groups of several leaves when
         `grad_buffer` is on; None otherwise.
+      nonfinite_steps: int32 scalar, the number of steps whose gradients had
+        a NaN or +-inf entry, with ``nonfinite="skip_coordinate"`` or
+        ``"skip_step"``; None with ``"propagate"`` (nothing is checked).
       layout: static `PackedLayout` (not a pytree leaf).
     """
 
     count: jax.Array
     buffers: tuple[tuple[jax.Array, ...], ...]
     grads: tuple[jax.Array | None, ...]
+    nonfinite_steps: jax.Array | None
     layout: PackedLayout = dataclasses.field(metadata={"static": True})
 
 
@@ -225,6 +230,7 @@ def packed_adagrad(
     accumulator_dtype: Any = None,
     interleave: bool = True,
     grad_buffer: bool = True,
+    nonfinite: str = "propagate",
 ) -> PackedAdagrad:
     r"""Adagrad as a packed training state: one pass over memory per step.
 
@@ -237,10 +243,11 @@ def packed_adagrad(
         w_{t+1} = w_t - lr(count) * g_t / (sqrt(G_t + eps_root) + eps)
         the step is 0  where  sqrt(G_t + eps_root) + eps == 0 (never NaN)
 
-    but the state owns the parameters: leaves that share a dtype live in one
-    flat buffer, and with `interleave` each parameter and its accumulator share
-    one complex element (w in the real part, G in the imaginary part), so XLA
-    compiles a step to one in-place loop per buffer. This is an experimental,
+    (and the same `nonfinite` policies), but the state owns the parameters:
+    leaves that share a dtype live in one flat buffer, and with `interleave`
+    each parameter and its accumulator share one complex element (w in the
+    real part, G in the imaginary part), so XLA compiles a step to one
+    in-place loop per buffer. This is an experimental,
     opt-in path (`adagrad_jax.experimental.packed_adagrad`; the 0.1 name
     `adagrad_jax.packed_adagrad` still imports): it is not an
     `optax.GradientTransformation`, so `nnx.Optimizer`, `optax.chain` and the
@@ -278,6 +285,15 @@ def packed_adagrad(
         packs the gradients in place, instead of allocating a temporary of the
         group's size at every step. It holds as much memory as that temporary
         would, but between steps too. Groups of one leaf never need one.
+      nonfinite: keyword-only; what a NaN or +-inf gradient entry does, as in
+        `adagrad`. ``"propagate"`` (default): the rule as written; nothing is
+        checked and the step stays one pass. ``"skip_coordinate"``: such a
+        coordinate keeps its parameter and G. ``"skip_step"``: if any entry
+        of any leaf is not finite, the step changes nothing (count, buffers)
+        but the gradient buffer and ``nonfinite_steps``. With a skip policy
+        ``state.nonfinite_steps`` counts the steps that met such an entry;
+        the step reads the gradients once more (``"skip_step"``: one
+        reduction before the update).
 
     Returns:
       A `PackedAdagrad` of four functions: ``init(params) -> state``
@@ -334,6 +350,7 @@ def packed_adagrad(
     for name, flag in (("interleave", interleave), ("grad_buffer", grad_buffer)):
         if not isinstance(flag, bool):
             raise TypeError(f"{_FN}({name}={flag!r}): {name} must be a bool.")
+    nonfinite = _nonfinite.check(_FN, nonfinite)
     # The step runs this transformation's own update on the flat buffers, so
     # the numbers are those of the per-leaf path by construction.
     tx = adagrad(
@@ -385,12 +402,20 @@ def packed_adagrad(
             count=jnp.zeros([], jnp.int32),
             buffers=tuple(buffers),
             grads=tuple(grad_buffers),
+            nonfinite_steps=None if nonfinite == "propagate" else jnp.zeros([], jnp.int32),
             layout=layout,
         )
 
     def step_fn(state, grads):
         layout = state.layout
         grad_leaves = _check_grads(layout, grads)
+        if nonfinite != "propagate" and state.nonfinite_steps is None:
+            raise TypeError(
+                f"{_FN}(nonfinite={nonfinite!r}).step: the state has no nonfinite_steps;"
+                " it was made by a packed_adagrad with nonfinite='propagate'. Pass the"
+                " state that this optimizer's init returned."
+            )
+        all_finite = _all_finite(grad_leaves) if nonfinite != "propagate" else None
         new_buffers, new_grads = [], []
         for g, group in enumerate(layout.groups):
             w, s = _unpack(group, state.buffers[g])
@@ -408,11 +433,27 @@ def packed_adagrad(
             )
             updates, chain_state = tx.update(grad, chain_state, w)
             w = optax.apply_updates(w, updates)
-            new_buffers.append(_pack(group, w, chain_state[1].sum_of_squares))
+            packed = _pack(group, w, chain_state[1].sum_of_squares)
+            if nonfinite != "propagate":
+                # Keep the old element where the policy skips (one select in
+                # the same loop: each output element reads its own index).
+                skipped = ~jnp.isfinite(grad) if nonfinite == "skip_coordinate" else ~all_finite
+                packed = tuple(
+                    jnp.where(skipped, old, new)
+                    for old, new in zip(state.buffers[g], packed, strict=True)
+                )
+            new_buffers.append(packed)
+        count = optax.safe_increment(state.count)
+        nonfinite_steps = state.nonfinite_steps
+        if all_finite is not None:
+            if nonfinite == "skip_step":
+                count = jnp.where(all_finite, count, state.count)
+            nonfinite_steps = state.nonfinite_steps + (~all_finite).astype(jnp.int32)
         return PackedAdagradState(
-            count=optax.safe_increment(state.count),
+            count=count,
             buffers=tuple(new_buffers),
             grads=tuple(new_grads),
+            nonfinite_steps=nonfinite_steps,
             layout=layout,
         )
 

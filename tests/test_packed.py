@@ -263,3 +263,79 @@ def test_gradient_shape_or_dtype_mismatch_names_the_path(bad):
     state = opt.init({"a": jnp.ones(2), "b": jnp.ones(3)})
     with pytest.raises(ValueError, match=r"packed_adagrad.step: grads\['b'\] has shape"):
         opt.step(state, {"a": jnp.ones(2), "b": bad})
+
+
+# --- non-finite gradients ------------------------------------------------------------
+
+
+def _poisoned_gradients(params, step):
+    """`gradients`, with a NaN (step 1) and an inf (step 3) in single coordinates."""
+    g = gradients(params, step)
+    if step == 1:
+        g["layer0"]["w"] = g["layer0"]["w"].at[2, 3].set(jnp.nan)
+    if step == 3:
+        g["layer1"]["b"] = g["layer1"]["b"].at[5].set(-jnp.inf)
+    return g
+
+
+@pytest.mark.parametrize("nonfinite", ["skip_coordinate", "skip_step"])
+@pytest.mark.parametrize("interleave", [True, False], ids=["interleaved", "split"])
+def test_nonfinite_policies_same_numbers_as_per_leaf_adagrad(nonfinite, interleave):
+    """Before: packed_adagrad had no `nonfinite`; one NaN poisoned its coordinate for
+    good. Formula: `adagrad(nonfinite=...)` then `optax.apply_updates`, over two
+    dtype groups of several leaves, with a schedule (so a skipped step's count
+    matters) and weight decay (so a zero gradient still moves w). Eagerly the two
+    run the same operations, so they agree bit for bit; the jitted, donated packed
+    step agrees with them to float32 rounding (XLA fuses the select of the skip
+    policies differently in the two programs; bfloat16 leaves, whose one-ulp
+    differences grow through G, are compared for finiteness only)."""
+    rng = np.random.default_rng(2)
+    params = {
+        f"layer{i}": {
+            "w": jnp.asarray(rng.normal(size=(4, 6)), jnp.float32),
+            "b": jnp.asarray(rng.normal(size=(6,)), jnp.bfloat16),
+        }
+        for i in range(3)
+    }
+    hyper = dict(learning_rate=optax.linear_schedule(0.1, 0.01, 6), weight_decay=0.01,
+                 nonfinite=nonfinite)
+    opt = adagrad_jax.experimental.packed_adagrad(**hyper, interleave=interleave)
+    tx = adagrad_jax.adagrad(**hyper)
+    state, jitted, opt_state, p = opt.init(params), opt.init(params), tx.init(params), params
+    packed_step = jax.jit(opt.step, donate_argnums=0)
+    for t in range(5):
+        g = _poisoned_gradients(params, t)
+        before = opt.params(state)["layer0"]["w"]
+        state = opt.step(state, g)
+        jitted = packed_step(jitted, g)
+        if t == 1:  # the NaN's coordinate stays; with skip_coordinate the others move
+            after = opt.params(state)["layer0"]["w"]
+            assert after[2, 3] == before[2, 3]
+            assert bool(after[0, 0] != before[0, 0]) == (nonfinite == "skip_coordinate")
+        u, opt_state = tx.update(g, opt_state, p)
+        p = optax.apply_updates(p, u)
+        assert_trees_identical(opt.params(state), p)
+        assert_trees_identical(opt.sum_of_squares(state), opt_state.inner_state[1].sum_of_squares)
+        for a, e in zip(jax.tree.leaves(opt.params(jitted)), jax.tree.leaves(p)):
+            if a.dtype == jnp.float32:
+                np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+            assert bool(jnp.all(jnp.isfinite(a)))
+    for s in (state, jitted):
+        assert int(s.nonfinite_steps) == int(opt_state.nonfinite_steps) == 2
+        assert int(s.count) == (3 if nonfinite == "skip_step" else 5)
+    for leaf in jax.tree.leaves((opt.params(state), opt.sum_of_squares(state))):
+        assert bool(jnp.all(jnp.isfinite(leaf)))
+
+
+def test_nonfinite_propagate_has_no_counter_and_a_mismatched_state_is_refused():
+    params = {"w": jnp.ones(3)}
+    plain = adagrad_jax.experimental.packed_adagrad(0.1)
+    state = plain.init(params)
+    assert state.nonfinite_steps is None
+    state = plain.step(state, {"w": jnp.array([1.0, jnp.nan, 1.0])})
+    assert bool(jnp.isnan(plain.params(state)["w"][1]))  # the rule as written
+    skipping = adagrad_jax.experimental.packed_adagrad(0.1, nonfinite="skip_step")
+    with pytest.raises(TypeError, match=r"packed_adagrad\(nonfinite='skip_step'\).step: the state"):
+        skipping.step(plain.init(params), {"w": jnp.ones(3)})
+    with pytest.raises(ValueError, match=r"packed_adagrad\(nonfinite='skip'\): nonfinite must be"):
+        adagrad_jax.experimental.packed_adagrad(0.1, nonfinite="skip")

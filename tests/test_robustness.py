@@ -78,6 +78,36 @@ def test_row_sparse_astype_and_tree_map_route():
     assert "RowSparse.astype" in RowSparse.__doc__
 
 
+@pytest.mark.parametrize(
+    "source",
+    ["constructor", "jit output", "device_put", "deepcopy", "pickle", "tree.map"],
+)
+@pytest.mark.parametrize("method", ["astype", "sum", "mean", "max"])
+def test_eager_leafwise_method_on_row_sparse_names_it(source, method):
+    # Before: eagerly, jax.tree.map(lambda x: x.astype(d), g) raised JAX's bare
+    # NotImplementedError("Cannot call abstract method astype") from the guard
+    # leaf, naming neither RowSparse nor the fix; so did .sum(), .mean(), ...
+    g = RowSparse(jnp.array([1, 3]), jnp.ones((2, 2)))
+    g = {
+        "constructor": lambda: g,
+        "jit output": lambda: jax.jit(lambda t: t)(g),
+        "device_put": lambda: jax.device_put(g),
+        "deepcopy": lambda: copy.deepcopy(g),
+        "pickle": lambda: pickle.loads(pickle.dumps(g)),
+        "tree.map": lambda: jax.tree.map(lambda x: x, g),
+    }[source]()
+    call = {"astype": lambda x: x.astype(jnp.bfloat16)}.get(method, lambda x: getattr(x, method)())
+    with pytest.raises(TypeError) as info:
+        jax.tree.map(call, {"t": g, "b": jnp.ones(2)})
+    message = str(info.value)
+    assert message.startswith(f"{method}() reached the guard leaf of an adagrad_jax.RowSparse")
+    assert "is_leaf=lambda x: isinstance(x, adagrad_jax.RowSparse)" in message
+    assert "RowSparse.astype(dtype)" in message and "adagrad_jax.on_row_values" in message
+    # The RowSparse itself is unchanged and still usable.
+    np.testing.assert_array_equal(g.indices, [1, 3])
+    assert g.astype(jnp.bfloat16).values.dtype == jnp.bfloat16
+
+
 # --- a table with 0 rows ------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any
 
 import jax
@@ -40,7 +41,59 @@ def _guard_impl() -> Any:
 @functools.cache
 def _guard() -> jax.Array:
     with jax.ensure_compile_time_eval():
-        return jax.random.wrap_key_data(jnp.zeros((1,), jnp.uint32), impl=_guard_impl())
+        guard = jax.random.wrap_key_data(jnp.zeros((1,), jnp.uint32), impl=_guard_impl())
+    return _name_guard(guard)
+
+
+_GUARD_HINT = (
+    " reached the guard leaf of an adagrad_jax.RowSparse: a function mapped over"
+    " every leaf would change its integer row ids too. Map with"
+    " is_leaf=lambda x: isinstance(x, adagrad_jax.RowSparse) and handle each"
+    " RowSparse whole (RowSparse.astype(dtype) casts its values), or wrap the"
+    " transform in adagrad_jax.on_row_values."
+)
+
+
+def _refusing_method(name: str) -> Any:
+    def method(*args: Any, **kwargs: Any) -> Any:
+        del args, kwargs
+        raise TypeError(f"{name}(){_GUARD_HINT}")
+
+    return method
+
+
+@functools.cache
+def _refused_method_names(cls: Any) -> tuple[str, ...]:
+    """The public methods a concrete key array leaves abstract (astype, sum, ...)."""
+    return tuple(
+        name
+        for name in dir(cls)
+        if not name.startswith("_")
+        and inspect.isfunction(inspect.getattr_static(cls, name))
+        and getattr(inspect.getattr_static(cls, name), "__isabstractmethod__", False)
+    )
+
+
+def _name_guard(guard: Any) -> Any:
+    """`guard`, made to name itself when a method JAX leaves abstract is called.
+
+    Under tracing such calls (``x.astype(d)``, ``x.sum()``) reach the key
+    dtype's rules, whose error shows the guard's tag. A concrete key array
+    instead raises JAX's bare "Cannot call abstract method astype"; instance
+    attributes of the same names (which win over the class's functions)
+    raise a TypeError that names RowSparse and the fix. Tracers and other
+    leaves are returned untouched.
+    """
+    if (
+        isinstance(guard, jax.Array)
+        and not isinstance(guard, jax.core.Tracer)
+        and jax.dtypes.issubdtype(guard.dtype, jax.dtypes.prng_key)
+        and "astype" not in vars(guard)
+    ):
+        cls: Any = type(guard)  # Any: mypy sees jax.Array's __hash__ as unhashable
+        for name in _refused_method_names(cls):
+            setattr(guard, name, _refusing_method(name))
+    return guard
 
 
 def _describe(x: Any) -> str:
@@ -91,8 +144,8 @@ class RowSparse:
     `adagrad_jax.on_row_values`. To cast a tree holding RowSparse leaves,
     use `RowSparse.astype` with ``jax.tree.map(..., is_leaf=...)``: a plain
     ``jax.tree.map(lambda x: x.astype(d), tree)`` reaches the guard, which
-    fails (eagerly JAX says only "Cannot call abstract method astype"; under
-    ``jit`` the error names the guard). A RowSparse can be copied
+    raises a ``TypeError`` naming RowSparse and this fix (eagerly and under
+    ``jit``) rather than cast the row ids. A RowSparse can be copied
     (``copy.copy``, ``copy.deepcopy``) and pickled. Transforms that keep per-parameter state
     (``optax.adam``, ``optax.MultiSteps``) fail on the tree structure instead:
     their state has an array where the updates have a RowSparse.
@@ -196,6 +249,8 @@ class RowSparse:
         obj = object.__new__(cls)
         for name, child in zip(cls.__slots__, children):
             object.__setattr__(obj, name, child)
+        if children:  # a concrete guard from jit, device_put or tree.map
+            object.__setattr__(obj, "_guard", _name_guard(children[0]))
         return obj
 
     def __repr__(self) -> str:
