@@ -146,6 +146,13 @@ NUMERIC = {
     ],
     schedules.inverse_time_decay: ["init_value", "decay_rate"],
     schedules.inverse_sqrt_decay: ["init_value"],
+    adagrad_jax.experimental.packed_adagrad: [
+        "learning_rate",
+        "initial_accumulator_value",
+        "eps",
+        "eps_root",
+        "weight_decay",
+    ],
 }
 RATE_ARGS = {"learning_rate", "lr"}
 OPTIONAL = {"weight_decay"}

@@ -2,7 +2,9 @@
 
 `sphinx-build -W --keep-going`: any warning fails the build, including a broken local link or
 heading anchor (MyST reports them), a docstring that reStructuredText cannot parse, and a page
-left out of the table of contents. External links are not checked (the build runs offline).
+left out of the table of contents. Links into this repository (GitHub and Colab addresses,
+relative links of the Markdown GitHub renders) and the built pages' own hrefs are checked here;
+links to other sites are not (the build runs offline).
 """
 
 from __future__ import annotations
@@ -130,3 +132,69 @@ def test_readme_sections_all_reach_the_site(site):
     text = " ".join(p.read_text() for p in site.rglob("*.html"))
     for title in titles:
         assert title.split(":")[0].split(" (")[0] in text, title
+
+
+REPOSITORY = "https://github.com/adagrad-jax/adagrad_jax"
+# Sources as committed (docs/guide and docs/notebooks are generated from README and notebooks).
+LINK_SOURCES = ["README.md", "CHANGELOG.md", "docs/*.md", "docs/recipes/*.md", "docs/conf.py",
+                "docs/_readme_pages.py", "adagrad_jax/**/*.py", "notebooks/*.ipynb",
+                "benchmarks/*.md", "pyproject.toml"]
+# Markdown files that GitHub renders, whose relative links are links into the repository.
+RENDERED_ON_GITHUB = ["README.md", "CHANGELOG.md", "benchmarks/*.md"]
+
+
+def _check_link(source: pathlib.Path, target: str) -> None:
+    from myst_parser.slugs import github_slugify
+
+    path, _, anchor = target.partition("#")
+    file = (ROOT / path) if path else source
+    where = source.relative_to(ROOT)
+    assert file.exists(), f"{where} links to missing {path}"
+    if anchor and file.suffix == ".md":
+        headings = re.findall(r"^#+ (.+)$", file.read_text(), re.MULTILINE)
+        assert anchor in {github_slugify(h) for h in headings}, (
+            f"{where}: no heading #{anchor} in {file.relative_to(ROOT)}"
+        )
+
+
+def test_links_into_the_repository_name_files_and_headings_that_exist():
+    """The links that can be checked offline: every link to a file of this repository
+    on GitHub (blob, tree, edit, raw) or in Colab, and every relative link of the
+    Markdown that GitHub renders (README, CHANGELOG, benchmarks), names a path that
+    exists here and, for Markdown, an #anchor that is a heading of that file. Links
+    to other sites need the network, and the build here runs offline."""
+    assert REPOSITORY in (ROOT / "pyproject.toml").read_text()
+    absolute = re.compile(
+        r"(?:" + re.escape(REPOSITORY) + r"|https://colab\.research\.google\.com/github/"
+        r"adagrad-jax/adagrad_jax)/(?:blob|tree|edit|raw)/main/([^\s)\"'\\>`\]]+)"
+    )
+    relative = re.compile(r"\]\((?![a-z]+:|//)([^)\s]+)\)")
+    checked = 0
+    for glob in LINK_SOURCES:
+        for source in sorted(ROOT.glob(glob)):
+            for target in absolute.findall(source.read_text()):
+                _check_link(source, target)
+                checked += 1
+    for glob in RENDERED_ON_GITHUB:
+        for source in sorted(ROOT.glob(glob)):
+            for target in relative.findall(source.read_text()):
+                base = source.parent.relative_to(ROOT)
+                path, hash_, anchor = target.partition("#")
+                joined = (base / path).as_posix() if path else ""
+                _check_link(source, f"{joined}{hash_}{anchor}" if path else f"#{anchor}")
+                checked += 1
+    assert checked >= 30  # README links and badges, notebook badges, ... (36 at writing)
+
+
+def test_built_pages_link_only_to_files_the_site_has(site):
+    """Every relative href and src in the built HTML (notebooks' raw HTML included,
+    which MyST does not check) points to a file of the built site."""
+    checked = 0
+    for page in site.rglob("*.html"):
+        for link in re.findall(r'(?:href|src)="([^"]+)"', page.read_text()):
+            if re.match(r"^(?:[a-z]+:|#|//)", link):
+                continue
+            target = (page.parent / link.split("#")[0].split("?")[0]).resolve()
+            assert target.exists(), f"{page.relative_to(site)} links to missing {link}"
+            checked += 1
+    assert checked > 100
