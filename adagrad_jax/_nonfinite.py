@@ -36,15 +36,6 @@ from adagrad_jax import _validation
 from adagrad_jax._rows._engine import NONFINITE_POLICIES, _all_finite
 from adagrad_jax._rows._row_sparse import RowSparse, _is_row_sparse
 
-DOC = """nonfinite: what a NaN or +-inf gradient entry does. ``"propagate"``
-        (default): the rule as written, as in optax and PyTorch: the NaN reaches
-        the state and the parameter, so it shows in the loss at the step that
-        caused it, and the step costs nothing extra. ``"skip_coordinate"``:
-        that coordinate keeps its state and parameter (its update is 0).
-        ``"skip_step"``: the whole step is skipped (state, step counts and
-        parameters unchanged). With a skip policy the state is a
-        `NonfiniteState` around the usual one, counting such steps."""
-
 
 class NonfiniteState(NamedTuple):
     """State of an optimizer built with ``nonfinite="skip_coordinate"`` or ``"skip_step"``.
