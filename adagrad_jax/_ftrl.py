@@ -52,9 +52,13 @@ def ftrl_rule(lr: Any, p: Any, l1: Any, l2: Any, l2_shrinkage: Any, beta: Any):
         g32 = g.astype(dtype)
         g_shrunk = g32 + jnp.asarray(l2_shrinkage, dtype) * w32 if shrinkage else g32
         new_n = n + squared_magnitude(g, dtype)
-        new_root = _power(new_n, p)
-        sigma = (new_root - _power(n, p)) / lr_t
+        sigma = (_power(new_n, p) - _power(n, p)) / lr_t
         z = z + g_shrunk - sigma * w32
+        # The same root again, written so that XLA does not merge the two: merged,
+        # XLA:CPU (no multi-output fusion) writes it to a table-sized temporary
+        # that both loops read; apart, each loop computes it (maximum(n, 0) is
+        # n, as n >= 0). One 64 MiB temporary fewer at 16M floats: 63 -> 43 ms.
+        new_root = _power(jnp.maximum(new_n, jnp.zeros((), dtype)), p)
         quadratic = (new_root + jnp.asarray(beta, dtype)) / lr_t + jnp.asarray(l2, dtype)
         l1_ = jnp.asarray(l1, dtype)
         positive = quadratic > 0
