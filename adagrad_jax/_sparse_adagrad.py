@@ -239,35 +239,25 @@ def adagrad_impl(
 ) -> optax.GradientTransformation:
     """The checks and the chain of `adagrad` and of its v0.1 name `sparse_adagrad`."""
     _validation.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
-    _validation.check_number(fn, "initial_accumulator_value", initial_accumulator_value)
-    _validation.check_number(fn, "eps", eps)
-    _validation.check_number(fn, "eps_root", eps_root)
     if weight_decay is not None:
         _validation.check_number(fn, "weight_decay", weight_decay)
-    accumulator_dtype = _validation.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
-    _check_row_wise(fn, row_wise)
-    _check_flags(fn, pad_id, out_of_range)
-    _nonfinite.check(fn, nonfinite)
-    return _nonfinite.wrap(
+    scale = _checked_scale_by_adagrad(
         fn,
+        initial_accumulator_value,
+        eps,
+        eps_root,
+        accumulator_dtype,
+        row_wise,
+        pad_id,
+        out_of_range,
         nonfinite,
-        optax.chain(
-            _sparse_coupled_weight_decay(fn, weight_decay),
-            _scale_by_sparse_adagrad(
-                fn,
-                initial_accumulator_value,
-                eps,
-                eps_root,
-                accumulator_dtype,
-                bool(row_wise),
-                pad_id,
-                out_of_range,
-                nonfinite,
-            ),
-            on_row_values(optax.scale_by_learning_rate(learning_rate)),
-        ),
-        skips_inside=True,
     )
+    chain = optax.chain(
+        _sparse_coupled_weight_decay(fn, weight_decay),
+        scale,
+        on_row_values(optax.scale_by_learning_rate(learning_rate)),
+    )
+    return _nonfinite.wrap(fn, nonfinite, chain, skips_inside=True)
 
 
 def scale_by_adagrad_impl(
@@ -282,6 +272,32 @@ def scale_by_adagrad_impl(
     nonfinite="propagate",
 ) -> optax.GradientTransformation:
     """The checks and the transform of `scale_by_adagrad` (and `scale_by_sparse_adagrad`)."""
+    scale = _checked_scale_by_adagrad(
+        fn,
+        initial_accumulator_value,
+        eps,
+        eps_root,
+        accumulator_dtype,
+        row_wise,
+        pad_id,
+        out_of_range,
+        nonfinite,
+    )
+    return _nonfinite.wrap(fn, nonfinite, scale, skips_inside=True)
+
+
+def _checked_scale_by_adagrad(
+    fn,
+    initial_accumulator_value,
+    eps,
+    eps_root,
+    accumulator_dtype,
+    row_wise,
+    pad_id,
+    out_of_range,
+    nonfinite,
+) -> optax.GradientTransformation:
+    """Checks the arguments `adagrad` and `scale_by_adagrad` share; their scaling step."""
     _validation.check_number(fn, "initial_accumulator_value", initial_accumulator_value)
     _validation.check_number(fn, "eps", eps)
     _validation.check_number(fn, "eps_root", eps_root)
@@ -289,21 +305,16 @@ def scale_by_adagrad_impl(
     _check_row_wise(fn, row_wise)
     _check_flags(fn, pad_id, out_of_range)
     _nonfinite.check(fn, nonfinite)
-    return _nonfinite.wrap(
+    return _scale_by_sparse_adagrad(
         fn,
+        initial_accumulator_value,
+        eps,
+        eps_root,
+        accumulator_dtype,
+        bool(row_wise),
+        pad_id,
+        out_of_range,
         nonfinite,
-        _scale_by_sparse_adagrad(
-            fn,
-            initial_accumulator_value,
-            eps,
-            eps_root,
-            accumulator_dtype,
-            bool(row_wise),
-            pad_id,
-            out_of_range,
-            nonfinite,
-        ),
-        skips_inside=True,
     )
 
 
