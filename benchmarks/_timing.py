@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import jax
+
 
 def round_robin(
     steps: dict[str, Callable[[], Any]], *, rounds: int, warmup: int = 2
@@ -80,3 +82,34 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
+
+
+def run_alone(
+    description: str,
+    run: Callable[..., list[dict[str, Any]]],
+    table: Callable[[list[dict[str, Any]]], str],
+    configs: dict[str, dict[str, Any]],
+    quick_help: str,
+    argv: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The command line of a scenario module run on its own.
+
+    ``--quick`` and ``--tiny`` pick ``configs["quick"]`` or ``configs["tiny"]``
+    (default ``configs["full"]``); prints the platform, CPU count and load
+    average, then ``table(rows)``; returns the rows.
+    """
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(description=description)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help=quick_help)
+    mode.add_argument("--tiny", action="store_true", help="toy sizes")
+    args = parser.parse_args(argv)
+    config = configs["tiny" if args.tiny else "quick" if args.quick else "full"]
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    print(f"{jax.devices()[0].platform}, {os.cpu_count()} cpus{load}")
+    rows = run(**config)
+    print(table(rows))
+    return rows
+

@@ -29,7 +29,6 @@ Run ``python benchmarks/regularized.py [--quick]`` for a table, or call `run`;
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 from collections.abc import Callable
@@ -271,19 +270,10 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    import os
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="4M dense, 100,000 x 32 table")
-    mode.add_argument("--tiny", action="store_true", help="toy sizes")
-    args = parser.parse_args(argv)
-    config = TINY if args.tiny else QUICK if args.quick else FULL
-    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    print(f"{jax.devices()[0].platform}, {os.cpu_count()} cpus{load}")
-    rows = run(**config)
-    print(table(rows))
-    return rows
+    configs = {"full": FULL, "quick": QUICK, "tiny": TINY}
+    return _timing.run_alone(
+        __doc__.split("\n")[0], run, table, configs, "4M dense, 100,000 x 32 table", argv
+    )
 
 
 if __name__ == "__main__":
