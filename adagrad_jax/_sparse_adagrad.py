@@ -225,97 +225,41 @@ def _sparse_coupled_weight_decay(fn: str, weight_decay: Any) -> optax.GradientTr
 
 
 def adagrad_impl(
-    fn,
-    learning_rate,
-    initial_accumulator_value,
-    eps,
-    eps_root,
-    weight_decay,
-    accumulator_dtype,
-    row_wise,
-    pad_id,
-    out_of_range,
-    nonfinite,
+    fn: str, learning_rate: Any, weight_decay: Any, **arguments: Any
 ) -> optax.GradientTransformation:
-    """The checks and the chain of `adagrad` and of its v0.1 name `sparse_adagrad`."""
+    """The checks and the chain of `adagrad` and of its v0.1 name `sparse_adagrad`;
+    `arguments` are those of `_scale_by_sparse_adagrad`, by name."""
     _validation.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
     if weight_decay is not None:
         _validation.check_number(fn, "weight_decay", weight_decay)
-    scale = _checked_scale_by_adagrad(
-        fn,
-        initial_accumulator_value,
-        eps,
-        eps_root,
-        accumulator_dtype,
-        row_wise,
-        pad_id,
-        out_of_range,
-        nonfinite,
-    )
     chain = optax.chain(
         _sparse_coupled_weight_decay(fn, weight_decay),
-        scale,
+        _checked_scale_by_adagrad(fn, **arguments),
         on_row_values(optax.scale_by_learning_rate(learning_rate)),
     )
-    return _nonfinite.wrap(fn, nonfinite, chain, skips_inside=True)
+    return _nonfinite.wrap(fn, arguments["nonfinite"], chain, skips_inside=True)
 
 
-def scale_by_adagrad_impl(
-    fn,
-    initial_accumulator_value,
-    eps,
-    eps_root,
-    accumulator_dtype,
-    row_wise,
-    pad_id,
-    out_of_range,
-    nonfinite="propagate",
-) -> optax.GradientTransformation:
-    """The checks and the transform of `scale_by_adagrad` (and `scale_by_sparse_adagrad`)."""
-    scale = _checked_scale_by_adagrad(
-        fn,
-        initial_accumulator_value,
-        eps,
-        eps_root,
-        accumulator_dtype,
-        row_wise,
-        pad_id,
-        out_of_range,
-        nonfinite,
+def scale_by_adagrad_impl(fn: str, **arguments: Any) -> optax.GradientTransformation:
+    """The checks and the transform of `scale_by_adagrad` (and `scale_by_sparse_adagrad`);
+    `arguments` are those of `_scale_by_sparse_adagrad`, by name."""
+    scale = _checked_scale_by_adagrad(fn, **arguments)
+    return _nonfinite.wrap(fn, arguments["nonfinite"], scale, skips_inside=True)
+
+
+def _checked_scale_by_adagrad(fn: str, **arguments: Any) -> optax.GradientTransformation:
+    """Checks the arguments `adagrad` and `scale_by_adagrad` share (those of
+    `_scale_by_sparse_adagrad`, by name); returns their scaling step."""
+    for name in ("initial_accumulator_value", "eps", "eps_root"):
+        _validation.check_number(fn, name, arguments[name])
+    arguments["accumulator_dtype"] = _validation.check_float_dtype(
+        fn, "accumulator_dtype", arguments["accumulator_dtype"]
     )
-    return _nonfinite.wrap(fn, nonfinite, scale, skips_inside=True)
-
-
-def _checked_scale_by_adagrad(
-    fn,
-    initial_accumulator_value,
-    eps,
-    eps_root,
-    accumulator_dtype,
-    row_wise,
-    pad_id,
-    out_of_range,
-    nonfinite,
-) -> optax.GradientTransformation:
-    """Checks the arguments `adagrad` and `scale_by_adagrad` share; their scaling step."""
-    _validation.check_number(fn, "initial_accumulator_value", initial_accumulator_value)
-    _validation.check_number(fn, "eps", eps)
-    _validation.check_number(fn, "eps_root", eps_root)
-    accumulator_dtype = _validation.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
-    _check_row_wise(fn, row_wise)
-    _check_flags(fn, pad_id, out_of_range)
-    _nonfinite.check(fn, nonfinite)
-    return _scale_by_sparse_adagrad(
-        fn,
-        initial_accumulator_value,
-        eps,
-        eps_root,
-        accumulator_dtype,
-        bool(row_wise),
-        pad_id,
-        out_of_range,
-        nonfinite,
-    )
+    _check_row_wise(fn, arguments["row_wise"])
+    arguments["row_wise"] = bool(arguments["row_wise"])
+    _check_flags(fn, arguments["pad_id"], arguments["out_of_range"])
+    _nonfinite.check(fn, arguments["nonfinite"])
+    return _scale_by_sparse_adagrad(fn, **arguments)
 
 
 @_validation.checked_arguments
