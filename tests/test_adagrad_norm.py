@@ -12,30 +12,14 @@ import pytest
 
 import adagrad_jax
 from tests import reference_beyond as ref
+from tests.problems import random_problem
+from tests.problems import train as run
 
 SHAPES = {"w": (3, 4), "b": (4,), "s": ()}
 
 
 def make(shapes=SHAPES, dtype=jnp.float32, steps=5, seed=0):
-    rng = np.random.default_rng(seed)
-
-    def draw(s):
-        x = rng.normal(size=s)
-        if jnp.issubdtype(dtype, jnp.complexfloating):
-            x = x + 1j * rng.normal(size=s)
-        return jnp.asarray(x, dtype)
-
-    params = {k: draw(s) for k, s in shapes.items()}
-    return params, [{k: draw(s) for k, s in shapes.items()} for _ in range(steps)]
-
-
-def run(tx, params, grads):
-    state = tx.init(params)
-    update = jax.jit(tx.update)
-    for g in grads:
-        u, state = update(g, state, params)
-        params = optax.apply_updates(params, u)
-    return params, state
+    return random_problem(shapes, dtype, steps, seed)
 
 
 def reference(params, grads, *, tau, per_leaf, **hyper):

@@ -13,25 +13,14 @@ import pytest
 
 import adagrad_jax
 from tests import reference_beyond as ref
+from tests.problems import random_problem
+from tests.problems import train as run
 
 SHAPES = {"w": (3, 4), "b": (7,), "s": ()}
 
 
 def make(shapes=SHAPES, dtype=jnp.float32, steps=4, seed=0):
-    rng = np.random.default_rng(seed)
-    params = {k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
-    grads = [{k: jnp.asarray(rng.normal(size=s), dtype) for k, s in shapes.items()}
-             for _ in range(steps)]
-    return params, grads
-
-
-def run(tx, params, grads):
-    state = tx.init(params)
-    update = jax.jit(tx.update)
-    for g in grads:
-        u, state = update(g, state, params)
-        params = optax.apply_updates(params, u)
-    return params, state
+    return random_problem(shapes, dtype, steps, seed)
 
 
 def reference(params, grads, *, lr, block_size, tau=0.0, **hyper):
