@@ -82,11 +82,12 @@ def test_row_sparse_astype_and_tree_map_route():
     "source",
     ["constructor", "jit output", "device_put", "deepcopy", "pickle", "tree.map"],
 )
-@pytest.mark.parametrize("method", ["astype", "sum", "mean", "max"])
+@pytest.mark.parametrize("method", ["astype", "sum", "mean", "max", "__array__"])
 def test_eager_leafwise_method_on_row_sparse_names_it(source, method):
     # Before: eagerly, jax.tree.map(lambda x: x.astype(d), g) raised JAX's bare
     # NotImplementedError("Cannot call abstract method astype") from the guard
-    # leaf, naming neither RowSparse nor the fix; so did .sum(), .mean(), ...
+    # leaf, naming neither RowSparse nor the fix; so did .sum(), .mean(), ...; and
+    # np.asarray said "JAX array with PRNGKey dtype cannot be converted".
     g = RowSparse(jnp.array([1, 3]), jnp.ones((2, 2)))
     g = {
         "constructor": lambda: g,
@@ -96,7 +97,9 @@ def test_eager_leafwise_method_on_row_sparse_names_it(source, method):
         "pickle": lambda: pickle.loads(pickle.dumps(g)),
         "tree.map": lambda: jax.tree.map(lambda x: x, g),
     }[source]()
-    call = {"astype": lambda x: x.astype(jnp.bfloat16)}.get(method, lambda x: getattr(x, method)())
+    call = {"astype": lambda x: x.astype(jnp.bfloat16), "__array__": np.asarray}.get(
+        method, lambda x: getattr(x, method)()
+    )
     with pytest.raises(TypeError) as info:
         jax.tree.map(call, {"t": g, "b": jnp.ones(2)})
     message = str(info.value)

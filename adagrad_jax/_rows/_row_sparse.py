@@ -46,11 +46,11 @@ def _guard() -> jax.Array:
 
 
 _GUARD_HINT = (
-    " reached the guard leaf of an adagrad_jax.RowSparse: a function mapped over"
-    " every leaf would change its integer row ids too. Map with"
-    " is_leaf=lambda x: isinstance(x, adagrad_jax.RowSparse) and handle each"
-    " RowSparse whole (RowSparse.astype(dtype) casts its values), or wrap the"
-    " transform in adagrad_jax.on_row_values."
+    " reached the guard leaf of an adagrad_jax.RowSparse, which stops functions"
+    " mapped over every leaf: they would treat its integer row ids as values too."
+    " Map with is_leaf=lambda x: isinstance(x, adagrad_jax.RowSparse) and handle"
+    " each RowSparse whole (RowSparse.astype(dtype) casts its values; .indices and"
+    " .values are plain arrays), or wrap the transform in adagrad_jax.on_row_values."
 )
 
 
@@ -64,14 +64,16 @@ def _refusing_method(name: str) -> Any:
 
 @functools.cache
 def _refused_method_names(cls: Any) -> tuple[str, ...]:
-    """The public methods a concrete key array leaves abstract (astype, sum, ...)."""
-    return tuple(
+    """The public methods a concrete key array leaves abstract (astype, sum, ...),
+    and ``__array__`` (NumPy looks it up on the instance: ``np.asarray``)."""
+    abstract = tuple(
         name
         for name in dir(cls)
         if not name.startswith("_")
         and inspect.isfunction(inspect.getattr_static(cls, name))
         and getattr(inspect.getattr_static(cls, name), "__isabstractmethod__", False)
     )
+    return (*abstract, "__array__")
 
 
 def _name_guard(guard: Any) -> Any:
