@@ -415,6 +415,8 @@ def packed_adagrad(
                 " it was made by a packed_adagrad with nonfinite='propagate'. Pass the"
                 " state that this optimizer's init returned."
             )
+        # The policy is applied here rather than by running adagrad(nonfinite=...)
+        # on each group: "skip_step" must judge all groups' gradients together.
         all_finite = _all_finite(grad_leaves) if nonfinite != "propagate" else None
         new_buffers, new_grads = [], []
         for g, group in enumerate(layout.groups):
