@@ -32,3 +32,11 @@ def train(tx, params, grads):
         u, state = update(g, state, params)
         params = optax.apply_updates(params, u)
     return params, state
+
+
+def close(a, b, rtol, atol=0.0):
+    """Each leaf of the tree `a` equals the NumPy reference `b[k]` (float64 or
+    complex128), compared in the reference's dtype."""
+    for k in b:
+        np.testing.assert_allclose(np.asarray(a[k]).astype(np.asarray(b[k]).dtype), b[k],
+                                   rtol=rtol, atol=atol, err_msg=k)

@@ -12,7 +12,7 @@ import pytest
 
 import adagrad_jax
 from tests import reference_beyond as ref
-from tests.problems import random_problem
+from tests.problems import close, random_problem
 from tests.problems import train as run
 
 SHAPES = {"w": (3, 4), "b": (4,), "s": ()}
@@ -30,12 +30,6 @@ def reference(params, grads, *, tau, per_leaf, **hyper):
     init = functools.partial(ref.adagrad_norm_init, tau=tau, per_leaf=per_leaf)
     out, state = ref.run(init, ref.adagrad_norm_step, ws, gs, per_leaf=per_leaf, **hyper)
     return dict(zip(names, out)), state
-
-
-def close(a, b, rtol, atol=0.0):
-    for k in b:
-        np.testing.assert_allclose(np.asarray(a[k]).astype(np.asarray(b[k]).dtype), b[k],
-                                   rtol=rtol, atol=atol, err_msg=k)
 
 
 def test_hand_computed_steps_per_leaf_and_per_model():

@@ -13,7 +13,7 @@ import pytest
 
 import adagrad_jax
 from tests import reference_beyond as ref
-from tests.problems import random_problem
+from tests.problems import close, random_problem
 from tests.problems import train as run
 
 SHAPES = {"w": (5, 3), "t": (2, 1, 3, 4), "b": (3,), "s": ()}
@@ -30,12 +30,6 @@ def reference(params, grads, *, block_size, **hyper):
     init = functools.partial(ref.shampoo_init, block_size=block_size)
     out, _ = ref.run(init, ref.shampoo_step, ws, gs, block_size=block_size, **hyper)
     return dict(zip(names, out))
-
-
-def close(a, b, rtol, atol=0.0):
-    for k in b:
-        np.testing.assert_allclose(np.asarray(a[k], np.float64), b[k], rtol=rtol, atol=atol,
-                                   err_msg=k)
 
 
 def raw(**kw):
