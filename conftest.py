@@ -15,4 +15,4 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 try:
     import flax.nnx  # noqa: F401
 except ImportError:
-    collect_ignore = ["adagrad_jax/nnx.py"]
+    collect_ignore = ["adagrad_jax/nnx.py", "adagrad_jax/_src/flax_nnx.py"]

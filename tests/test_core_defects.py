@@ -18,7 +18,8 @@ import optax
 import pytest
 
 import adagrad_jax
-from adagrad_jax import _validation, compat, schedules
+from adagrad_jax import compat, schedules
+from adagrad_jax._src.core import checks, trees
 
 
 @pytest.fixture(params=["strict", "default"])
@@ -111,12 +112,12 @@ def test_normal_constant_beside_subnormal_tau_needs_no_guard():
     (0.0, jnp.float32, False),
 ])
 def test_is_positive_in_judges_against_the_smallest_normal_number(value, dtype, expected):
-    assert _validation.is_positive_in(value, dtype) is expected
+    assert checks.is_positive_in(value, dtype) is expected
 
 
 def test_is_positive_in_never_judges_jax_arrays():
     """A JAX value may be traced (inject_hyperparams): the guard stays compiled in."""
-    assert _validation.is_positive_in(jnp.array(1.0), jnp.float32) is False
+    assert checks.is_positive_in(jnp.array(1.0), jnp.float32) is False
 
 
 # --- 2. leaf shapes never checked against the state ------------------------------
@@ -200,7 +201,7 @@ def test_packed_step_refuses_other_shapes(promotion, grad_shape):
 
 def test_check_same_shapes_helper():
     """The shared helper: paths, root leaves, None leaves and custom shapes."""
-    check = _validation.check_same_shapes
+    check = trees.check_same_shapes
     check("f", "g", {"a": jnp.ones(2), "n": None}, "s", {"a": jnp.ones(2), "n": None})
     with pytest.raises(ValueError, match=r"^f: g has shape \(2,\) but s has shape \(\)"):
         check("f", "g", jnp.ones(2), "s", jnp.ones(()))
@@ -353,13 +354,13 @@ def test_check_integer_helper_for_row_ids(value, error, pattern):
     """The helper that row-id arguments (sparse_adagrad's pad_id) are to use:
     pad_id=jnp.array(1.7) treated id 1 as padding in v0.1."""
     with pytest.raises(error, match=pattern):
-        _validation.check_integer("f", "pad_id", value, low=0, high=10)
+        checks.check_integer("f", "pad_id", value, low=0, high=10)
 
 
 def test_check_integer_accepts_and_returns_integers():
-    assert _validation.check_integer("f", "i", np.int64(3), low=0) == 3
-    assert _validation.check_integer("f", "i", jnp.array(7, jnp.int32)) == 7
-    assert jax.jit(lambda i: _validation.check_integer("f", "i", i) is None)(1)
+    assert checks.check_integer("f", "i", np.int64(3), low=0) == 3
+    assert checks.check_integer("f", "i", jnp.array(7, jnp.int32)) == 7
+    assert jax.jit(lambda i: checks.check_integer("f", "i", i) is None)(1)
 
 
 # --- 5. values that pass validation but can never work ----------------------------

@@ -1,4 +1,4 @@
-"""Tests of the row-sparse path: adagrad_jax._rows.
+"""Tests of the row-sparse path: adagrad_jax._src.tables.
 
 Sources of expected values, named in each test:
 - "dense Adagrad": adagrad_jax.adagrad fed the equivalent dense gradient (the
@@ -251,7 +251,7 @@ def _dedup_reference(ids, num_rows):
 def test_dedup_matches_numpy_reference(table_bits):
     # Source: NumPy reference (_dedup_reference). table_bits=1 and 3 force 2 and
     # 8 buckets, so ids collide in every round and the loop runs many rounds.
-    from adagrad_jax._rows._ids import _dedup
+    from adagrad_jax._src.tables.ids import dedup as _dedup
 
     rng = np.random.default_rng(11)
     num_rows = 1000

@@ -9,8 +9,8 @@ leaves); in whole training steps of matmul models it loses to
 `adagrad_jax.adagrad` (README, Performance).
 """
 
-from adagrad_jax._packed import PackedAdagrad as PackedAdagrad
-from adagrad_jax._packed import PackedAdagradState as PackedAdagradState
-from adagrad_jax._packed import packed_adagrad as packed_adagrad
+from adagrad_jax._src.diagonal.packed import PackedAdagrad as PackedAdagrad
+from adagrad_jax._src.diagonal.packed import PackedAdagradState as PackedAdagradState
+from adagrad_jax._src.diagonal.packed import packed_adagrad as packed_adagrad
 
 __all__ = ["PackedAdagrad", "PackedAdagradState", "packed_adagrad"]

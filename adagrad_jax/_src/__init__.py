@@ -1,0 +1,1 @@
+"""The implementation of adagrad_jax, in layers; ARCHITECTURE.md at the repository root draws them."""

@@ -1,0 +1,1 @@
+"""Beyond the diagonal: full-matrix Adagrad, Shampoo and AdaGrad-Norm, and their shared preconditioner machinery."""

@@ -1,0 +1,1 @@
+"""Presets with other libraries' names, defaults and numbers."""

@@ -1,0 +1,1 @@
+"""The regularized members: proximal Adagrad, Adagrad dual averaging and FTRL."""

@@ -1,0 +1,140 @@
+"""Applying and transforming row-sparse updates: `apply_updates`, `on_row_values`."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adagrad_jax._src.core import placement, trees
+from adagrad_jax._src.tables.ids import as_int32_ids, check_row_count, clean_ids
+from adagrad_jax._src.tables.row_sparse import (
+    RowSparse,
+    check_row_sparse,
+    is_row_sparse,
+    path_name,
+    values_view,
+)
+
+
+def on_row_values(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Runs a stateless optax transform on the values of `RowSparse` updates.
+
+    ``inner`` sees the updates with each `RowSparse` replaced by its values
+    (shape (k, ...)); the row ids are put back afterwards. Dense leaves pass to
+    ``inner`` unchanged. Use it for transforms that act element by element or
+    on the whole update and keep no per-coordinate state: ``optax.scale``,
+    ``optax.scale_by_learning_rate`` (constant or schedule),
+    ``optax.scale_by_schedule``, ``optax.clip``. (A global norm over a
+    row-sparse gradient counts duplicate ids separately: deduplicate first,
+    e.g. place ``optax.clip_by_global_norm`` after `scale_by_sparse_adagrad`.)
+
+    Args:
+      inner: an `optax.GradientTransformation` whose state holds scalars only.
+
+    Returns:
+      An `optax.GradientTransformation` with ``inner``'s state.
+
+    Raises:
+      ValueError: at ``init`` if ``inner``'s state holds an array of rank >= 1
+        (such state would be indexed by table row, while the values it would
+        meet are indexed by touched row).
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> import adagrad_jax
+      >>> tx = adagrad_jax.on_row_values(optax.scale(-0.5))
+      >>> g = adagrad_jax.RowSparse(jnp.array([7]), jnp.array([[2.0, 4.0]]))
+      >>> u, _ = tx.update(g, tx.init(None))
+      >>> u.indices, u.values
+      (Array([7], dtype=int32), Array([[-1., -2.]], dtype=float32))
+    """
+
+    def init_fn(params):
+        shapes = jax.eval_shape(inner.init, params)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
+            if getattr(leaf, "ndim", 0) >= 1:
+                raise ValueError(
+                    f"on_row_values(inner): inner keeps per-coordinate state"
+                    f" (state{jax.tree_util.keystr(path)} has shape {leaf.shape});"
+                    " only transforms with scalar state (scale,"
+                    " scale_by_learning_rate, scale_by_schedule, clip) can run on"
+                    " row values."
+                )
+        return inner.init(params)
+
+    def update_fn(updates, state, params=None):
+        new_values, state = inner.update(values_view(updates), state, params)
+        updates = jax.tree.map(
+            lambda u, v: RowSparse(u.indices, v) if is_row_sparse(u) else v,
+            updates,
+            new_values,
+            is_leaf=is_row_sparse,
+        )
+        return updates, state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def apply_updates(params: optax.Params, updates: optax.Updates) -> optax.Params:
+    """`optax.apply_updates` that also scatters `RowSparse` updates into tables.
+
+    A dense leaf becomes ``(p + u).astype(p.dtype)``, as in optax. A RowSparse
+    update adds ``values[i]`` to row ``indices[i]`` of its table (duplicates
+    add up; the values are cast to the table's dtype); negative ids and ids
+    >= the table's row count are dropped. Under ``jax.jit(step,
+    donate_argnums=...)`` with the parameters donated, XLA writes the rows into
+    the donated table in place, so no table-sized buffer is allocated.
+
+    Args:
+      params: a tree of parameters.
+      updates: a tree of the same structure, with a `RowSparse` or an array
+        where a parameter is an array.
+
+    Returns:
+      The updated parameters, with the structure, shapes and dtypes of `params`.
+
+    Raises:
+      ValueError: if the trees differ (naming the first differing path) or a
+        RowSparse's rows do not match its table.
+      TypeError: if a RowSparse's indices are not integers.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import adagrad_jax
+      >>> params = {"table": jnp.zeros((3, 2)), "b": jnp.ones(2)}
+      >>> updates = {"table": adagrad_jax.RowSparse(jnp.array([2, 9]), jnp.ones((2, 2))),
+      ...            "b": jnp.array([0.5, 0.5])}
+      >>> new = adagrad_jax.apply_updates(params, updates)
+      >>> new["table"]      # id 9 is out of range: dropped
+      Array([[0., 0.],
+             [0., 0.],
+             [1., 1.]], dtype=float32)
+    """
+    fn = "apply_updates"
+    trees.check_same_structure(fn, "updates", values_view(updates), "params", params)
+
+    def leaf(path, p, u):
+        if p is None:
+            return None
+        if not is_row_sparse(u):
+            return jnp.asarray(p + u).astype(jnp.asarray(p).dtype)
+        where = path_name(path)
+        if jnp.ndim(p) < 1:
+            raise ValueError(
+                f"{fn}: {where} is a RowSparse but its parameter is a scalar;"
+                " only tables (arrays with a row axis) take row updates."
+            )
+        check_row_sparse(fn, where, u, jnp.shape(p)[1:])
+        num_rows = jnp.shape(p)[0]
+        check_row_count(fn, where, num_rows, u.indices.shape[0])
+        ids = clean_ids(as_int32_ids(u.indices), num_rows)
+        # On an Explicit mesh: a masked scatter into each row shard, in place.
+        return placement.partitioned(
+            lambda t, i, v: t.at[i].add(v.astype(t.dtype), mode="drop"),
+            (p, ids, u.values),
+            placement.spec_of(p, jnp.ndim(p)),
+            like=(p, ids, u.values),
+        )
+
+    return jax.tree_util.tree_map_with_path(leaf, params, updates, is_leaf=lambda x: x is None)

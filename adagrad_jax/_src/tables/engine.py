@@ -1,0 +1,364 @@
+"""One optimizer rule, applied to dense leaves and to the touched rows of tables.
+
+Every optimizer of the package that takes `RowSparse` gradients is written as
+a *leaf rule*::
+
+    rule(g, slots, w) -> (u, new_slots)
+
+where ``g`` is a gradient (a whole dense leaf, or the deduplicated rows of a
+table's gradient, shape (k, ...)), ``slots`` the optimizer's per-parameter
+state arrays at the same entries (accumulators, gradient sums, ...), ``w`` the
+parameter values there (None for rules that do not read them), ``u`` the
+update and ``new_slots`` the new state values (for the first
+``len(new_slots)`` slots; any further slots are read-only and are neither
+written nor scattered). A rule is elementwise along the row axis: row i of its
+outputs depends on row i of its inputs only.
+
+`map_rule` applies a rule to every leaf of a gradient tree. A dense leaf goes
+through as it is. For a `RowSparse` leaf of a table with V rows it:
+
+1. turns the ids into int32 and marks padding (negative ids, ``pad_id``) and
+   ids >= V as dead (``out_of_range="error"`` reports the first of the latter);
+2. deduplicates the live ids (`dedup`: fixed size, no sort) and sums the
+   values of each id, in the wider of the gradient's and the state's dtypes,
+   rounded once to the gradient's dtype;
+3. gathers the touched rows of every slot (and of the parameter), runs the
+   rule on them, scatters the new slot rows back and returns
+   ``RowSparse(rows, u)``, with u = 0 in the dead entries.
+
+So a step reads and writes only the touched rows: O(k * D) for k ids, in
+place under `jax.jit` with the parameters and state donated. Rows that no id
+touches keep their state and get no update ("lazy" semantics, as in
+TensorFlow's and Keras' sparse kernels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from adagrad_jax._src.core import placement, runtime, trees
+from adagrad_jax._src.core.nonfinite_policy import all_finite, skipping_rule
+from adagrad_jax._src.core.numerics import per_row
+from adagrad_jax._src.tables.ids import as_int32_ids, check_row_count, dedup
+from adagrad_jax._src.tables.row_sparse import (
+    RowSparse,
+    check_row_sparse,
+    is_row_sparse,
+    path_name,
+    values_view,
+)
+
+Rule = Callable[[jax.Array, tuple, Any], tuple[jax.Array, tuple]]
+
+
+def _row_sharding(p: Any) -> Any:
+    """The sharding of a row-wise accumulator for a parameter placed like `p`."""
+    sharding = getattr(p, "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        spec = tuple(sharding.spec)[:1]
+        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
+    return None
+
+
+def row_like(p: Any) -> Any:
+    """What a row-wise accumulator for `p` is shaped and placed like (``p.shape[:1]``).
+
+    A `jax.ShapeDtypeStruct` with the row part of `p`'s sharding; under
+    `jax.jit` on an Explicit mesh, an array typed with it and tied to `p`.
+    """
+    typed = placement.typed_sharding(p)
+    if isinstance(p, jax.core.Tracer) and typed is not None:
+        spec = jax.sharding.PartitionSpec(*tuple(placement.spec_of(p, p.ndim))[:1])
+        rows = jnp.zeros(
+            p.shape[:1], p.dtype, out_sharding=jax.sharding.NamedSharding(typed.mesh, spec)
+        )
+        return placement.tie_to(rows, p)
+    return jax.ShapeDtypeStruct(p.shape[:1], p.dtype, sharding=_row_sharding(p))
+
+
+def _check_placement(fn, where, state_where, p, slot, row_wise):
+    """Trace-time checks of a table's sharding on an Explicit mesh (types carry it).
+
+    The state must be sharded like its parameter (row-wise state like the
+    parameter's row axis), and a row-sharded table's rows must divide evenly
+    over the mesh axes that split them.
+    """
+    table = slot if p is None else p
+    sharding = placement.typed_sharding(table)
+    if sharding is not None and table.ndim >= 1 and sharding.spec and sharding.spec[0]:
+        axes = sharding.spec[0] if isinstance(sharding.spec[0], tuple) else (sharding.spec[0],)
+        parts = 1
+        for axis in axes:
+            parts *= sharding.mesh.shape[axis]
+        if table.shape[0] % parts:
+            raise ValueError(
+                f"{fn}: {where}'s table has {table.shape[0]} rows, sharded over mesh"
+                f" axes {axes} of {parts} devices; the rows must divide evenly. Pad the"
+                f" table to {-(-table.shape[0] // parts) * parts} rows (ids never reach"
+                " the padding rows) or replicate it."
+            )
+    if p is None:
+        return
+    expected = placement.spec_of(p, 1 if row_wise else jnp.ndim(p))
+    actual = placement.spec_of(slot, jnp.ndim(slot))
+    if (placement.typed_sharding(p) is not None or placement.typed_sharding(slot) is not None) and (
+        tuple(expected) != tuple(actual)
+    ):
+        raise ValueError(
+            f"{fn}: {state_where} is sharded {actual} but its parameter"
+            f" params{where[len('updates') :]} is sharded {expected}"
+            f"{' (row-wise: the row axis)' if row_wise else ''}; optimizer state must be"
+            " placed like its parameters. Build it with jax.jit(tx.init)(params) or"
+            " with out_shardings=adagrad_jax.state_shardings(tx, params)."
+        )
+
+
+def _live_ids(fn, where, g, num_rows, *, pad_id, out_of_range):
+    """int32 ids of `g` with padding and out-of-range ids replaced by `num_rows`.
+
+    With ``out_of_range="error"`` an id >= `num_rows` that is not padding
+    raises (`runtime.error_if`: eagerly at once, under `jax.jit` when the
+    step runs), naming the id as given (int64 and uint32 ids unclipped), its
+    position and the leaf.
+    """
+    k = g.indices.shape[0]
+    ids = as_int32_ids(g.indices)
+    padding = ids < 0
+    if pad_id is not None:
+        padding = padding | (ids == jnp.asarray(pad_id).astype(jnp.int32))
+    too_big = (ids >= num_rows) & ~padding
+    if out_of_range == "error" and k:
+        # Reductions rather than g.indices[position]: a dynamic index into ids
+        # sharded over a mesh fails to trace on Explicit meshes.
+        position = jnp.argmax(too_big).astype(jnp.int32)  # int64 under x64
+        first_bad = jnp.max(
+            jnp.where(lax.iota(jnp.int32, k) == position, g.indices, jnp.zeros((), g.indices.dtype))
+        )
+        safe_where = where.replace("{", "{{").replace("}", "}}")
+        valid = f"ids 0 to {num_rows - 1}" if num_rows else "no id is valid"
+        runtime.error_if(
+            jnp.any(too_big),
+            f"{fn}(out_of_range='error'): {safe_where} holds row id {{}} at position {{}},"
+            f" but the table has {num_rows} rows ({valid}; negative ids"
+            f"{'' if pad_id is None else ' and pad_id'} are padding). Fix the ids, or pass"
+            " out_of_range='drop' to skip such ids.",
+            first_bad,
+            position,
+        )
+    return jnp.where(padding | too_big, num_rows, ids)
+
+
+def _rows_update(fn, where, rule, g, slots, param, *, pad_id, out_of_range):
+    """Runs `rule` on the touched rows of one table; see the module docstring."""
+    num_rows = slots[0].shape[0]
+    k = g.indices.shape[0]
+    check_row_count(fn, where, num_rows, k)
+    ids = _live_ids(fn, where, g, num_rows, pad_id=pad_id, out_of_range=out_of_range)
+    if k == 0 or num_rows == 0:  # No live id: nothing to gather (a 0-row table has no rows).
+        return RowSparse(ids, jnp.zeros_like(g.values)), tuple(slots)
+
+    rows, u, new_slots = _touched_rows(rule, ids, g.values, tuple(slots), param, num_rows)
+    return RowSparse(rows, u), new_slots
+
+
+def _touched_rows(rule, ids, values, slots, param, num_rows):
+    """Dedup, gather, rule, scatter: (rows, u, new slots) for live int32 `ids`.
+
+    On an Explicit mesh the deduplication, each gather and each scatter run
+    under `placement.partitioned`: XLA's partitioner makes every device read and
+    write only the rows it owns, and only ids and their rows travel
+    (O(k * D)). Their results are placed like the ids (rows) and like the
+    state (scatters); the rule itself runs on the rows in the caller's types,
+    so hyperparameters it closes over (traced schedules) need no resharding.
+    """
+    k = ids.shape[0]
+    like = (*slots, ids, values)
+    row_spec = placement.rows_spec(ids, values.ndim)
+    # Duplicates are summed in the wider of the gradient's and the state's
+    # dtypes, then rounded once to the gradient's dtype: the row gradient a
+    # dense gradient of the same lookups would hold.
+    with jax.numpy_dtype_promotion("standard"):  # A dtype query, not a mix.
+        compute_dtype = jnp.promote_types(values.dtype, slots[0].dtype)
+
+    def dedup_and_sum(ids, values):
+        rows, slot = dedup(ids, num_rows)
+        return rows, jax.ops.segment_sum(values.astype(compute_dtype), slot, num_segments=k)
+
+    rows, summed = placement.partitioned(
+        dedup_and_sum, (ids, values), (placement.spec_of(ids, 1), row_spec), like=like
+    )
+    live = per_row(rows < num_rows, values.ndim)
+    zero = jnp.zeros((), values.dtype)
+    summed = jnp.where(live, summed.astype(values.dtype), zero)
+
+    # Dead entries read stand-in state of 1 and parameters of 0, so that no
+    # rule divides 0 by 0 there; their writes are dropped and their updates
+    # zeroed.
+    def gather(table, fill):
+        return placement.partitioned(
+            lambda t, r: t.at[r].get(mode="fill", fill_value=fill, unique_indices=True),
+            (table, rows),
+            placement.rows_spec(rows, table.ndim),
+            like=like,
+        )
+
+    def scatter(table, new_rows):
+        return placement.partitioned(
+            lambda t, r, v: t.at[r].set(v, mode="drop", unique_indices=True),
+            (table, rows, new_rows),
+            placement.spec_of(table, table.ndim),
+            like=like,
+        )
+
+    slot_rows = tuple(gather(s, 1) for s in slots)
+    w_rows = None if param is None else gather(param, 0)
+    u, new_slot_rows = rule(summed, slot_rows, w_rows)
+    new_slots = tuple(scatter(s, r) for s, r in zip(slots, new_slot_rows)) + tuple(
+        slots[len(new_slot_rows) :]
+    )
+    return rows, jnp.where(live, u, jnp.zeros((), u.dtype)), new_slots
+
+
+def _check_dense_shape(fn, where, shape, expected, what):
+    if tuple(shape) != tuple(expected):
+        raise ValueError(
+            f"{fn}: {where} has shape {tuple(shape)} but {what} has shape"
+            f" {tuple(expected)}. Pass a gradient of the parameter's shape (or a"
+            " RowSparse of its rows, for a table)."
+        )
+
+
+def map_rule(
+    fn: str,
+    rule: Rule,
+    updates: Any,
+    slots: Sequence[Any],
+    params: Any = None,
+    *,
+    read_params: bool = False,
+    row_wise: bool = False,
+    pad_id: Any = None,
+    out_of_range: str = "drop",
+    nonfinite: str = "propagate",
+    state_name: str = "state",
+) -> tuple[Any, tuple]:
+    """Applies `rule` to every leaf of `updates`; returns (updates, new slot trees).
+
+    Args:
+      fn: the public function's name, for error messages.
+      rule: ``rule(g, slots, w) -> (u, new_slots)`` (module docstring).
+      updates: a tree of gradients: arrays, `RowSparse` at tables, or None.
+      slots: trees with the structure of the parameters (the optimizer's
+        per-parameter state); the first one fixes each leaf's expected shape.
+      params: the parameters, or None.
+      read_params: whether `rule` reads ``w``; if so, `params` is required.
+      row_wise: whether the slots hold one entry per row (shape ``p.shape[:1]``)
+        instead of one per coordinate.
+      pad_id, out_of_range: the id rules of `RowSparse` leaves.
+      nonfinite: "propagate" (the rule as written), "skip_coordinate" or
+        "skip_step" (`skipping_rule`): the one place where the diagonal family
+        handles NaN and inf gradients. "propagate" adds no operation.
+      state_name: how messages name the first slot tree.
+
+    Raises:
+      ValueError: for trees that differ from the state's, gradients whose shape
+        differs from their parameter's, RowSparse rows that do not fit their
+        table, or `params` missing when the rule reads them (each naming the
+        path).
+    """
+    trees.check_same_structure(fn, "updates", values_view(updates), state_name, slots[0])
+    trees.check_inexact_leaves(
+        fn,
+        "updates",
+        updates,
+        is_leaf=is_row_sparse,
+        dtype_of=lambda x: x.values.dtype if is_row_sparse(x) else trees.leaf_dtype(x),
+    )
+    if read_params and params is None:
+        raise ValueError(
+            f"{fn}: update(updates, state, params) needs params: this rule reads the"
+            " current parameter values. Pass them as the third argument (as"
+            " optax.adamw needs them)."
+        )
+    if row_wise and params is None:
+        raise ValueError(
+            f"{fn}(row_wise=True): update(updates, state, params) needs params: the"
+            " row-wise state keeps one number per row and does not record the width of"
+            " the rows, so the gradients' row shapes are checked against params (before"
+            " any state changes). Pass params as the third argument."
+        )
+    if nonfinite == "propagate":
+        rule_fn = rule
+    else:
+        step_ok = all_finite(updates) if nonfinite == "skip_step" else None
+        rule_fn = skipping_rule(rule, nonfinite, row_wise, step_ok)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_row_sparse)
+    slot_leaves = [treedef.flatten_up_to(tree) for tree in slots]  # type: ignore[attr-defined]
+    if params is not None:
+        trees.check_same_structure(fn, "params", params, state_name, slots[0])
+        param_leaves = treedef.flatten_up_to(params)  # type: ignore[attr-defined]
+    else:
+        param_leaves = [None] * len(leaves)
+
+    new_updates: list[Any] = []
+    new_slots: list[list[Any]] = [[] for _ in slots]
+    for i, ((path, g), p) in enumerate(zip(leaves, param_leaves)):
+        where = path_name(path)
+        state_where = state_name + jax.tree_util.keystr(path)
+        leaf_slots = tuple(s[i] for s in slot_leaves)
+        first = leaf_slots[0]
+        w = p if read_params else None
+        if is_row_sparse(g):
+            if first.ndim < 1:
+                raise ValueError(
+                    f"{fn}: {where} is a RowSparse but its parameter is a scalar;"
+                    " only tables (arrays with a row axis) take row gradients."
+                )
+            if p is not None:
+                _check_dense_shape(
+                    fn,
+                    f"params{jax.tree_util.keystr(path)}",
+                    jnp.shape(p)[:1] if row_wise else jnp.shape(p),
+                    first.shape,
+                    state_where,
+                )
+            _check_placement(fn, where, state_where, p, first, row_wise)
+            row_shape = (None if p is None else jnp.shape(p)[1:]) if row_wise else first.shape[1:]
+            check_row_sparse(fn, where, g, row_shape)
+            u, leaf_slots = _rows_update(
+                fn, where, rule_fn, g, leaf_slots, w, pad_id=pad_id, out_of_range=out_of_range
+            )
+        else:
+            if not hasattr(g, "shape") or not hasattr(g, "dtype"):
+                g = jnp.asarray(g)  # A Python float: float32 (integers were refused above).
+            if row_wise:
+                _check_dense_shape(
+                    fn, where, g.shape, jnp.shape(p), f"params{jax.tree_util.keystr(path)}"
+                )
+                _check_dense_shape(
+                    fn,
+                    f"{where}'s row count",
+                    jnp.shape(g)[:1],
+                    first.shape,
+                    f"the row-wise {state_where}",
+                )
+            else:
+                _check_dense_shape(fn, where, g.shape, first.shape, state_where)
+            if w is not None:
+                _check_dense_shape(
+                    fn, f"params{jax.tree_util.keystr(path)}", jnp.shape(w), g.shape, where
+                )
+            u, new_leaf_slots = rule_fn(g, leaf_slots, w)
+            leaf_slots = tuple(new_leaf_slots) + leaf_slots[len(new_leaf_slots) :]
+        new_updates.append(u)
+        for acc, s in zip(new_slots, leaf_slots):
+            acc.append(s)
+    return (
+        jax.tree.unflatten(treedef, new_updates),
+        tuple(jax.tree.unflatten(treedef, s) for s in new_slots),
+    )
