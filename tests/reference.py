@@ -1,9 +1,9 @@
 """Independent NumPy float64 references, written straight from documented rules.
 
 Nothing here imports adagrad_jax: each function transcribes one formula.
-  * `adagrad_step`: DESIGN.md section 1 (the rule this package documents).
+  * `adagrad_step`: ARCHITECTURE.md, rule 1 (the rule this package documents).
   * `torch_step`, `keras3_step`, `legacy_keras_step`, `tf1_step`,
-    `optax_step`: each peer's documented update (DESIGN.md section 2).
+    `optax_step`: each peer's documented update (ARCHITECTURE.md, rule 2).
 Arrays are float64 (complex128 for complex); `t` counts steps from 1.
 
 The conformance suite drives every rule through a `Reference`: a rule over the
@@ -69,7 +69,7 @@ def abs_sq(g):
 
 
 def adagrad_step(w, g, acc, t, *, lr, eps=1e-8, eps_root=0.0, weight_decay=0.0):
-    """One step of DESIGN.md section 1; lr may be a function of count = t - 1."""
+    """One step of ARCHITECTURE.md, rule 1; lr may be a function of count = t - 1."""
     lr_t = lr(t - 1) if callable(lr) else lr
     g = g + weight_decay * w
     acc = acc + abs_sq(g)

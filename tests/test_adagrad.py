@@ -1,4 +1,4 @@
-"""The rule of DESIGN.md section 1, checked by hand and against NumPy.
+"""The rule of ARCHITECTURE.md, rule 1, checked by hand and against NumPy.
 
 Hand computations are written next to each assertion; property tests compare
 random shapes, hyperparameters and step counts with `tests/reference.py`.
@@ -59,7 +59,7 @@ def test_initial_accumulator_value_by_hand():
 
 
 def test_eps_root_equals_a_larger_start():
-    """DESIGN.md: adding eps_root inside is the same as starting tau higher."""
+    """ARCHITECTURE.md, rule 1: adding eps_root inside is the same as starting tau higher."""
     g = jnp.array([0.3, -1.2, 2.0])
     a, _ = one_update(adagrad_jax.scale_by_adagrad(0.5, 0.0, eps_root=0.25), g, steps=3)
     b, _ = one_update(adagrad_jax.scale_by_adagrad(0.75, 0.0), g, steps=3)
@@ -119,7 +119,7 @@ def test_complex_parameters_accumulate_abs_squared():
     assert u.dtype == jnp.complex64
 
 
-# --- low precision (DESIGN.md section 3) --------------------------------------
+# --- low precision (ARCHITECTURE.md, rule 3) --------------------------------------
 
 def test_bfloat16_accumulates_past_256():
     """1000 steps of g = 1 accumulate 1000 + tau; a bfloat16 sum would stop at 256."""
@@ -219,7 +219,7 @@ hyper = st.fixed_dictionaries({
 @hypothesis.given(shape=shapes, hp=hyper, num_steps=st.integers(1, 6),
                   seed=st.integers(0, 2**16), sparse=st.booleans())
 def test_matches_reference_property(shape, hp, num_steps, seed, sparse):
-    """float64 trajectories equal the NumPy reference of DESIGN.md section 1."""
+    """float64 trajectories equal the NumPy reference of ARCHITECTURE.md, rule 1."""
     rng = np.random.default_rng(seed)
     w0 = rng.normal(size=shape)
     grads = [rng.normal(size=shape) * (rng.random(size=shape) < 0.5 if sparse else 1)

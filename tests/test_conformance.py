@@ -1,6 +1,6 @@
 """The conformance suite: what every optimizer in `specs.SPECS` must do.
 
-DESIGN.md section 6 lists the contract; each test below checks one clause for
+ARCHITECTURE.md, rule 6 lists the contract; each test below checks one clause for
 every spec. Numbers are compared against the NumPy references in
 `tests/reference.py` (float64 transcriptions of the documented rules).
 """

@@ -61,7 +61,7 @@ SUBNORMAL_FLOAT32 = {
 def test_zero_gradient_with_subnormal_constants_is_exactly_zero(make, jit):
     """1e-40 and 6.9e-39 are subnormal in float32 (smallest normal 1.18e-38):
     positive in NumPy, but XLA flushes them to 0, so the denominator is 0 and
-    only the zero guard keeps 0 / 0 from giving NaN (DESIGN.md section 1)."""
+    only the zero guard keeps 0 / 0 from giving NaN (ARCHITECTURE.md, rule 1)."""
     tx = make()
     update = jax.jit(tx.update) if jit else tx.update
     w = jnp.zeros(2)

@@ -1,4 +1,4 @@
-"""Parity with other libraries (DESIGN.md section 2), step for step.
+"""Parity with other libraries (ARCHITECTURE.md, rule 2), step for step.
 
 Each preset is compared with a NumPy transcription of the peer's documented
 rule (tests/reference.py) on cases that tell the epsilon placements apart

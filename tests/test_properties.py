@@ -157,7 +157,7 @@ def _row_optimizer(row_wise: bool):
 @SETTINGS
 @given(row_problem())
 def test_row_sparse_equals_dense(problem):
-    """Source: DESIGN.md section 4: for plain Adagrad a zero gradient row changes
+    """Source: ARCHITECTURE.md, rule 4: for plain Adagrad a zero gradient row changes
     nothing, so the row path (dedup, gather, rule, scatter) gives the dense result.
     The dense gradient sums duplicates as the row path does (float32, rounded once
     to the gradient's dtype). State entries below float32's smallest normal number

@@ -1,4 +1,4 @@
-"""Sharded parameters on a simulated 8-device CPU mesh (DESIGN.md section 6).
+"""Sharded parameters on a simulated 8-device CPU mesh (ARCHITECTURE.md, rule 6).
 
 The device count must be set before JAX starts, so the check runs in a fresh
 interpreter with XLA_FLAGS=--xla_force_host_platform_device_count=8.
