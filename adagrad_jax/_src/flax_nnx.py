@@ -1,22 +1,36 @@
-"""Flax NNX support (`adagrad_jax.nnx`): row-sparse tables in an NNX training step."""
+"""Flax NNX support (`adagrad_jax.nnx`): row-sparse tables in an NNX training step.
+
+How the pieces fit, without globals and without copying Flax's code:
+
+- `value_and_row_grad` differentiates a copy of the model that it builds with
+  ``nnx.split``/``nnx.merge`` inside its own trace. It gives each `Embed` of that
+  copy a `_Lookups` recorder (the ``_row_lookups`` attribute; the class default
+  is None), calls the loss, and reads the recorded ids and row gradients back.
+  The caller's model never carries a recorder, so `Embed` reads only itself.
+- `Optimizer` is `flax.nnx.Optimizer` with Flax's ``update`` (and its checks)
+  unchanged; its ``__init__`` only wraps ``tx``, so that each `RowSparse`
+  update comes out as a `_RowsToAdd`. Flax's ``update`` applies updates with
+  ``optax.apply_updates``, i.e. ``param + update``; a table hands ``+`` to
+  ``_RowsToAdd.__radd__``, which writes the rows (`adagrad_jax.apply_updates`).
+- `Embed` looks up a zero row for ids >= ``num_embeddings`` (Flax's gives NaN),
+  as `adagrad_jax.value_and_row_grad` does; the optimizer's ``out_of_range``
+  then drops such ids or reports them.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from flax.nnx import filterlib
 
 from adagrad_jax._src.tables.apply import apply_updates
 from adagrad_jax._src.tables.ids import as_int32_ids
-from adagrad_jax._src.tables.row_sparse import RowSparse
-
-_ACTIVE = threading.local()  # id(Embed) -> _Lookups while value_and_row_grad traces.
+from adagrad_jax._src.tables.row_sparse import RowSparse, is_row_sparse
 
 
 class _Lookups:
@@ -43,33 +57,29 @@ class _Lookups:
         return rows + self.deltas[position]
 
 
-@contextlib.contextmanager
-def _recording(lookups: dict[int, _Lookups]) -> Iterator[None]:
-    previous = getattr(_ACTIVE, "lookups", None)
-    _ACTIVE.lookups = lookups
-    try:
-        yield
-    finally:
-        _ACTIVE.lookups = previous
-
-
 class Embed(nnx.Embed):
     """`flax.nnx.Embed` whose table `value_and_row_grad` trains by rows.
 
     Construction, parameters (the ``embedding`` `flax.nnx.Param`, shape
-    ``(num_embeddings, features)``), checkpoints and every output are those of
-    `flax.nnx.Embed`: swap the class and nothing else changes. The difference
-    shows only under `adagrad_jax.nnx.value_and_row_grad`, which gives this
-    table a `RowSparse` gradient holding one row per looked-up id (duplicates
-    are summed by the optimizer), and no ``(num_embeddings, features)``
-    gradient is built. Elsewhere (``nnx.grad``, ``jax.grad``) it behaves
-    exactly like `flax.nnx.Embed`.
+    ``(num_embeddings, features)``), checkpoints and every output for ids
+    below ``num_embeddings`` are those of `flax.nnx.Embed`: swap the class
+    and nothing else changes. The difference shows under
+    `adagrad_jax.nnx.value_and_row_grad`, which gives this table a
+    `RowSparse` gradient holding one row per looked-up id (duplicates are
+    summed by the optimizer), and no ``(num_embeddings, features)`` gradient
+    is built. Elsewhere (``nnx.grad``, ``jax.grad``) it behaves like
+    `flax.nnx.Embed`.
 
-    Ids are looked up as `flax.nnx.Embed` looks them up (``jnp.take``). Mask
-    padding positions in the loss; the optimizer's ``pad_id`` (and negative
-    ids) then leave those rows untouched. ``attend`` (tied output embeddings)
-    uses the whole table and is refused under `value_and_row_grad`: train a
-    tied table densely.
+    An id >= ``num_embeddings`` looks up a zero row, as in
+    `adagrad_jax.value_and_row_grad` (`flax.nnx.Embed` gives a NaN row,
+    which turns the loss and then every parameter into NaN). Its gradient
+    keeps the id, so the optimizer skips it (``out_of_range="drop"``, the
+    default) or raises naming it (``out_of_range="error"``). Other ids are
+    looked up as `flax.nnx.Embed` looks them up (``jnp.take``; a negative id
+    counts from the end). Mask padding positions in the loss; the optimizer's
+    ``pad_id`` (and negative ids) then leave those rows untouched.
+    ``attend`` (tied output embeddings) uses the whole table and is refused
+    under `value_and_row_grad`: train a tied table densely.
 
     Example:
       >>> import jax.numpy as jnp
@@ -78,24 +88,29 @@ class Embed(nnx.Embed):
       >>> embed = adagrad_jax.nnx.Embed(10, 4, rngs=nnx.Rngs(0))
       >>> embed(jnp.array([[1, 2], [3, 1]])).shape
       (2, 2, 4)
+      >>> embed(jnp.array([10]))   # out of range: a zero row
+      Array([[0., 0., 0., 0.]], dtype=float32)
     """
 
-    def __call__(self, inputs: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
-        rows = super().__call__(inputs, *args, **kwargs)
-        lookups = getattr(_ACTIVE, "lookups", None)
-        if lookups is None or id(self) not in lookups:
-            return rows
-        return lookups[id(self)](inputs, rows)
+    # Set only on the copy of the model that value_and_row_grad differentiates.
+    _row_lookups: _Lookups | None = None
 
-    def attend(self, query: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
-        lookups = getattr(_ACTIVE, "lookups", None)
-        if lookups is not None and id(self) in lookups:
+    def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
+        rows = super().__call__(inputs, out_sharding=out_sharding)
+        out_of_range = as_int32_ids(inputs) >= self.num_embeddings
+        rows = jnp.where(out_of_range[..., None], jnp.zeros((), rows.dtype), rows)
+        if self._row_lookups is None:
+            return rows
+        return self._row_lookups(inputs, rows)
+
+    def attend(self, query: jax.Array, out_sharding: Any = None) -> jax.Array:
+        if self._row_lookups is not None:
             raise ValueError(
                 "adagrad_jax.nnx.value_and_row_grad: Embed.attend uses every row of the table,"
                 " so it has no row-sparse gradient. Train a tied embedding densely"
                 " (flax.nnx.Embed with nnx.value_and_grad)."
             )
-        return super().attend(query, *args, **kwargs)
+        return super().attend(query, out_sharding=out_sharding)
 
 
 def _embeds(model: Any) -> list[tuple[tuple[Any, ...], Embed]]:
@@ -169,16 +184,16 @@ def value_and_row_grad(
         graphdef, tables, params, rest = nnx.split(model, is_table, nnx.Param, ...)  # type: ignore[misc]
 
         def run(deltas, params, tables, rest):
-            m = nnx.merge(graphdef, tables, params, rest)
+            m = nnx.merge(graphdef, tables, params, rest)  # a copy, private to this trace
             embeds = [e for _, e in _embeds(m)]
-            lookups = {
-                id(e): _Lookups(None if deltas is None else deltas[i]) for i, e in enumerate(embeds)
-            }
-            with _recording(lookups):
-                out = fun(m, *args, **kwargs)
+            recorded = [_Lookups(None if deltas is None else deltas[i]) for i in range(len(embeds))]
+            for embed, lookups in zip(embeds, recorded):
+                embed._row_lookups = lookups
+            out = fun(m, *args, **kwargs)
+            for embed in embeds:
+                embed._row_lookups = None
             loss, aux = out if has_aux else (out, None)
             new_rest = nnx.split(m, is_table, nnx.Param, ...)[3]
-            recorded = [lookups[id(e)] for e in embeds]
             return loss, (aux, [r.ids for r in recorded], [r.outputs for r in recorded], new_rest)
 
         shapes = jax.eval_shape(lambda p, t, r: run(None, p, t, r)[1][2], params, tables, rest)
@@ -212,16 +227,51 @@ def value_and_row_grad(
     return wrapped
 
 
+@jax.tree_util.register_pytree_with_keys_class
+class _RowsToAdd(RowSparse):
+    """A `RowSparse` update that ``table + update`` writes into its table.
+
+    `flax.nnx.Optimizer.update` applies updates with ``optax.apply_updates``,
+    which computes ``param + update`` for each parameter. A JAX array hands
+    ``+`` with an operand it does not know to that operand's ``__radd__``,
+    which here adds the rows to the table (`adagrad_jax.apply_updates`: only
+    the touched rows are written; negative ids and ids >= the row count are
+    dropped). Every other arithmetic stays refused, as on `RowSparse`.
+    """
+
+    def __radd__(self, table: Any) -> Any:
+        return apply_updates(table, self)
+
+
+def _as_rows_to_add(update: Any) -> Any:
+    return _RowsToAdd(update.indices, update.values) if is_row_sparse(update) else update
+
+
+def _rows_added_by_flax(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """``tx`` with each `RowSparse` update returned as a `_RowsToAdd` (same init and state)."""
+    init, update = tx.init, tx.update
+
+    def update_fn(updates, state, params=None, **extra_args):
+        updates, state = update(updates, state, params, **extra_args)
+        return jax.tree.map(_as_rows_to_add, updates, is_leaf=is_row_sparse), state
+
+    return optax.GradientTransformationExtraArgs(init, update_fn)
+
+
 class Optimizer(nnx.Optimizer):
     """`flax.nnx.Optimizer` that applies `RowSparse` updates to their tables.
 
-    Same constructor and state as `flax.nnx.Optimizer` (``Optimizer(model, tx,
-    wrt=nnx.Param)``); `update` differs only in applying the updates with
-    `adagrad_jax.apply_updates` instead of `optax.apply_updates`, so
-    gradients from `adagrad_jax.nnx.value_and_row_grad` (a `RowSparse` per
-    table, arrays elsewhere) train the tables by rows: only the touched rows of
-    a table and of its optimizer state are written. Dense gradients (from
-    `nnx.grad`) give exactly what `flax.nnx.Optimizer` gives.
+    Same constructor, checks, state and ``update`` as `flax.nnx.Optimizer`
+    (``Optimizer(model, tx, wrt=nnx.Param)``, then ``update(model, grads)``):
+    Flax's own code runs. Only the application of a `RowSparse` update
+    differs: it adds its rows to the table as `adagrad_jax.apply_updates`
+    does (only the touched rows of a table and of its optimizer state are
+    written), so gradients from `adagrad_jax.nnx.value_and_row_grad` (a
+    `RowSparse` per table, arrays elsewhere) train the tables by rows. Dense
+    gradients (from `nnx.grad`) give exactly what `flax.nnx.Optimizer` gives.
+    ``optimizer.tx`` is ``tx`` wrapped to mark its `RowSparse` updates for
+    this (same ``init`` and state); ``update`` returns the applied updates,
+    a `RowSparse` at each table.
 
     Example:
       >>> import jax.numpy as jnp
@@ -239,26 +289,12 @@ class Optimizer(nnx.Optimizer):
       Array([5, 6], dtype=int32)
     """
 
-    def update(self, model: Any, grads: Any, /, **kwargs: Any) -> optax.Updates:
-        """Updates the optimizer state and the model's parameters from ``grads``.
-
-        Args:
-          model: the NNX model whose ``wrt`` parameters are trained.
-          grads: gradients shaped like ``nnx.state(model, wrt)``: from
-            `adagrad_jax.nnx.value_and_row_grad` (`RowSparse` at tables) or
-            from `nnx.grad`.
-          **kwargs: passed on to ``tx.update``, as in `flax.nnx.Optimizer`.
-
-        Returns:
-          The updates that were applied (`RowSparse` at tables).
-        """
-        param_arrays = nnx.as_pure(nnx.state(model, self.wrt, graph=self.graph))
-        grad_arrays = nnx.as_pure(nnx.state(grads, self.wrt, graph=self.graph))
-        opt_state_arrays = nnx.as_pure(self.opt_state)
-        updates, new_opt_state = self.tx.update(
-            grad_arrays, opt_state_arrays, param_arrays, **nnx.as_pure(kwargs)
-        )
-        nnx.update(model, apply_updates(param_arrays, updates))
-        nnx.update(self.opt_state, nnx.state(new_opt_state, graph=self.graph))
-        self.step[...] += 1
-        return updates
+    def __init__(
+        self,
+        model: Any,
+        tx: optax.GradientTransformation,
+        *,
+        wrt: filterlib.Filter,
+        graph: bool | None = None,
+    ):
+        super().__init__(model, _rows_added_by_flax(tx), wrt=wrt, graph=graph)
