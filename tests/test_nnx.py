@@ -178,8 +178,23 @@ def test_a_loss_that_splits_and_merges_the_model_still_gets_row_gradients():
 def test_embed_outside_value_and_row_grad_is_flaxs_embed():
     ours = adagrad_jax.nnx.Embed(VOCAB, DIM, rngs=nnx.Rngs(0))
     flaxs = nnx.Embed(VOCAB, DIM, rngs=nnx.Rngs(0))
-    ids = jnp.array([[0, 11, -1], [3, 3, 5]])  # a negative id counts from the end in both
+    ids = jnp.array([[0, 11, 4], [3, 3, 5]])  # ids in range: the same rows
     assert jnp.array_equal(ours(ids), flaxs(ids))
+
+
+def test_embed_negative_id_is_padding_like_the_functional_path():
+    # Source: the package's id rule (ARCHITECTURE.md, rule 4): a negative id is
+    # padding. adagrad_jax.value_and_row_grad looks up a zero row for it, so Embed
+    # does too (flax.nnx.Embed would read the last row).
+    ours = adagrad_jax.nnx.Embed(VOCAB, DIM, rngs=nnx.Rngs(0))
+    out = ours(jnp.array([2, -1, -VOCAB]))
+    assert jnp.array_equal(out[1:], jnp.zeros((2, DIM), out.dtype))
+    assert jnp.array_equal(out[0], ours.embedding[...][2])
+    ids = jnp.array([2, -1, -VOCAB])
+    (_, functional_rows), _ = adagrad_jax.value_and_row_grad(
+        lambda r: (jnp.sum(r["t"]), r["t"]), has_aux=True
+    )({"t": ours.embedding[...]}, {"t": ids})
+    assert jnp.array_equal(ours(ids), functional_rows)
 
 
 # --- 3. an id equal to the vocabulary size ----------------------------------------------------

@@ -74,10 +74,11 @@ class Embed(nnx.Embed):
     `adagrad_jax.value_and_row_grad` (`flax.nnx.Embed` gives a NaN row,
     which turns the loss and then every parameter into NaN). Its gradient
     keeps the id, so the optimizer skips it (``out_of_range="drop"``, the
-    default) or raises naming it (``out_of_range="error"``). Other ids are
-    looked up as `flax.nnx.Embed` looks them up (``jnp.take``; a negative id
-    counts from the end). Mask padding positions in the loss; the optimizer's
-    ``pad_id`` (and negative ids) then leave those rows untouched.
+    default) or raises naming it (``out_of_range="error"``). A negative id
+    is padding, as everywhere in this package: it looks up a zero row (where
+    `flax.nnx.Embed` would count from the end of the table) and the
+    optimizer leaves every row untouched for it; so does the optimizer's
+    ``pad_id``, whose positions should be masked in the loss.
     ``attend`` (tied output embeddings) uses the whole table and is refused
     under `value_and_row_grad`: train a tied table densely.
 
@@ -88,8 +89,9 @@ class Embed(nnx.Embed):
       >>> embed = adagrad_jax.nnx.Embed(10, 4, rngs=nnx.Rngs(0))
       >>> embed(jnp.array([[1, 2], [3, 1]])).shape
       (2, 2, 4)
-      >>> embed(jnp.array([10]))   # out of range: a zero row
-      Array([[0., 0., 0., 0.]], dtype=float32)
+      >>> embed(jnp.array([10, -1]))   # out of range and padding: zero rows
+      Array([[0., 0., 0., 0.],
+             [0., 0., 0., 0.]], dtype=float32)
     """
 
     # Set only on the copy of the model that value_and_row_grad differentiates.
@@ -97,8 +99,9 @@ class Embed(nnx.Embed):
 
     def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
         rows = super().__call__(inputs, out_sharding=out_sharding)
-        out_of_range = as_int32_ids(inputs) >= self.num_embeddings
-        rows = jnp.where(out_of_range[..., None], jnp.zeros((), rows.dtype), rows)
+        ids = as_int32_ids(inputs)
+        no_row = (ids < 0) | (ids >= self.num_embeddings)
+        rows = jnp.where(no_row[..., None], jnp.zeros((), rows.dtype), rows)
         if self._row_lookups is None:
             return rows
         return self._row_lookups(inputs, rows)
