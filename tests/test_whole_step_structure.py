@@ -4,8 +4,9 @@ Each test reads the compiled program, XLA's memory analysis or a trace count:
 the steps of `benchmarks/whole_step.py` compile once, update the donated
 parameters and optimizer state in place, and the recommendation model's step
 never builds a table-sized buffer. Also: `packed_adagrad` lives in
-`adagrad_jax.experimental` and refuses, when they are built, the places that
-need a GradientTransformation (nnx.Optimizer, optax.chain and other wrappers).
+`adagrad_jax.experimental`, and the places that need a GradientTransformation
+(nnx.Optimizer, optax.chain and other wrappers) raise a TypeError pointing to
+`adagrad_jax.adagrad` at their first update.
 """
 
 from __future__ import annotations
@@ -161,23 +162,44 @@ def test_packed_adagrad_lives_in_experimental_and_the_old_name_still_imports():
     assert "packed_adagrad" in experimental.__all__
 
 
-def test_nnx_optimizer_refuses_packed_adagrad_when_built():
+# The message every misuse meets: it names packed_adagrad and the fix.
+NOT_A_TRANSFORMATION = (r"packed_adagrad\(\.\.\.\) has no update\(updates, state, params\).*"
+                        r"Use adagrad_jax\.adagrad\(\.\.\.\) there")
+
+
+def test_nnx_optimizer_refuses_packed_adagrad_at_its_first_update():
+    """nnx.Optimizer reads and calls only `init` when it is built (as user code does,
+    so it cannot be told apart without inspecting the caller's frame); its first
+    update reads `tx.update`, which raises."""
     nnx = pytest.importorskip("flax.nnx")
     model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
-    with pytest.raises(TypeError, match=r"packed_adagrad\(\.\.\.\) was given to flax's"
-                                        r" nnx\.Optimizer.*Use adagrad_jax\.adagrad"):
-        nnx.Optimizer(model, experimental.packed_adagrad(0.1), wrt=nnx.Param)
+    opt = nnx.Optimizer(model, experimental.packed_adagrad(0.1), wrt=nnx.Param)
+    grads = nnx.grad(lambda m: jnp.sum(m(jnp.ones((1, 2)))))(model)
+    with pytest.raises(TypeError, match=NOT_A_TRANSFORMATION):
+        opt.update(model, grads)
 
 
 @pytest.mark.parametrize("wrap", [
     lambda opt: optax.chain(optax.clip(1.0), opt),
     lambda opt: optax.MultiSteps(opt, 2),
     lambda opt: optax.masked(opt, {"w": True}),
-], ids=["chain", "MultiSteps", "masked"])
-def test_optax_wrappers_refuse_packed_adagrad_when_built(wrap):
-    with pytest.raises(TypeError, match=r"was given to an optax combinator.*Use"
-                                        r" adagrad_jax\.adagrad\(\.\.\.\) there"):
-        wrap(experimental.packed_adagrad(0.1))
+    lambda opt: optax.inject_hyperparams(experimental.packed_adagrad)(learning_rate=0.1),
+], ids=["chain", "MultiSteps", "masked", "inject_hyperparams"])
+def test_optax_wrappers_refuse_packed_adagrad_at_their_first_update(wrap):
+    """optax's wrappers keep `init` and `update` through optax.with_extra_args_support,
+    which reads only `init` when they are built; their update calls `update`."""
+    tx = wrap(experimental.packed_adagrad(0.1))
+    params = {"w": jnp.array([1.0, -2.0])}
+    state = tx.init(params)
+    with pytest.raises(TypeError, match=NOT_A_TRANSFORMATION):
+        tx.update({"w": jnp.array([1.0, 1.0])}, state, params)
+
+
+def test_unpacking_packed_adagrad_as_a_transformation_fails_at_once():
+    """A GradientTransformation is an (init, update) pair; unpacking this one raises
+    where it is written, with the same message (not 'cannot unpack non-iterable')."""
+    with pytest.raises(TypeError, match=NOT_A_TRANSFORMATION):
+        _init, _update = experimental.packed_adagrad(0.1)
 
 
 def test_packed_adagrad_has_no_update_but_works_directly():

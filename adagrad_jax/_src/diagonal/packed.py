@@ -1,146 +1,49 @@
-"""The packed (multi-tensor, single-pass) Adagrad training state (experimental).
+"""`packed_adagrad` (experimental): Adagrad as a training state that owns flat buffers.
 
 Public as `adagrad_jax.experimental.packed_adagrad` (and, for 0.1 code, as
 `adagrad_jax.packed_adagrad`). It wins the optimizer step alone; whole training
 steps of models that feed their weights to matrix products lose, because those
 read the weights through strided views of the packed buffers
-(`benchmarks/whole_step.py`).
-
-`packed_adagrad` owns the parameters and the accumulators in a few flat
-buffers, one per (parameter dtype, accumulator dtype) group, so that a training
-step is one loop over memory per group instead of two loops per leaf.
-
-Why a packed layout: XLA:CPU has no multi-output fusion, so the per-leaf update
-``G += g*g; w -= lr*g/sqrt(G)`` compiles to two loops (read G, g, write G; then
-read w, G, g, write w: 28 bytes per float32 element). A loop that writes both w
-and G must produce one array, and that array can only be updated in place when
-each output element depends on the input element at the same index. A complex
-number holds two reals at one index, so the interleaved layout stores w in the
-real part and G in the imaginary part: one in-place loop, 20 bytes per element
-(read w, G and g, write w and G), the minimum. A (2, n) or concatenated layout
-also gives one loop, but reads across rows, so XLA adds a full copy after it.
-
-Gradients arrive as a tree and a group of several leaves needs them as one flat
-array. XLA:CPU does not fuse that concatenation into the update loop, so it is
-written to memory once (8 more bytes per element). Written to a fresh temporary,
-it would cost a new allocation at every step, which above 32 MiB means fresh
-pages from the kernel (glibc serves such blocks with mmap), measured at more
-than the whole update costs. So the state keeps one flat gradient buffer per multi-leaf group,
-donated and overwritten in place.
+(`benchmarks/whole_step.py`). Why the buffers are laid out as they are:
+``packed_layout.py``, which also holds the state and its views; this module
+holds the step and the object users get.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from adagrad_jax._src.core import checks, nonfinite_policy, trees
-from adagrad_jax._src.core.nonfinite_policy import all_finite
-from adagrad_jax._src.core.numerics import accumulator_dtype_for
+from adagrad_jax._src.core import checks, nonfinite_policy
 from adagrad_jax._src.diagonal.adagrad import ScaleByAdagradState, adagrad
-
-_FN = "packed_adagrad"
-
-
-@dataclasses.dataclass(frozen=True)
-class _Leaf:
-    """Where one parameter leaf lives: its group and its slice of that group."""
-
-    group: int
-    start: int
-    shape: tuple[int, ...]
-    dtype: jnp.dtype
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+from adagrad_jax._src.diagonal.packed_layout import (
+    FN,
+    PackedAdagradState,
+    as_array,
+    build_layout,
+    check_grads,
+    concat,
+    flat,
+    initial_buffers,
+    pack,
+    params_tree,
+    sum_of_squares_tree,
+    unpack,
+)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Group:
-    """Leaves that share a parameter dtype and an accumulator dtype."""
-
-    param_dtype: jnp.dtype
-    accumulator_dtype: jnp.dtype
-    size: int
-    interleaved: bool  # one complex buffer (w + iG); else two buffers (w, G)
-
-
-@dataclasses.dataclass(frozen=True)
-class PackedLayout:
-    """Static description of a packed state: hashable, so jit never retraces.
-
-    Attributes:
-      treedef: the tree structure of the parameters.
-      leaves: for each leaf (in `jax.tree.leaves` order), its group, offset,
-        shape and dtype.
-      groups: for each group, the parameter and accumulator dtypes, the total
-        number of elements and whether the group is interleaved.
-    """
-
-    treedef: Any
-    leaves: tuple[_Leaf, ...]
-    groups: tuple[_Group, ...]
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class PackedAdagradState:
-    """State of `packed_adagrad`: the parameters and accumulators themselves.
-
-    Attributes:
-      count: int32 scalar, the number of steps taken (the learning-rate
-        schedule sees it before it is incremented, as in optax).
-      buffers: one tuple per group. An interleaved group holds one complex
-        array whose real part is the parameters (in the accumulator's real
-        dtype, which holds every parameter value exactly) and whose imaginary
-        part is the sum of squares G. Other groups hold two arrays: the
-        flattened parameters and G.
-      grads: one entry per group: the last gradients of the group, flattened
-        (zeros before the first step), for groups of several leaves when
-        `grad_buffer` is on; None otherwise.
-      nonfinite_steps: int32 scalar, the number of steps whose gradients had
-        a NaN or +-inf entry, with ``nonfinite="skip_coordinate"`` or
-        ``"skip_step"``; None with ``"propagate"`` (nothing is checked).
-      layout: static `PackedLayout` (not a pytree leaf).
-    """
-
-    count: jax.Array
-    buffers: tuple[tuple[jax.Array, ...], ...]
-    grads: tuple[jax.Array | None, ...]
-    nonfinite_steps: jax.Array | None
-    layout: PackedLayout = dataclasses.field(metadata={"static": True})
-
-
-def _consumer(module: str) -> str | None:
-    """How to name an optax or flax module that reads `init` (None: user code)."""
-    top = module.partition(".")[0]
-    if top == "flax":
-        return "flax's nnx.Optimizer (or another flax wrapper)"
-    if top == "optax":
-        return "an optax combinator (optax.chain, optax.masked, optax.MultiSteps, ...)"
-    return None
-
-
-def _not_a_transformation(where: str | None) -> TypeError:
-    start = (
-        f"{_FN}(...) has no update(updates, state, params)"
-        if where is None
-        else f"{_FN}(...) was given to {where}, which needs an optax GradientTransformation"
-        " (init and update)"
-    )
+def _not_a_transformation() -> TypeError:
     return TypeError(
-        f"{start}. It is a training state that owns the parameters (init(params) ->"
-        " state, step(state, grads) -> state, params(state) -> params), not an optax"
-        " GradientTransformation. Use adagrad_jax.adagrad(...) there: the same rule, as a"
-        " drop-in transformation. To train with the packed state, jit opt.step"
+        f"{FN}(...) has no update(updates, state, params): it is a training state that"
+        " owns the parameters (init(params) -> state, step(state, grads) -> state,"
+        " params(state) -> params), not an optax GradientTransformation, so optax.chain,"
+        " optax.masked, optax.MultiSteps, optax.inject_hyperparams and flax's"
+        " nnx.Optimizer cannot run it. Use adagrad_jax.adagrad(...) there: the same rule,"
+        " as a drop-in transformation. To train with the packed state, jit opt.step"
         " yourself (see adagrad_jax.experimental.packed_adagrad)."
     )
 
@@ -148,10 +51,15 @@ def _not_a_transformation(where: str | None) -> TypeError:
 class PackedAdagrad:
     """The functions of a packed Adagrad training state (see `packed_adagrad`).
 
-    Not an `optax.GradientTransformation`: it has no ``update``. Given to
-    ``nnx.Optimizer``, ``optax.chain`` or another optax or flax wrapper, it
-    fails at once (when that code reads ``init``) with a TypeError that points
-    to `adagrad_jax.adagrad`, instead of an AttributeError at the first update.
+    Not an `optax.GradientTransformation`: reading ``update``, or unpacking it
+    as an ``(init, update)`` pair, raises a TypeError that names
+    `packed_adagrad` and points to `adagrad_jax.adagrad`. Where the misuse
+    fails: code that reads ``update`` or unpacks the pair when it is built
+    fails there. ``optax.chain``, ``optax.masked``, ``optax.MultiSteps``,
+    ``optax.inject_hyperparams`` and flax's ``nnx.Optimizer`` read only
+    ``init`` when they are built (and may call it), exactly as user code
+    does, so they are built without error and raise that TypeError at their
+    first ``update``.
 
     Attributes:
       init: params -> `PackedAdagradState` (copies the parameters in).
@@ -160,7 +68,7 @@ class PackedAdagrad:
       sum_of_squares: state -> the tree of accumulators G.
     """
 
-    __slots__ = ("_init", "params", "step", "sum_of_squares")
+    __slots__ = ("init", "params", "step", "sum_of_squares")
 
     def __init__(
         self,
@@ -169,55 +77,21 @@ class PackedAdagrad:
         params: Callable[[PackedAdagradState], optax.Params],
         sum_of_squares: Callable[[PackedAdagradState], optax.Updates],
     ):
-        self._init = init
+        self.init = init
         self.step = step
         self.params = params
         self.sum_of_squares = sum_of_squares
 
     @property
-    def init(self) -> Callable[[optax.Params], PackedAdagradState]:
-        # optax.chain, optax.MultiSteps and nnx.Optimizer read `tx.init` when
-        # they are built (nnx.Optimizer also calls it); user code reads it to
-        # build the state. The module of the reading frame tells them apart, so
-        # that the misuse fails where it is written, with the fix in the message.
-        where = _consumer(sys._getframe(1).f_globals.get("__name__", ""))
-        if where is not None:
-            raise _not_a_transformation(where)
-        return self._init
-
-    @property
     def update(self) -> Callable[..., Any]:
-        raise _not_a_transformation(None)
+        raise _not_a_transformation()
+
+    def __iter__(self) -> Any:
+        # `init, update = tx` (a GradientTransformation is a pair) fails here.
+        raise _not_a_transformation()
 
     def __repr__(self) -> str:
-        return f"PackedAdagrad(init, step, params, sum_of_squares) of {_FN}"
-
-
-def _can_interleave(param_dtype: jnp.dtype, acc_dtype: jnp.dtype) -> bool:
-    """True if w fits exactly in the real part of a complex of G's dtype."""
-    if not jnp.issubdtype(param_dtype, jnp.floating):
-        return False  # complex parameters need three reals per element
-    if acc_dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
-        return False  # no complex type with bfloat16 or float16 parts
-    w, g = jnp.finfo(param_dtype), jnp.finfo(acc_dtype)
-    return w.nmant <= g.nmant and w.minexp >= g.minexp and w.maxexp <= g.maxexp
-
-
-def _flat(x: jax.Array) -> jax.Array:
-    return jnp.reshape(x, (-1,))
-
-
-def _concat(pieces: list[jax.Array]) -> jax.Array:
-    return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces)
-
-
-def _split(flat: jax.Array, leaves: list[_Leaf]) -> list[jax.Array]:
-    """Slices `flat` into the given leaves (a single leaf needs no slice)."""
-    if len(leaves) == 1:
-        return [jnp.reshape(flat, leaves[0].shape)]
-    ends = np.cumsum([leaf.size for leaf in leaves])[:-1].tolist()
-    pieces = jnp.split(flat, ends)
-    return [jnp.reshape(piece, leaf.shape) for piece, leaf in zip(pieces, leaves)]
+        return f"PackedAdagrad(init, step, params, sum_of_squares) of {FN}"
 
 
 @checks.checked_arguments
@@ -251,8 +125,9 @@ def packed_adagrad(
     in-place loop per buffer. This is an experimental,
     opt-in path (`adagrad_jax.experimental.packed_adagrad`; the 0.1 name
     `adagrad_jax.packed_adagrad` still imports): it is not an
-    `optax.GradientTransformation`, so `nnx.Optimizer`, `optax.chain` and the
-    other optax wrappers refuse it when they are built. It halves the optimizer
+    `optax.GradientTransformation`: `nnx.Optimizer`, `optax.chain` and the
+    other optax wrappers raise a TypeError at their first update (see
+    `PackedAdagrad`). It halves the optimizer
     step alone, but in whole training steps a model whose weights feed matrix
     products reads them through strided views (a copy per step), and there
     `adagrad` is as fast or faster (README, Performance).
@@ -312,7 +187,8 @@ def packed_adagrad(
         (TypeError); at `init`, for integer or boolean parameter leaves
         (TypeError); at trace time, for gradients whose tree, shapes or dtypes
         differ from the parameters' (ValueError; integer or boolean gradients
-        get a TypeError), naming the first differing path.
+        get a TypeError), naming the first differing path; TypeError for
+        ``update`` (it is not a transformation: `PackedAdagrad`).
 
     Costs:
       A donated float32 step moves 20 bytes per element for a single-leaf
@@ -342,16 +218,16 @@ def packed_adagrad(
       >>> opt.sum_of_squares(state)["w"]
       Array([ 4., 16.], dtype=float32)
     """
-    checks.check_number(_FN, "learning_rate", learning_rate, allow_schedule=True)
-    checks.check_number(_FN, "initial_accumulator_value", initial_accumulator_value)
-    checks.check_number(_FN, "eps", eps)
-    checks.check_number(_FN, "eps_root", eps_root)
-    checks.check_number(_FN, "weight_decay", weight_decay)
-    accumulator_dtype = checks.check_float_dtype(_FN, "accumulator_dtype", accumulator_dtype)
+    checks.check_number(FN, "learning_rate", learning_rate, allow_schedule=True)
+    checks.check_number(FN, "initial_accumulator_value", initial_accumulator_value)
+    checks.check_number(FN, "eps", eps)
+    checks.check_number(FN, "eps_root", eps_root)
+    checks.check_number(FN, "weight_decay", weight_decay)
+    accumulator_dtype = checks.check_float_dtype(FN, "accumulator_dtype", accumulator_dtype)
     for name, flag in (("interleave", interleave), ("grad_buffer", grad_buffer)):
         if not isinstance(flag, bool):
-            raise TypeError(f"{_FN}({name}={flag!r}): {name} must be a bool.")
-    nonfinite = nonfinite_policy.check(_FN, nonfinite)
+            raise TypeError(f"{FN}({name}={flag!r}): {name} must be a bool.")
+    nonfinite = nonfinite_policy.check(FN, nonfinite)
     # The step runs this transformation's own update on the flat buffers, so
     # the numbers are those of the per-leaf path by construction.
     tx = adagrad(
@@ -368,62 +244,40 @@ def packed_adagrad(
             # The state holds the parameters' values, which structs lack: give
             # the abstract state, as jax.eval_shape(init, params) does.
             return jax.eval_shape(init_fn, params)
-        params = jax.tree.map(_as_array, params)
-        paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-        group_index: dict[tuple[jnp.dtype, jnp.dtype], int] = {}
-        group_sizes: list[int] = []
-        leaves = []
-        for path, p in paths_and_leaves:
-            trees.check_param_dtype(_FN, path, p.dtype)
-            key = (jnp.dtype(p.dtype), accumulator_dtype_for(p.dtype, accumulator_dtype))
-            if key not in group_index:
-                group_index[key] = len(group_sizes)
-                group_sizes.append(0)
-            g = group_index[key]
-            leaf = _Leaf(g, group_sizes[g], tuple(np.shape(p)), key[0])
-            group_sizes[g] += leaf.size
-            leaves.append(leaf)
-        groups = tuple(
-            _Group(w_dtype, g_dtype, size, interleave and _can_interleave(w_dtype, g_dtype))
-            for (w_dtype, g_dtype), size in zip(group_index, group_sizes)
+        params = jax.tree.map(as_array, params)
+        layout = build_layout(params, accumulator_dtype=accumulator_dtype, interleave=interleave)
+        buffers, grad_buffers = initial_buffers(
+            layout,
+            params,
+            initial_accumulator_value=initial_accumulator_value,
+            grad_buffer=grad_buffer,
         )
-        layout = PackedLayout(treedef, tuple(leaves), groups)
-        flat_params = [_flat(jnp.asarray(p)) for _, p in paths_and_leaves]
-        buffers, grad_buffers = [], []
-        for g, group in enumerate(groups):
-            pieces = [x for x, leaf in zip(flat_params, leaves) if leaf.group == g]
-            # A copy even for one leaf: donating the state must not delete the
-            # caller's parameters.
-            w = jnp.concatenate(pieces) if len(pieces) > 1 else jnp.array(pieces[0], copy=True)
-            s = jnp.full((group.size,), initial_accumulator_value, group.accumulator_dtype)
-            buffers.append(_pack(group, w, s))
-            keep = grad_buffer and len(pieces) > 1
-            grad_buffers.append(jnp.zeros((group.size,), group.param_dtype) if keep else None)
         return PackedAdagradState(
             count=jnp.zeros([], jnp.int32),
-            buffers=tuple(buffers),
-            grads=tuple(grad_buffers),
+            buffers=buffers,
+            grads=grad_buffers,
             nonfinite_steps=None if nonfinite == "propagate" else jnp.zeros([], jnp.int32),
             layout=layout,
         )
 
     def step_fn(state, grads):
         layout = state.layout
-        grad_leaves = _check_grads(layout, grads)
+        grad_leaves = check_grads(layout, grads)
         if nonfinite != "propagate" and state.nonfinite_steps is None:
             raise TypeError(
-                f"{_FN}(nonfinite={nonfinite!r}).step: the state has no nonfinite_steps;"
+                f"{FN}(nonfinite={nonfinite!r}).step: the state has no nonfinite_steps;"
                 " it was made by a packed_adagrad with nonfinite='propagate'. Pass the"
                 " state that this optimizer's init returned."
             )
         # The policy is applied here rather than by running adagrad(nonfinite=...)
         # on each group: "skip_step" must judge all groups' gradients together.
-        step_ok = all_finite(grad_leaves) if nonfinite != "propagate" else None
+        skips = nonfinite != "propagate"
+        step_ok = nonfinite_policy.all_finite(grad_leaves) if skips else None
         new_buffers, new_grads = [], []
         for g, group in enumerate(layout.groups):
-            w, s = _unpack(group, state.buffers[g])
-            pieces = [_flat(x) for x, leaf in zip(grad_leaves, layout.leaves) if leaf.group == g]
-            grad = _concat(pieces)
+            w, s = unpack(group, state.buffers[g])
+            pieces = [flat(x) for x, leaf in zip(grad_leaves, layout.leaves) if leaf.group == g]
+            grad = concat(pieces)
             if state.grads[g] is not None:
                 # Overwriting the whole donated buffer: XLA writes the
                 # concatenation straight into it (no temporary, no copy).
@@ -436,22 +290,22 @@ def packed_adagrad(
             )
             updates, chain_state = tx.update(grad, chain_state, w)
             w = optax.apply_updates(w, updates)
-            packed = _pack(group, w, chain_state[1].sum_of_squares)
-            if nonfinite != "propagate":
+            packed = pack(group, w, chain_state[1].sum_of_squares)
+            if skips:
                 # Keep the old element where the policy skips (one select in
                 # the same loop: each output element reads its own index).
-                skipped = ~jnp.isfinite(grad) if nonfinite == "skip_coordinate" else ~step_ok
+                keep = nonfinite_policy.keep_mask(grad, nonfinite, step_ok)
                 packed = tuple(
-                    jnp.where(skipped, old, new)
-                    for old, new in zip(state.buffers[g], packed, strict=True)
+                    nonfinite_policy.keep_or_old(keep, new, old)
+                    for new, old in zip(packed, state.buffers[g], strict=True)
                 )
             new_buffers.append(packed)
         count = optax.safe_increment(state.count)
         nonfinite_steps = state.nonfinite_steps
-        if step_ok is not None:
+        if skips:
             if nonfinite == "skip_step":
-                count = jnp.where(step_ok, count, state.count)
-            nonfinite_steps = state.nonfinite_steps + (~step_ok).astype(jnp.int32)
+                count = nonfinite_policy.keep_or_old(step_ok, count, state.count)
+            nonfinite_steps = nonfinite_policy.count_nonfinite(state.nonfinite_steps, step_ok)
         return PackedAdagradState(
             count=count,
             buffers=tuple(new_buffers),
@@ -460,13 +314,7 @@ def packed_adagrad(
             layout=layout,
         )
 
-    def params_fn(state):
-        return _views(state, lambda group, buffers: _unpack(group, buffers)[0])
-
-    def sum_of_squares_fn(state):
-        return sum_of_squares_tree(state)
-
-    return PackedAdagrad(init_fn, step_fn, params_fn, sum_of_squares_fn)
+    return PackedAdagrad(init_fn, step_fn, params_tree, sum_of_squares_tree)
 
 
 def _learning_rate_state(learning_rate: Any, count: jax.Array) -> Any:
@@ -474,64 +322,3 @@ def _learning_rate_state(learning_rate: Any, count: jax.Array) -> Any:
     if callable(learning_rate):
         return optax.ScaleByScheduleState(count=count)
     return optax.EmptyState()
-
-
-def _pack(group: _Group, w: jax.Array, s: jax.Array) -> tuple[jax.Array, ...]:
-    if group.interleaved:
-        return (jax.lax.complex(w.astype(group.accumulator_dtype), s),)
-    return (w, s)
-
-
-def _unpack(group: _Group, buffers: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
-    if group.interleaved:
-        (buffer,) = buffers
-        return jnp.real(buffer).astype(group.param_dtype), jnp.imag(buffer)
-    return buffers[0], buffers[1]
-
-
-def _views(state: PackedAdagradState, pick: Callable[..., jax.Array]) -> Any:
-    """The tree of `pick(group, buffers)` sliced back into the leaves' shapes."""
-    layout = state.layout
-    out: list[Any] = [None] * len(layout.leaves)
-    for g, group in enumerate(layout.groups):
-        index = [i for i, leaf in enumerate(layout.leaves) if leaf.group == g]
-        pieces = _split(pick(group, state.buffers[g]), [layout.leaves[i] for i in index])
-        for i, piece in zip(index, pieces):
-            out[i] = piece
-    return jax.tree.unflatten(layout.treedef, out)
-
-
-def _as_array(x: Any) -> Any:
-    """A Python scalar leaf as a JAX array (arrays and structs unchanged)."""
-    return x if hasattr(x, "dtype") and hasattr(x, "shape") else jnp.asarray(x)
-
-
-def _check_grads(layout: PackedLayout, grads: Any) -> list[Any]:
-    """The leaves of `grads`, after checking tree, shapes and dtypes.
-
-    The dtype must be the parameter's own (the buffers hold one dtype per
-    group); float or complex is checked first, so that an integer gradient
-    gets the same TypeError as on the per-leaf path.
-    """
-    grads = jax.tree.map(_as_array, grads)
-    paths_and_leaves = jax.tree_util.tree_flatten_with_path(grads)[0]
-    params_like = jax.tree.unflatten(
-        layout.treedef, [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in layout.leaves]
-    )
-    trees.check_same_structure(_FN, "grads", grads, "params", params_like)
-    trees.check_same_shapes(f"{_FN}.step", "grads", grads, "params", params_like)
-    trees.check_inexact_leaves(f"{_FN}.step", "grads", grads)
-    for (path, x), leaf in zip(paths_and_leaves, layout.leaves):
-        if jnp.dtype(x.dtype) != leaf.dtype:
-            raise ValueError(
-                f"{_FN}.step: grads{jax.tree_util.keystr(path)} has shape"
-                f" {tuple(np.shape(x))} and dtype {jnp.dtype(x.dtype).name}; the"
-                f" parameter has shape {leaf.shape} and dtype {leaf.dtype.name}."
-                " Pass the gradient with respect to params(state)."
-            )
-    return [x for _, x in paths_and_leaves]
-
-
-def sum_of_squares_tree(state: PackedAdagradState) -> Any:
-    """The tree of accumulators G held in a packed state (`adagrad_jax.accumulators` reads it)."""
-    return _views(state, lambda group, buffers: _unpack(group, buffers)[1])

@@ -41,8 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from adagrad_jax._src.core import placement, runtime, trees
-from adagrad_jax._src.core.nonfinite_policy import all_finite, skipping_rule
+from adagrad_jax._src.core import nonfinite_policy, placement, runtime, trees
 from adagrad_jax._src.core.numerics import per_row
 from adagrad_jax._src.tables.ids import as_int32_ids, check_row_count, dedup
 from adagrad_jax._src.tables.row_sparse import (
@@ -261,8 +260,8 @@ def map_rule(
         instead of one per coordinate.
       pad_id, out_of_range: the id rules of `RowSparse` leaves.
       nonfinite: "propagate" (the rule as written), "skip_coordinate" or
-        "skip_step" (`skipping_rule`): the one place where the diagonal family
-        handles NaN and inf gradients. "propagate" adds no operation.
+        "skip_step" (`nonfinite_policy.skipping_rule`): where the diagonal
+        family applies the policy, to summed rows. "propagate" adds no operation.
       state_name: how messages name the first slot tree.
 
     Raises:
@@ -292,11 +291,9 @@ def map_rule(
             " the rows, so the gradients' row shapes are checked against params (before"
             " any state changes). Pass params as the third argument."
         )
-    if nonfinite == "propagate":
-        rule_fn = rule
-    else:
-        step_ok = all_finite(updates) if nonfinite == "skip_step" else None
-        rule_fn = skipping_rule(rule, nonfinite, row_wise, step_ok)
+    # "skip_step" judges the whole step's gradients; the other policies read each leaf only.
+    step_ok = nonfinite_policy.all_finite(updates) if nonfinite == "skip_step" else None
+    rule_fn = nonfinite_policy.skipping_rule(rule, nonfinite, row_wise=row_wise, step_ok=step_ok)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_row_sparse)
     slot_leaves = [treedef.flatten_up_to(tree) for tree in slots]  # type: ignore[attr-defined]
     if params is not None:
