@@ -18,9 +18,10 @@ def _not_a_random_key(*args, **kwargs):
     raise TypeError("The guard leaf of adagrad_jax.RowSparse is not a random key.")
 
 
-# What JAX prints as the guard's dtype, key<GUARD_TAG>, in every error it raises
-# for an operation on the guard: it names RowSparse and the fix.
-GUARD_TAG = (
+# JAX prints the guard's dtype as key<_GUARD_TAG> in the errors of operations on
+# it (under jit, and through operators and jax.numpy or lax functions), so those
+# errors name RowSparse and the fix.
+_GUARD_TAG = (
     "adagrad_jax.RowSparse guard: this transform does not support RowSparse;"
     " wrap it in adagrad_jax.on_row_values, or see help(adagrad_jax.RowSparse)"
 )
@@ -37,13 +38,13 @@ def _guard_impl() -> Any:
         random_bits=_not_a_random_key,
         fold_in=_not_a_random_key,
         name="adagrad_jax.RowSparse guard",
-        tag=GUARD_TAG,
+        tag=_GUARD_TAG,
     )
 
 
 @functools.cache
-def guard_leaf() -> jax.Array:
-    """The scalar key array of dtype key<GUARD_TAG> that every RowSparse carries."""
+def _guard_leaf() -> jax.Array:
+    """The scalar key array of dtype key<_GUARD_TAG> that every RowSparse carries."""
     with jax.ensure_compile_time_eval():
         return jax.random.wrap_key_data(jnp.zeros((1,), jnp.uint32), impl=_guard_impl())
 
@@ -66,7 +67,7 @@ def is_index_dtype(dtype: Any) -> bool:
     return jnp.issubdtype(dtype, jnp.integer)
 
 
-ARITHMETIC_MESSAGE = (
+_ARITHMETIC_MESSAGE = (
     "adagrad_jax.RowSparse does not support arithmetic: it holds row ids and row"
     " values, and adding or scaling it as if it were a dense array gives wrong"
     " numbers. Apply row-sparse updates with adagrad_jax.apply_updates (not"
@@ -181,7 +182,7 @@ class RowSparse:
                 f" per id, i.e. shape ({ids.shape[0]}, ...), for"
                 f" indices={describe_array(ids)}."
             )
-        self._set_leaves(guard=guard_leaf(), indices=ids, values=vals)
+        self._set_leaves(guard=_guard_leaf(), indices=ids, values=vals)
 
     def _set_leaves(self, *, guard: Any, indices: Any, values: Any) -> None:
         # The one place that writes the attributes (__setattr__ refuses).
@@ -253,7 +254,7 @@ class RowSparse:
 
     def _refuse(self, *args: Any, **kwargs: Any) -> Any:
         del args, kwargs
-        raise TypeError(ARITHMETIC_MESSAGE)
+        raise TypeError(_ARITHMETIC_MESSAGE)
 
     __add__ = __radd__ = __sub__ = __rsub__ = _refuse
     __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _refuse
@@ -263,7 +264,7 @@ class RowSparse:
 
 def _rebuild(indices: Any, values: Any) -> RowSparse:
     """`RowSparse.__reduce__`'s constructor: no checks (the leaves may be placeholders)."""
-    return RowSparse.tree_unflatten(None, (guard_leaf(), indices, values))
+    return RowSparse.tree_unflatten(None, (_guard_leaf(), indices, values))
 
 
 def is_row_sparse(x: Any) -> bool:
