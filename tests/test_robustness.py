@@ -83,11 +83,14 @@ def test_row_sparse_astype_and_tree_map_route():
     ["constructor", "jit output", "device_put", "deepcopy", "pickle", "tree.map"],
 )
 @pytest.mark.parametrize("method", ["astype", "sum", "mean", "max", "__array__"])
-def test_eager_leafwise_method_on_row_sparse_names_it(source, method):
-    # Before: eagerly, jax.tree.map(lambda x: x.astype(d), g) raised JAX's bare
-    # NotImplementedError("Cannot call abstract method astype") from the guard
-    # leaf, naming neither RowSparse nor the fix; so did .sum(), .mean(), ...; and
-    # np.asarray said "JAX array with PRNGKey dtype cannot be converted".
+def test_leafwise_method_on_row_sparse_is_refused(source, method):
+    # A method mapped over every leaf fails on the guard leaf before it reaches
+    # the row ids, wherever the RowSparse came from. Under jit the error names
+    # the guard's dtype, key<adagrad_jax.RowSparse guard: ...>, and the fix.
+    # Eagerly it is JAX's own error for a method on a concrete key array, which
+    # does not name RowSparse: until issue 16 instance methods were patched onto
+    # the guard (setattr) to name it; the plain design trades that message away
+    # (see RowSparse's docstring). Never a silent cast of the ids.
     g = RowSparse(jnp.array([1, 3]), jnp.ones((2, 2)))
     g = {
         "constructor": lambda: g,
@@ -100,12 +103,19 @@ def test_eager_leafwise_method_on_row_sparse_names_it(source, method):
     call = {"astype": lambda x: x.astype(jnp.bfloat16), "__array__": np.asarray}.get(
         method, lambda x: getattr(x, method)()
     )
-    with pytest.raises(TypeError) as info:
-        jax.tree.map(call, {"t": g, "b": jnp.ones(2)})
+    tree = {"t": g, "b": jnp.ones(2)}
+    if method == "__array__":
+        eager_error, eager_text = TypeError, "JAX array with PRNGKey dtype cannot be converted"
+    else:
+        eager_error, eager_text = NotImplementedError, f"Cannot call abstract method {method}"
+    with pytest.raises(eager_error, match=re.escape(eager_text)):
+        jax.tree.map(call, tree)
+    with pytest.raises((TypeError, ValueError)) as info:
+        # Only the table: np.asarray fails on any traced leaf.
+        jax.jit(lambda t: jax.tree.map(call, t))({"t": g})
     message = str(info.value)
-    assert message.startswith(f"{method}() reached the guard leaf of an adagrad_jax.RowSparse")
-    assert "is_leaf=lambda x: isinstance(x, adagrad_jax.RowSparse)" in message
-    assert "RowSparse.astype(dtype)" in message and "adagrad_jax.on_row_values" in message
+    assert "key<adagrad_jax.RowSparse guard: this transform does not support RowSparse" in message
+    assert "adagrad_jax.on_row_values" in message
     # The RowSparse itself is unchanged and still usable.
     np.testing.assert_array_equal(g.indices, [1, 3])
     assert g.astype(jnp.bfloat16).values.dtype == jnp.bfloat16

@@ -25,9 +25,17 @@ def on_row_values(inner: optax.GradientTransformation) -> optax.GradientTransfor
     ``inner`` unchanged. Use it for transforms that act element by element or
     on the whole update and keep no per-coordinate state: ``optax.scale``,
     ``optax.scale_by_learning_rate`` (constant or schedule),
-    ``optax.scale_by_schedule``, ``optax.clip``. (A global norm over a
-    row-sparse gradient counts duplicate ids separately: deduplicate first,
-    e.g. place ``optax.clip_by_global_norm`` after `scale_by_sparse_adagrad`.)
+    ``optax.scale_by_schedule``, ``optax.clip``,
+    ``optax.clip_by_global_norm``, ``optax.normalize_by_update_norm``.
+
+    A global norm sees the values as they are. After the Adagrad stage
+    (``optax.chain(adagrad_jax.scale_by_adagrad(),
+    on_row_values(optax.clip_by_global_norm(c)), ...)``) each distinct id
+    holds one row and dropped ids hold zeros, so the norm is the dense
+    update's norm. On a gradient (before the Adagrad stage) an id looked up
+    twice, with rows a and b, counts as ``|a|^2 + |b|^2`` where the dense
+    gradient has ``|a + b|^2``, and padding or out-of-range ids count too:
+    the clip then differs from the dense one.
 
     Args:
       inner: an `optax.GradientTransformation` whose state holds scalars only.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,46 @@ def _gradient_ids(given: jax.Array, ids32: jax.Array) -> jax.Array:
     if not signed and dtype.itemsize == 8:
         given = jnp.minimum(given, np.iinfo(np.int64).max)
     return given.astype(jnp.int64)
+
+
+class _Shown(str):
+    """Text that `repr` shows bare, so a tree of them prints as {'emb': float32[4,2]}."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+_TREE_TEXT_LIMIT = 300  # characters of a described tree in an error message
+
+
+def _describe_tree(tree: Any) -> str:
+    """`tree` as Python prints it, with dtype[shape] for each array (no contents)."""
+    text = repr(jax.tree.map(lambda x: _Shown(describe_array(x)), tree))
+    if len(text) > _TREE_TEXT_LIMIT:
+        return text[:_TREE_TEXT_LIMIT] + " ..."
+    return text
+
+
+def _is_subtree(x: Any) -> bool:
+    """True for a dict, list, ... of leaves; False for an array, a scalar or None."""
+    return not jax.tree_util.treedef_is_leaf(jax.tree.structure(x))
+
+
+def _ids_like(params: Any) -> str:
+    """The form `ids` takes for `params`: ``ids`` at the largest array (the likely table),
+    None elsewhere, as in ``{'emb': ids, 'w': None}``."""
+    leaves, treedef = jax.tree.flatten(params)
+    shapes = [tuple(getattr(x, "shape", ())) for x in leaves]
+    sizes = [math.prod(shape) if shape else -1 for shape in shapes]  # -1: not a table
+    table = sizes.index(max(sizes)) if sizes and max(sizes) >= 0 else None
+    marked = [_Shown("ids") if i == table else None for i in range(len(leaves))]
+    return _describe_tree(jax.tree.unflatten(treedef, marked))
+
+
+_MIRROR_RULE = (
+    "ids must mirror params, with an integer id array at each table and None at"
+    " every other leaf or subtree"
+)
 
 
 def value_and_row_grad(
@@ -97,9 +138,16 @@ def value_and_row_grad(
     def lookup_ids(path, ids, table):
         """(ids for the gradient, zero-filling lookup) for one table."""
         where = f"ids{jax.tree_util.keystr(path)}"
+        table_where = f"params{jax.tree_util.keystr(path)}"
+        if _is_subtree(table):
+            raise ValueError(
+                f"{fn}: {where} is one id array ({describe_array(ids)}), but"
+                f" {table_where} is a tree, {_describe_tree(table)}: {_MIRROR_RULE}."
+                f" Pass {_ids_like(table)} in place of {where}."
+            )
         if not hasattr(table, "shape") or jnp.ndim(table) < 1:
             raise ValueError(
-                f"{fn}: {where} is an id array, but params{jax.tree_util.keystr(path)}"
+                f"{fn}: {where} is an id array, but {table_where}"
                 f" is {describe_array(table)}, not a table (an array with a row axis)."
             )
         ids = as_array(ids)
@@ -143,9 +191,10 @@ def value_and_row_grad(
         except ValueError as e:
             if fn in str(e):
                 raise
+            # JAX's message: the trees differ (the ids are not a prefix of params).
             raise ValueError(
-                f"{fn}: ids must mirror params, with an integer id array at each"
-                f" table and None at every other leaf or subtree ({e})"
+                f"{fn}: {_MIRROR_RULE}, e.g. {_ids_like(params)}; got ids"
+                f" {_describe_tree(ids)} for params {_describe_tree(params)}."
             ) from None
         value, row_grads = grad_fn(looked_up, *args, **kwargs)
         grads = jax.tree.map(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import inspect
 from typing import Any
 
 import jax
@@ -19,13 +18,19 @@ def _not_a_random_key(*args, **kwargs):
     raise TypeError("The guard leaf of adagrad_jax.RowSparse is not a random key.")
 
 
+# JAX prints the guard's dtype as key<_GUARD_TAG> in the errors of operations on
+# it (under jit, and through operators and jax.numpy or lax functions), so those
+# errors name RowSparse and the fix.
+_GUARD_TAG = (
+    "adagrad_jax.RowSparse guard: this transform does not support RowSparse;"
+    " wrap it in adagrad_jax.on_row_values, or see help(adagrad_jax.RowSparse)"
+)
+
+
 @functools.cache
 def _guard_impl() -> Any:
-    # A key type exists only to give RowSparse a leaf that refuses arithmetic:
-    # a transform that maps a function over every leaf (optax.scale,
-    # scale_by_schedule, clip_by_global_norm, lax.pmean, ...) would otherwise
-    # rescale the integer row ids silently (scale_by_schedule even casts the
-    # step size to int32 first). The tag is what the resulting TypeError shows.
+    # A key type exists only to give RowSparse a leaf that refuses arithmetic
+    # (see RowSparse's docstring); it draws no random numbers.
     return jax.extend.random.define_prng_impl(
         key_shape=(1,),
         seed=_not_a_random_key,
@@ -33,69 +38,15 @@ def _guard_impl() -> Any:
         random_bits=_not_a_random_key,
         fold_in=_not_a_random_key,
         name="adagrad_jax.RowSparse guard",
-        tag="adagrad_jax.RowSparse guard: this transform does not support RowSparse;"
-        " see help(adagrad_jax.RowSparse)",
+        tag=_GUARD_TAG,
     )
 
 
 @functools.cache
-def _guard() -> jax.Array:
+def _guard_leaf() -> jax.Array:
+    """The scalar key array of dtype key<_GUARD_TAG> that every RowSparse carries."""
     with jax.ensure_compile_time_eval():
-        guard = jax.random.wrap_key_data(jnp.zeros((1,), jnp.uint32), impl=_guard_impl())
-    return _name_guard(guard)
-
-
-_GUARD_HINT = (
-    " reached the guard leaf of an adagrad_jax.RowSparse, which stops functions"
-    " mapped over every leaf: they would treat its integer row ids as values too."
-    " Map with is_leaf=lambda x: isinstance(x, adagrad_jax.RowSparse) and handle"
-    " each RowSparse whole (RowSparse.astype(dtype) casts its values; .indices and"
-    " .values are plain arrays), or wrap the transform in adagrad_jax.on_row_values."
-)
-
-
-def _refusing_method(name: str) -> Any:
-    def method(*args: Any, **kwargs: Any) -> Any:
-        del args, kwargs
-        raise TypeError(f"{name}(){_GUARD_HINT}")
-
-    return method
-
-
-@functools.cache
-def _refused_method_names(cls: Any) -> tuple[str, ...]:
-    """The public methods a concrete key array leaves abstract (astype, sum, ...),
-    and ``__array__`` (NumPy looks it up on the instance: ``np.asarray``)."""
-    abstract = tuple(
-        name
-        for name in dir(cls)
-        if not name.startswith("_")
-        and inspect.isfunction(inspect.getattr_static(cls, name))
-        and getattr(inspect.getattr_static(cls, name), "__isabstractmethod__", False)
-    )
-    return (*abstract, "__array__")
-
-
-def _name_guard(guard: Any) -> Any:
-    """`guard`, made to name itself when a method JAX leaves abstract is called.
-
-    Under tracing such calls (``x.astype(d)``, ``x.sum()``) reach the key
-    dtype's rules, whose error shows the guard's tag. A concrete key array
-    instead raises JAX's bare "Cannot call abstract method astype"; instance
-    attributes of the same names (which win over the class's functions)
-    raise a TypeError that names RowSparse and the fix. Tracers and other
-    leaves are returned untouched.
-    """
-    if (
-        isinstance(guard, jax.Array)
-        and not isinstance(guard, jax.core.Tracer)
-        and jax.dtypes.issubdtype(guard.dtype, jax.dtypes.prng_key)
-        and "astype" not in vars(guard)
-    ):
-        cls: Any = type(guard)  # Any: mypy sees jax.Array's __hash__ as unhashable
-        for name in _refused_method_names(cls):
-            setattr(guard, name, _refusing_method(name))
-    return guard
+        return jax.random.wrap_key_data(jnp.zeros((1,), jnp.uint32), impl=_guard_impl())
 
 
 def describe_array(x: Any) -> str:
@@ -120,7 +71,8 @@ _ARITHMETIC_MESSAGE = (
     "adagrad_jax.RowSparse does not support arithmetic: it holds row ids and row"
     " values, and adding or scaling it as if it were a dense array gives wrong"
     " numbers. Apply row-sparse updates with adagrad_jax.apply_updates (not"
-    " optax.apply_updates), and transform their values with"
+    " optax.apply_updates); with Flax NNX, train with adagrad_jax.nnx.Optimizer"
+    " (not flax.nnx.Optimizer). Transform their values with"
     " adagrad_jax.on_row_values."
 )
 
@@ -133,24 +85,52 @@ class RowSparse:
     (k, *table.shape[1:]). Ids may repeat (their values add up); negative ids
     and ids >= the table's row count touch nothing. `RowSparse` is a pytree,
     so it passes through `jax.jit`, `optax.chain`, `optax.masked` and
-    `optax.multi_transform` as an argument or result.
+    `optax.multi_transform` as an argument or result. A RowSparse can be
+    copied (``copy.copy``, ``copy.deepcopy``) and pickled.
 
-    Dense-array arithmetic on a `RowSparse` raises ``TypeError``. Besides
-    ``indices`` and ``values`` it carries a scalar guard leaf of a key dtype
-    that refuses arithmetic, so a transform that maps a function over every
-    leaf (``optax.scale``, ``optax.scale_by_schedule``, ``optax.clip``,
-    ``jax.lax.pmean``, ...) fails with a ``TypeError`` naming
-    ``adagrad_jax.RowSparse guard`` instead of silently rescaling the row ids
-    (norms such as ``optax.clip_by_global_norm`` fail inside ``jnp.real``
-    with a ``NotImplementedError``). Wrap such transforms in
-    `adagrad_jax.on_row_values`. To cast a tree holding RowSparse leaves,
-    use `RowSparse.astype` with ``jax.tree.map(..., is_leaf=...)``: a plain
-    ``jax.tree.map(lambda x: x.astype(d), tree)`` reaches the guard, which
-    raises a ``TypeError`` naming RowSparse and this fix (eagerly and under
-    ``jit``) rather than cast the row ids. A RowSparse can be copied
-    (``copy.copy``, ``copy.deepcopy``) and pickled. Transforms that keep per-parameter state
-    (``optax.adam``, ``optax.MultiSteps``) fail on the tree structure instead:
-    their state has an array where the updates have a RowSparse.
+    Dense-array arithmetic on a `RowSparse` (``+``, ``*``, ``optax.apply_updates``)
+    raises a ``TypeError`` that names `adagrad_jax.apply_updates`.
+
+    Functions mapped over every leaf meet a guard. A transform that maps a
+    function over every leaf (``optax.scale``, ``optax.scale_by_schedule``,
+    ``optax.clip``, ``optax.clip_by_global_norm``, ``jax.lax.pmean``, a
+    plain ``jax.tree.map(lambda x: x.astype(d), tree)``) would treat the
+    integer row ids as values and change them silently
+    (``scale_by_schedule`` casts the step size to int32: every id becomes 0).
+    So a RowSparse has a third leaf, ``_guard``, before the ids: a scalar of
+    a key dtype (made with ``jax.extend.random.define_prng_impl``) that no
+    arithmetic accepts. Such a map fails on the guard and computes nothing:
+
+    - under ``jax.jit``, and eagerly through an operator or a ``jax.numpy``
+      or ``jax.lax`` function, JAX's error shows the guard's dtype,
+      ``key<adagrad_jax.RowSparse guard: this transform does not support
+      RowSparse; wrap it in adagrad_jax.on_row_values, ...>``;
+    - eagerly through a method or property of the guard (``x.astype(d)``,
+      ``x.sum()``, ``x.real`` in ``optax.clip_by_global_norm``,
+      ``np.asarray(x)``), JAX raises its own ``NotImplementedError("Cannot
+      call abstract method ...")`` or ``TypeError``, which does not name
+      RowSparse: a concrete key array leaves those methods abstract, and
+      naming RowSparse there would mean patching methods onto the array.
+
+    No other leaf type does better: a Python object is not a valid ``jit``
+    argument, a ``float0`` array's errors name nothing, and ids kept out of
+    the leaves (as static data) would recompile every step.
+
+    The fixes: run element-wise transforms on the values only with
+    `adagrad_jax.on_row_values`. For a global norm, place
+    ``on_row_values(optax.clip_by_global_norm(c))`` after the Adagrad stage,
+    whose RowSparse updates hold each distinct id once (and 0 at dead
+    entries), so that the norm is the dense update's norm; before it, the
+    gradient's duplicate ids count separately (``|a|^2 + |b|^2`` for two
+    lookups of a row instead of ``|a + b|^2``). To cast a tree, stop at each
+    RowSparse and use `RowSparse.astype`::
+
+        jax.tree.map(lambda x: x.astype(d), tree,
+                     is_leaf=lambda x: isinstance(x, adagrad_jax.RowSparse))
+
+    Transforms that keep per-parameter state (``optax.adam``,
+    ``optax.MultiSteps``) fail on the tree structure instead: their state has
+    an array where the updates have a RowSparse.
 
     Args:
       indices: integer array of shape (k,): the row ids.
@@ -173,7 +153,6 @@ class RowSparse:
              [0., 0.]], dtype=float32)
     """
 
-    # The guard comes first, so that a leaf-wise map meets it before the ids.
     __slots__ = ("_guard", "indices", "values")
     _guard: jax.Array
     indices: jax.Array
@@ -184,7 +163,8 @@ class RowSparse:
         vals: Any = as_array(values)
         if not is_index_dtype(ids.dtype):
             raise TypeError(
-                f"RowSparse(indices={describe_array(ids)}): indices must be an integer array of row ids."
+                f"RowSparse(indices={describe_array(ids)}): indices must be an integer"
+                " array of row ids."
             )
         if ids.ndim != 1:
             raise ValueError(
@@ -193,7 +173,8 @@ class RowSparse:
             )
         if not jnp.issubdtype(vals.dtype, jnp.inexact):
             raise TypeError(
-                f"RowSparse(values={describe_array(vals)}): values must be a floating or complex array."
+                f"RowSparse(values={describe_array(vals)}): values must be a floating"
+                " or complex array."
             )
         if vals.ndim < 1 or vals.shape[0] != ids.shape[0]:
             raise ValueError(
@@ -201,13 +182,34 @@ class RowSparse:
                 f" per id, i.e. shape ({ids.shape[0]}, ...), for"
                 f" indices={describe_array(ids)}."
             )
-        object.__setattr__(self, "indices", ids)
-        object.__setattr__(self, "values", vals)
-        object.__setattr__(self, "_guard", _guard())
+        self._set_leaves(guard=_guard_leaf(), indices=ids, values=vals)
+
+    def _set_leaves(self, *, guard: Any, indices: Any, values: Any) -> None:
+        # The one place that writes the attributes (__setattr__ refuses).
+        object.__setattr__(self, "_guard", guard)
+        object.__setattr__(self, "indices", indices)
+        object.__setattr__(self, "values", values)
+
+    def tree_flatten_with_keys(self):
+        # The guard first, so that a map over the leaves fails before the ids.
+        children = (
+            (GetAttrKey("_guard"), self._guard),
+            (GetAttrKey("indices"), self.indices),
+            (GetAttrKey("values"), self.values),
+        )
+        return children, None
+
+    @classmethod
+    def tree_unflatten(cls, aux_data, children):
+        del aux_data
+        # No checks: JAX rebuilds pytrees with tracers, placeholders and None.
+        guard, indices, values = children
+        obj = object.__new__(cls)
+        obj._set_leaves(guard=guard, indices=indices, values=values)
+        return obj
 
     def __reduce__(self) -> tuple[Any, tuple[Any, Any]]:
-        # copy.copy, copy.deepcopy and pickle rebuild from the ids and values; the
-        # guard is made anew (slots and __setattr__ would refuse the default way).
+        # copy.copy, copy.deepcopy and pickle rebuild from the ids and values.
         return _rebuild, (self.indices, self.values)
 
     def astype(self, dtype: Any) -> RowSparse:
@@ -237,24 +239,6 @@ class RowSparse:
             f" (tried to set {name!r})."
         )
 
-    def tree_flatten_with_keys(self):
-        return (
-            (GetAttrKey("guard"), self._guard),
-            (GetAttrKey("indices"), self.indices),
-            (GetAttrKey("values"), self.values),
-        ), None
-
-    @classmethod
-    def tree_unflatten(cls, aux_data, children):
-        del aux_data
-        # No checks: JAX rebuilds pytrees with tracers, placeholders and None.
-        obj = object.__new__(cls)
-        for name, child in zip(cls.__slots__, children):
-            object.__setattr__(obj, name, child)
-        if children:  # a concrete guard from jit, device_put or tree.map
-            object.__setattr__(obj, "_guard", _name_guard(children[0]))
-        return obj
-
     def __repr__(self) -> str:
         return f"RowSparse(indices={self.indices!r}, values={self.values!r})"
 
@@ -279,8 +263,8 @@ class RowSparse:
 
 
 def _rebuild(indices: Any, values: Any) -> RowSparse:
-    """`RowSparse.__reduce__`'s constructor: no checks (tree_unflatten's children may be any)."""
-    return RowSparse.tree_unflatten(None, (_guard(), indices, values))
+    """`RowSparse.__reduce__`'s constructor: no checks (the leaves may be placeholders)."""
+    return RowSparse.tree_unflatten(None, (_guard_leaf(), indices, values))
 
 
 def is_row_sparse(x: Any) -> bool:
