@@ -20,8 +20,8 @@ temporary. The alternative, `shard_map` with an all-to-all of (id, row) pairs
 to each row's owner, moves about half the bytes in theory but, with static
 shapes, must reserve room for every id on every destination (k x D per
 device, the same buffer as the all-gather) and needs its own deduplication
-across senders; `benchmarks/scaling.py` measures both (see the README's
-"Scaling out" section for the figures).
+across senders; `benchmarks/scaling.py` measures both (the figures are in the documentation's
+"Scaling out" guide, docs/guide/scaling-out.md).
 
 Many tables. `propose_placement` replicates small tables, row-shards large
 ones and, on request (``table_wise_below_bytes``, or an override

@@ -6,7 +6,7 @@ it cannot go into `optax.chain` or `nnx.Optimizer`, and a model reads its
 weights through views of the buffers. It wins optimizer-bound steps whose
 parameters are consumed elementwise (the optimizer step alone, many small
 leaves); in whole training steps of matmul models it loses to
-`adagrad_jax.adagrad` (README, Performance).
+`adagrad_jax.adagrad` (docs/guide/performance.md).
 """
 
 from adagrad_jax._src.diagonal.packed import PackedAdagrad as PackedAdagrad

@@ -130,7 +130,7 @@ def packed_adagrad(
     `PackedAdagrad`). It halves the optimizer
     step alone, but in whole training steps a model whose weights feed matrix
     products reads them through strided views (a copy per step), and there
-    `adagrad` is as fast or faster (README, Performance).
+    `adagrad` is as fast or faster (docs/guide/performance.md).
 
     Jit the step with the state donated, so that it updates the buffers in
     place::
