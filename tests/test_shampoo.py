@@ -234,7 +234,7 @@ def test_inject_hyperparams_and_shape_dtype_structs():
     (dict(eps=-1e-6), ValueError, r"shampoo\(eps=-1e-06\): eps must be finite and >= 0"),
     (dict(eps=float("inf")), ValueError, "eps must be finite"),
     (dict(graft="adagard"), ValueError, r"graft='adagard'.*Did you mean 'adagrad'"),
-    (dict(graft=1), ValueError, "graft must be 'adagrad', 'sgd' or None"),
+    (dict(graft=1), ValueError, "graft must be one of 'adagrad', 'sgd', None"),
     (dict(lr=0.1), TypeError, "Did you mean 'learning_rate'"),
 ])
 def test_bad_arguments_name_function_argument_and_value(kwargs, error, match):

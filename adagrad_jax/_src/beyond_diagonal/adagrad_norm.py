@@ -112,11 +112,7 @@ def scale_by_adagrad_norm(
 def _adagrad_norm(fn, initial_accumulator_value, eps, per_leaf):
     checks.check_number(fn, "initial_accumulator_value", initial_accumulator_value)
     checks.check_number(fn, "eps", eps)
-    if not isinstance(per_leaf, bool):
-        raise TypeError(
-            f"{fn}(per_leaf={per_leaf!r}): per_leaf must be True or False,"
-            f" got {type(per_leaf).__name__}."
-        )
+    per_leaf = checks.check_bool(fn, "per_leaf", per_leaf)
     tau = initial_accumulator_value
 
     def init_fn(params):
@@ -147,6 +143,7 @@ def _adagrad_norm(fn, initial_accumulator_value, eps, per_leaf):
         return adagrad_direction(g, jnp.broadcast_to(b2, g.shape), eps, 0.0, tau=tau)
 
     def update_fn(updates, state, params=None):
+        preconditioner.check_dense(fn, updates)
         if per_leaf:
             trees.check_same_structure(
                 fn, "updates", updates, "state.sum_of_squares", state.sum_of_squares
@@ -154,7 +151,7 @@ def _adagrad_norm(fn, initial_accumulator_value, eps, per_leaf):
         updates = jax.tree.map(jnp.asarray, updates)
         if params is not None:  # The state holds scalars: params fix the leaf shapes.
             trees.check_same_shapes(fn, "updates", updates, "params", params)
-        _check_inexact(fn, updates)
+        trees.check_inexact_leaves(fn, "updates", updates)
         if per_leaf:
             b2 = jax.tree.map(
                 lambda g, s: s + jnp.sum(squared_magnitude(g, s.dtype)),
@@ -170,15 +167,6 @@ def _adagrad_norm(fn, initial_accumulator_value, eps, per_leaf):
         return new, ScaleByAdagradNormState(sum_of_squares=b2)
 
     return optax.GradientTransformation(init_fn, update_fn)
-
-
-def _check_inexact(fn: str, updates: Any) -> None:
-    for path, g in jax.tree_util.tree_flatten_with_path(updates)[0]:
-        if not jnp.issubdtype(g.dtype, jnp.inexact):
-            raise TypeError(
-                f"{fn}: updates{jax.tree_util.keystr(path)} has dtype"
-                f" {jnp.dtype(g.dtype).name}; {fn} needs floating or complex gradients."
-            )
 
 
 @checks.checked_arguments

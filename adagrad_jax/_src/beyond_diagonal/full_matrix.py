@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from adagrad_jax._src.beyond_diagonal import preconditioner
+from adagrad_jax._src.beyond_diagonal import blocks, preconditioner
 from adagrad_jax._src.core import checks, nonfinite_policy, trees
 
 
@@ -31,46 +30,6 @@ class ScaleByFullMatrixAdagradState(NamedTuple):
     count: jax.Array  # type: ignore[assignment]  # (shadows tuple.count, as in optax)
     statistics: optax.Updates
     preconditioners: optax.Updates
-
-
-class _LeafState(NamedTuple):
-    statistic: jax.Array
-    preconditioner: jax.Array
-
-
-def _layout(n: int, block_size: int) -> tuple[int, int]:
-    """(number of blocks, block size) for a leaf of n coordinates."""
-    b = max(1, min(block_size, n))
-    return -(-n // b), b
-
-
-def _to_blocks(g: jax.Array, num_blocks: int, b: int, dtype: Any) -> jax.Array:
-    x = g.reshape(-1).astype(dtype)
-    return jnp.pad(x, (0, num_blocks * b - x.size)).reshape(num_blocks, b)
-
-
-def _check_statistics(fn: str, updates: Any, statistics: Any) -> None:
-    """Each statistic must be a stack of square blocks that covers its gradient."""
-    paths = jax.tree_util.tree_flatten_with_path(updates)[0]
-    for (path, g), s in zip(paths, jax.tree.leaves(statistics)):
-        shape = tuple(s.shape)
-        n = math.prod(g.shape)
-        ok = len(shape) == 3 and shape[1] == shape[2] and shape[0] == _layout(n, shape[1])[0]
-        if not ok:
-            where = jax.tree_util.keystr(path)
-            raise ValueError(
-                f"{fn}: state.statistics{where} has shape {shape}, which is not a stack of"
-                f" square (b, b) blocks covering the {n} coordinates of updates{where}"
-                f" (shape {tuple(g.shape)}). Pass the state that init returned for these"
-                " parameters."
-            )
-        if jnp.issubdtype(g.dtype, jnp.complexfloating) or not jnp.issubdtype(
-            g.dtype, jnp.floating
-        ):
-            raise TypeError(
-                f"{fn}: updates{jax.tree_util.keystr(path)} has dtype {jnp.dtype(g.dtype).name};"
-                f" {fn} needs real floating gradients."
-            )
 
 
 @checks.checked_arguments
@@ -195,33 +154,33 @@ def _full_matrix(fn, block_size, initial_accumulator_value, eps, eps_root, preco
             if not hasattr(p, "shape"):
                 p = jnp.asarray(p)
             dtype = preconditioner.statistics_dtype(fn, path, p.dtype)
-            num_blocks, b = _layout(math.prod(p.shape), b_max)
-            shape = (num_blocks, b, b)
-            zeros = preconditioner.placed_full(p, shape, 0, dtype, replicate=True)
+            lay = blocks.layout(tuple(p.shape), b_max, flatten=True)
+            assert lay is not None  # A flattened leaf always has one blocked dimension.
+            (b,) = lay.blocks
+            zeros = preconditioner.placed_full(p, (lay.num_blocks, b, b), 0, dtype, replicate=True)
             eye = jnp.eye(b, dtype=dtype) * jnp.asarray(initial_accumulator_value, dtype)
-            return _LeafState(zeros + eye[None], zeros)
+            return blocks.LeafState(statistics=zeros + eye[None], preconditioners=zeros)
 
-        # A class of our own marks the per-leaf results: parameter trees may hold
-        # tuples (and optax.masked's MaskedNode, an empty one) of their own.
-        pairs = jax.tree_util.tree_map_with_path(leaf, params)
-        is_pair = lambda x: isinstance(x, _LeafState)
+        state = blocks.per_leaf(leaf, params)
         return ScaleByFullMatrixAdagradState(
             count=preconditioner.placed_count(params),
-            statistics=jax.tree.map(lambda x: x.statistic, pairs, is_leaf=is_pair),
-            preconditioners=jax.tree.map(lambda x: x.preconditioner, pairs, is_leaf=is_pair),
+            statistics=state.statistics,
+            preconditioners=state.preconditioners,
         )
 
     def update_fn(updates, state, params=None):
+        preconditioner.check_dense(fn, updates)
         trees.check_same_structure(fn, "updates", updates, "state.statistics", state.statistics)
         updates = jax.tree.map(jnp.asarray, updates)
         if params is not None:  # The blocks fix only each leaf's size; params fix its shape.
             trees.check_same_shapes(fn, "updates", updates, "params", params)
-        _check_statistics(fn, updates, state.statistics)
+        blocks.check_statistics(fn, updates, state.statistics, flatten=True)
 
-        def blocks(g, s):
-            return _to_blocks(preconditioner.replicated(g), s.shape[0], s.shape[1], s.dtype)
+        def to_blocks(g, s):
+            lay = blocks.layout_from_state(tuple(g.shape), (s,), flatten=True)
+            return blocks.to_blocks(preconditioner.replicated(g), lay, s.dtype)
 
-        xs = jax.tree.map(blocks, updates, state.statistics)
+        xs = jax.tree.map(to_blocks, updates, state.statistics)
         statistics = jax.tree.map(
             lambda x, s: s + jnp.einsum("ni,nj->nij", x, x, precision=preconditioner.HIGHEST),
             xs,
@@ -245,7 +204,8 @@ def _full_matrix(fn, block_size, initial_accumulator_value, eps, eps_root, preco
 
         def step(g, x, p):
             u = jnp.einsum("nij,nj->ni", p, x, precision=preconditioner.HIGHEST)
-            u = u.reshape(-1)[: g.size].reshape(g.shape).astype(g.dtype)
+            lay = blocks.layout_from_state(tuple(g.shape), (p,), flatten=True)
+            u = blocks.from_blocks(u, lay, tuple(g.shape)).astype(g.dtype)
             return preconditioner.sharded_like(u, g)
 
         new_updates = jax.tree.map(step, updates, xs, preconditioners)

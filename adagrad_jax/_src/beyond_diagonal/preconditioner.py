@@ -1,10 +1,13 @@
-"""Shared machinery of the matrix preconditioners (`_full_matrix.py`, `_shampoo.py`).
+"""Shared machinery of the family beyond the diagonal (`full_matrix`, `shampoo`, `adagrad_norm`).
 
+- `check_dense`: these optimizers take dense gradients only, never a `RowSparse`;
 - `statistics_dtype`: the dtype of a matrix statistic for a parameter dtype;
 - `shape_argument`: an integer argument that fixes the state's shapes, as a Python int;
 - `placed_full`: a constant array placed like a parameter, or replicated over its mesh;
 - `inverse_root`: the pseudo-inverse root of a batch of symmetric PSD matrices, by eigh;
 - `refresh_due`: whether a step recomputes the cached preconditioners.
+
+How a leaf is cut into blocks lives in `blocks`.
 """
 
 from __future__ import annotations
@@ -16,8 +19,30 @@ import jax.numpy as jnp
 import numpy as np
 
 from adagrad_jax._src.core import checks, trees
+from adagrad_jax._src.tables.row_sparse import RowSparse
 
 HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def check_dense(fn: str, updates: Any) -> None:
+    """Raises TypeError naming the first `RowSparse` in `updates`, and how to train its table.
+
+    The optimizers of this family compute a leaf's step from all of its
+    coordinates (a matrix statistic, a norm), so a table's touched rows alone
+    cannot give it. The table trains beside them with a row-sparse optimizer.
+    """
+    is_table = lambda x: isinstance(x, RowSparse)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_table)[0]:
+        if is_table(leaf):
+            raise TypeError(
+                f"{fn}: updates{jax.tree_util.keystr(path)} is a RowSparse (the touched rows"
+                f" of an embedding table), but {fn} takes dense gradients only: its step for"
+                " a leaf depends on every coordinate of the leaf. Train the table beside it"
+                " with adagrad: optax.multi_transform({'dense': "
+                f"{fn}(...), 'table': adagrad_jax.adagrad(...)}}, labels), where labels marks"
+                " the table's leaf 'table' and the others 'dense', and apply the updates with"
+                " adagrad_jax.apply_updates."
+            )
 
 
 def statistics_dtype(fn: str, path: Any, dtype: Any) -> jnp.dtype:

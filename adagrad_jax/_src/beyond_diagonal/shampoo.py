@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-import math
 import string
 from typing import Any, NamedTuple
 
@@ -11,11 +9,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adagrad_jax._src.beyond_diagonal import preconditioner
+from adagrad_jax._src.beyond_diagonal import blocks, preconditioner
 from adagrad_jax._src.core import checks, nonfinite_policy, trees
 from adagrad_jax._src.core.numerics import (
     accumulator_dtype_for,
     adagrad_direction,
+    guarded_divide,
     squared_magnitude,
 )
 
@@ -47,62 +46,6 @@ class ScaleByShampooState(NamedTuple):
     preconditioners: Any
 
 
-class _LeafState(NamedTuple):
-    sum_of_squares: jax.Array
-    statistics: tuple[jax.Array, ...]
-    preconditioners: tuple[jax.Array, ...]
-
-
-class _Layout(NamedTuple):
-    """How a leaf is cut into blocks: its dimensions > 1 and their block sizes."""
-
-    dims: tuple[int, ...]
-    blocks: tuple[int, ...]
-
-    @property
-    def grid(self) -> tuple[int, ...]:
-        return tuple(-(-d // b) for d, b in zip(self.dims, self.blocks))
-
-    @property
-    def num_blocks(self) -> int:
-        return math.prod(self.grid)
-
-
-def _layout(shape: tuple[int, ...], block_size: int) -> _Layout | None:
-    """The blocked layout of a leaf, or None for one preconditioned diagonally."""
-    dims = tuple(d for d in shape if d > 1)
-    if len(dims) < 2:
-        return None
-    return _Layout(dims, tuple(min(d, block_size) for d in dims))
-
-
-def _layout_from_state(shape: tuple[int, ...], stats: tuple[jax.Array, ...]) -> _Layout | None:
-    if not stats:
-        return None
-    dims = tuple(d for d in shape if d > 1)
-    return _Layout(dims, tuple(s.shape[-1] for s in stats))
-
-
-def _to_blocks(g: jax.Array, layout: _Layout, dtype: Any) -> jax.Array:
-    """(N, b_1, ..., b_k) blocks of g (unit dimensions dropped, edges zero-padded)."""
-    k = len(layout.dims)
-    x = g.astype(dtype).reshape(layout.dims)
-    pad = [(0, n * b - d) for d, b, n in zip(layout.dims, layout.blocks, layout.grid)]
-    x = jnp.pad(x, pad)
-    x = x.reshape([v for n, b in zip(layout.grid, layout.blocks) for v in (n, b)])
-    x = x.transpose([2 * i for i in range(k)] + [2 * i + 1 for i in range(k)])
-    return x.reshape((layout.num_blocks, *layout.blocks))
-
-
-def _from_blocks(x: jax.Array, layout: _Layout, shape: tuple[int, ...]) -> jax.Array:
-    k = len(layout.dims)
-    x = x.reshape((*layout.grid, *layout.blocks))
-    x = x.transpose([j for i in range(k) for j in (i, k + i)])
-    x = x.reshape([n * b for n, b in zip(layout.grid, layout.blocks)])
-    x = x[tuple(slice(0, d) for d in layout.dims)]
-    return x.reshape(shape)
-
-
 def _gram(x: jax.Array, i: int) -> jax.Array:
     """sum over all other axes of x[z, ..., a, ...] x[z, ..., c, ...]: (N, b_i, b_i).
 
@@ -125,48 +68,6 @@ def _mode_product(x: jax.Array, p: jax.Array, i: int) -> jax.Array:
 
 def _norm(x: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.sum(x * x))
-
-
-def _check_graft(fn: str, graft: Any) -> None:
-    if graft in GRAFTS and (graft is None or isinstance(graft, str)):
-        return
-    close = difflib.get_close_matches(str(graft), [g for g in GRAFTS if g], n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"{fn}(graft={graft!r}): graft must be 'adagrad', 'sgd' or None.{hint}")
-
-
-def _check_statistics(fn: str, updates: Any, statistics: Any) -> None:
-    """Each leaf's statistics must be square blocks that cover its gradient."""
-    flat = jax.tree_util.tree_flatten_with_path(updates)[0]
-    treedef = jax.tree.structure(updates)
-    for (path, g), stats in zip(flat, treedef.flatten_up_to(statistics)):  # type: ignore[attr-defined]
-        where = jax.tree_util.keystr(path)
-        if not jnp.issubdtype(g.dtype, jnp.floating):
-            raise TypeError(
-                f"{fn}: updates{where} has dtype {jnp.dtype(g.dtype).name}; {fn} needs"
-                " real floating gradients."
-            )
-        dims = tuple(d for d in g.shape if d > 1)
-        expected_k = 0 if len(dims) < 2 else len(dims)
-        ok = isinstance(stats, tuple) and len(stats) == expected_k
-        if ok and stats:
-            layout = _layout_from_state(tuple(g.shape), stats)
-            assert layout is not None  # stats is not empty
-            ok = all(
-                s.ndim == 3
-                and s.shape[1] == s.shape[2]
-                and 1 <= b <= d
-                and s.shape[0] == layout.num_blocks
-                for s, b, d in zip(stats, layout.blocks, layout.dims)
-            )
-        if not ok:
-            shapes = [tuple(s.shape) for s in stats] if isinstance(stats, tuple) else stats
-            raise ValueError(
-                f"{fn}: state.statistics{where} holds {shapes}, which are not square"
-                f" (N, b, b) blocks for the {expected_k} dimensions > 1 of updates{where}"
-                f" (shape {tuple(g.shape)}). Pass the state that init returned for these"
-                " parameters."
-            )
 
 
 @checks.checked_arguments
@@ -288,7 +189,7 @@ def _shampoo(fn, block_size, eps, preconditioner_every, start_preconditioning_st
     checks.check_number(fn, "eps", eps)
     checks.check_integer(fn, "preconditioner_every", preconditioner_every, low=1)
     checks.check_integer(fn, "start_preconditioning_step", start_preconditioning_step, low=1)
-    _check_graft(fn, graft)
+    checks.check_choice(fn, "graft", graft, GRAFTS)
 
     def init_fn(params):
         b_max = preconditioner.shape_argument(fn, "block_size", block_size)
@@ -300,38 +201,35 @@ def _shampoo(fn, block_size, eps, preconditioner_every, start_preconditioning_st
             acc = preconditioner.placed_full(
                 p, tuple(p.shape), 0, accumulator_dtype_for(p.dtype), replicate=False
             )
-            layout = _layout(tuple(p.shape), b_max)
-            if layout is None:
-                return _LeafState(acc, (), ())
+            lay = blocks.layout(tuple(p.shape), b_max, flatten=False)
+            if lay is None:
+                return blocks.LeafState(statistics=(), preconditioners=(), sum_of_squares=acc)
             stats = tuple(
-                preconditioner.placed_full(p, (layout.num_blocks, b, b), 0, dtype, replicate=True)
-                for b in layout.blocks
+                preconditioner.placed_full(p, (lay.num_blocks, b, b), 0, dtype, replicate=True)
+                for b in lay.blocks
             )
             precs = tuple(
-                preconditioner.placed_full(p, (layout.num_blocks, b, b), 0, dtype, replicate=True)
-                for b in layout.blocks
+                preconditioner.placed_full(p, (lay.num_blocks, b, b), 0, dtype, replicate=True)
+                for b in lay.blocks
             )
-            return _LeafState(acc, stats, precs)
+            return blocks.LeafState(statistics=stats, preconditioners=precs, sum_of_squares=acc)
 
-        # A class of our own marks the per-leaf results: parameter trees may hold
-        # tuples (and optax.masked's MaskedNode, an empty one) of their own.
-        triples = jax.tree_util.tree_map_with_path(leaf, params)
-        is_triple = lambda x: isinstance(x, _LeafState)
-        part = lambda i: jax.tree.map(lambda x: x[i], triples, is_leaf=is_triple)
+        state = blocks.per_leaf(leaf, params)
         return ScaleByShampooState(
             count=preconditioner.placed_count(params),
-            sum_of_squares=part(0),
-            statistics=part(1),
-            preconditioners=part(2),
+            sum_of_squares=state.sum_of_squares,
+            statistics=state.statistics,
+            preconditioners=state.preconditioners,
         )
 
     def update_fn(updates, state, params=None):
         del params
+        preconditioner.check_dense(fn, updates)
         updates = jax.tree.map(jnp.asarray, updates)
         trees.check_same_shapes(
             fn, "updates", updates, "state.sum_of_squares", state.sum_of_squares
         )
-        _check_statistics(fn, updates, state.statistics)
+        blocks.check_statistics(fn, updates, state.statistics, flatten=False)
         treedef = jax.tree.structure(updates)
         gs = treedef.flatten_up_to(updates)
         accs = treedef.flatten_up_to(state.sum_of_squares)
@@ -339,14 +237,17 @@ def _shampoo(fn, block_size, eps, preconditioner_every, start_preconditioning_st
         precs = treedef.flatten_up_to(state.preconditioners)
 
         accs = [a + squared_magnitude(g, a.dtype) for g, a in zip(gs, accs)]
-        layouts = [_layout_from_state(tuple(g.shape), s) for g, s in zip(gs, stats)]
-        blocks = [
-            None if lay is None else _to_blocks(preconditioner.replicated(g), lay, s[0].dtype)
+        layouts = [
+            blocks.layout_from_state(tuple(g.shape), s, flatten=False) if s else None
+            for g, s in zip(gs, stats)
+        ]
+        xs = [
+            None if lay is None else blocks.to_blocks(preconditioner.replicated(g), lay, s[0].dtype)
             for g, lay, s in zip(gs, layouts, stats)
         ]
         stats = [
             tuple(h + _gram(x, i) for i, h in enumerate(s)) if x is not None else ()
-            for x, s in zip(blocks, stats)
+            for x, s in zip(xs, stats)
         ]
 
         def recompute(stats, previous):
@@ -374,7 +275,7 @@ def _shampoo(fn, block_size, eps, preconditioner_every, start_preconditioning_st
             started = t >= jnp.asarray(start_preconditioning_step).astype(jnp.int32)
 
         new_updates = []
-        for g, a, lay, x, ps in zip(gs, accs, layouts, blocks, precs):
+        for g, a, lay, x, ps in zip(gs, accs, layouts, xs, precs):
             diag = adagrad_direction(g, a, 0.0, eps, tau=0.0)
             if lay is None:
                 new_updates.append(diag)
@@ -382,16 +283,10 @@ def _shampoo(fn, block_size, eps, preconditioner_every, start_preconditioning_st
             d = x
             for i, p in enumerate(ps):
                 d = _mode_product(d, p, i)
-            d = preconditioner.sharded_like(_from_blocks(d, lay, tuple(g.shape)), g)
+            d = preconditioner.sharded_like(blocks.from_blocks(d, lay, tuple(g.shape)), g)
             if graft is not None:
                 target = _norm((diag if graft == "adagrad" else g).astype(d.dtype))
-                size = _norm(d)
-                tiny = jnp.asarray(jnp.finfo(d.dtype).tiny, d.dtype)
-                ok = size >= tiny
-                scale = jnp.where(
-                    ok, target / jnp.where(ok, size, jnp.ones_like(size)), jnp.zeros_like(size)
-                )
-                d = d * scale
+                d = d * guarded_divide(target, _norm(d))  # 0 for a zero direction.
             d = d.astype(g.dtype)
             new_updates.append(d if started is True else jnp.where(started, d, diag))
 

@@ -77,8 +77,7 @@ def torch_adagrad(
         checks.check_number(fn, "weight_decay", weight_decay)
     checks.check_number(fn, "initial_accumulator_value", initial_accumulator_value)
     checks.check_number(fn, "eps", eps)
-    if not isinstance(maximize, bool):
-        raise TypeError(f"{fn}(maximize={maximize!r}): maximize must be a bool.")
+    maximize = checks.check_bool(fn, "maximize", maximize)
     nonfinite_policy.check(fn, nonfinite)
     if checks.is_zero_constant(lr_decay):
         learning_rate = lr

@@ -1,15 +1,19 @@
 """Argument checks shared by every constructor in adagrad_jax.
 
-One place for each kind of check:
+One helper for each kind of argument, one behaviour everywhere:
 
-- `check_number`: a real scalar hyperparameter (finite, >= 0 or > 0);
-- `check_integer`: an integer scalar argument (a row id);
+- `check_number`, `check_nonnegative`: a real scalar hyperparameter (finite, >= 0 or > 0);
+- `check_integer`: an integer scalar argument (a row id, a block size);
 - `check_float_dtype`: an accumulator dtype;
-- `check_param_dtype`, `check_inexact_leaves`: float or complex leaves;
-- `check_same_structure`, `check_same_shapes`: a gradient tree against the state's
-  or the parameters', and `check_gradients`, which runs all three on a gradient tree;
-- `check_choice`: a string flag from a fixed set (``out_of_range``, ``nonfinite``);
-- `error_if`: a check of run-time values that raises under plain `jax.jit` too.
+- `check_choice`: a string flag from a fixed set (``out_of_range``, ``nonfinite``, ``graft``);
+- `check_bool`: a True/False flag (a NumPy bool too; never 1, "yes" or None);
+- `check_real_params`: parameters of the regularized family (no complex leaves);
+- `checked_arguments`: an unknown keyword named, with the closest valid one;
+- `is_positive_in`, `is_zero_constant`, `python_number`: what a Python constant
+  lets the code leave out (a zero guard, a multiply).
+
+Checks of gradient and parameter trees (structure, shapes, float or complex
+dtypes) live in `trees`; checks of run-time values in `runtime`.
 
 Python and NumPy numbers and concrete JAX arrays are checked by value. A traced
 JAX array (as `optax.inject_hyperparams` passes them under `jit`) is checked
@@ -47,7 +51,7 @@ def describe(value: Any) -> str:
     return repr(value)
 
 
-def _python_number(value: Any) -> float | None:
+def python_number(value: Any) -> float | None:
     """Returns `value` as a float if it is a plain (non-JAX) real number."""
     if isinstance(value, jax.Array):
         return None
@@ -213,7 +217,7 @@ def is_positive_in(value: Any, dtype: Any) -> bool:
     number of `dtype` (1e-40 in float32, 1e-320 in float64) counts as 0, like
     one that rounds to 0. Traced and JAX values count as not positive.
     """
-    number = _python_number(value)
+    number = python_number(value)
     if number is None or not number > 0:
         return False
     with np.errstate(over="ignore", under="ignore"):
@@ -223,7 +227,7 @@ def is_positive_in(value: Any, dtype: Any) -> bool:
 
 def is_zero_constant(value: Any) -> bool:
     """True if `value` is a Python/NumPy number equal to 0."""
-    number = _python_number(value)
+    number = python_number(value)
     return number is not None and number == 0
 
 
@@ -332,9 +336,24 @@ def check_real_params(fn: str, params: Any) -> None:
             )
 
 
-def check_bool(fn: str, arg: str, value: Any) -> None:
+def check_bool(fn: str, arg: str, value: Any) -> bool:
+    """Returns a flag as a Python bool; TypeError for anything but True, False or a NumPy bool.
+
+    A NumPy bool (``np.bool_``, what ``np.array(True)[()]`` or a comparison
+    of NumPy scalars gives) is a flag; an int (1), a string ("yes"), None or
+    a JAX array is not: a flag decides which program is traced, so it must be
+    known in Python.
+
+    >>> check_bool("f", "flag", np.True_)
+    True
+    >>> check_bool("f", "flag", 1)
+    Traceback (most recent call last):
+    ...
+    TypeError: f(flag=1): flag must be True or False.
+    """
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{fn}({arg}={value!r}): {arg} must be True or False.")
+    return bool(value)
 
 
 def check_nonnegative(fn: str, **values: Any) -> None:

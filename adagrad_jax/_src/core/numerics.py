@@ -1,10 +1,14 @@
-"""Pieces shared by the regularized family (proximal Adagrad, dual averaging, FTRL).
+"""The arithmetic every optimizer shares.
 
+* `guarded_divide`: the one zero guard: a / d where d is a normal number, a
+  fallback elsewhere, compiled out when a Python constant keeps d normal.
+* `adagrad_direction`: g / (sqrt(G + eps_root) + eps) (diagonal Adagrad, Shampoo,
+  AdaGrad-Norm); `adagrad_step_size`: lr / (sqrt(G + eps_root) + eps) (the
+  regularized family). Both guard the denominator with `guarded_divide`.
+* `squared_magnitude`, `accumulator_dtype_for`: |g|^2 and the dtype it is summed in.
 * `soft_threshold`: the proximal map of t * |w| (L1), with exact zeros.
-* `adagrad_step_size`: lr / (sqrt(G + eps_root) + eps), 0 where the root is 0.
 * `learning_rate_at`: a constant or an optax schedule, at the step count.
-* `check_real_params`: the L1 and L2 terms have no complex meaning here.
-* `check_nonnegative`, `check_bool`: arguments every regularized constructor takes.
+* `row_mean`, `per_row`: the row-wise accumulator of tables.
 """
 
 from __future__ import annotations
@@ -28,20 +32,57 @@ def soft_threshold(v: jax.Array, t: jax.Array) -> jax.Array:
     return jnp.where(jnp.abs(v) > t, v - jnp.sign(v) * t, jnp.zeros((), v.dtype))
 
 
+def guarded_divide(
+    numerator: jax.Array,
+    denominator: jax.Array,
+    *,
+    keeps_normal: tuple[Any, ...] = (),
+    fallback: Any = None,
+) -> jax.Array:
+    """numerator / denominator where the denominator is a normal number; `fallback` elsewhere.
+
+    The one zero guard of the package. "Normal" means at least the smallest
+    normal number of the denominator's dtype (`finfo.tiny`: 1.2e-38 in
+    float32), not merely > 0: XLA backends flush subnormal numbers to zero,
+    and one that flushes them in the division but not in the comparison would
+    otherwise divide by a flushed 0 (0 / 0 = NaN, x / 0 = inf). The division
+    is done in the numerator's dtype (the denominator is cast to it, after
+    the comparison); `fallback` (default 0) must broadcast to the result.
+
+    `keeps_normal` lists the Python constants any one of which, when it is a
+    normal positive number in the denominator's dtype, keeps every
+    denominator normal (the caller knows which: tau, since the accumulator
+    starts at tau and never decreases; eps, added outside the root; ...). The
+    guard is then compiled out: a plain division. JAX values among them (traced
+    under `optax.inject_hyperparams`) never compile it out.
+
+    >>> import jax.numpy as jnp
+    >>> guarded_divide(jnp.array([1.0, 0.0, 2.0]), jnp.array([2.0, 0.0, 1e-40]))
+    Array([0.5, 0. , 0. ], dtype=float32)
+    """
+    dtype = denominator.dtype
+    if any(checks.is_positive_in(v, dtype) for v in keeps_normal):
+        return numerator / denominator.astype(numerator.dtype)
+    normal = denominator >= jnp.asarray(jnp.finfo(dtype).tiny, dtype)
+    safe = jnp.where(normal, denominator, jnp.ones_like(denominator))
+    out = numerator / safe.astype(numerator.dtype)
+    if fallback is None:
+        fallback = jnp.zeros((), out.dtype)
+    return jnp.where(normal, out, fallback)
+
+
 def adagrad_step_size(lr: Any, s: jax.Array, eps: Any, eps_root: Any, *, tau: Any) -> jax.Array:
     """a = lr / (sqrt(s + eps_root) + eps) in the dtype of `s`; a = 0 where the root is 0.
 
-    The root is 0 only while every gradient so far was 0 and tau, eps and
-    eps_root are all 0 (in the accumulator's dtype); the guard is compiled in
-    unless a Python constant among them keeps it positive.
+    The root is 0 (or subnormal, which XLA flushes to 0) only while every
+    gradient so far was 0 and tau, eps and eps_root are each 0 or subnormal
+    in the accumulator's dtype; `guarded_divide` gives 0 there, and its guard
+    is compiled out when a Python constant among them is a normal number.
     """
     dtype = s.dtype
     denom = jnp.sqrt(s + jnp.asarray(eps_root, dtype)) + jnp.asarray(eps, dtype)
     lr = jnp.asarray(lr).astype(dtype)
-    if any(checks.is_positive_in(v, dtype) for v in (tau, eps, eps_root)):
-        return lr / denom
-    positive = denom > 0
-    return jnp.where(positive, lr / jnp.where(positive, denom, 1), jnp.zeros((), dtype))
+    return guarded_divide(lr, denom, keeps_normal=(tau, eps, eps_root))
 
 
 def learning_rate_at(learning_rate: optax.ScalarOrSchedule, count: jax.Array) -> jax.Array:
@@ -110,15 +151,8 @@ def adagrad_direction(
         compute_dtype = jnp.promote_types(g.dtype, acc_dtype)
     denom = jnp.sqrt(sum_of_squares + jnp.asarray(eps_root, acc_dtype))
     denom = denom + jnp.asarray(eps, acc_dtype)
-    if any(checks.is_positive_in(v, acc_dtype) for v in (tau, eps, eps_root)):
-        return (g.astype(compute_dtype) / denom.astype(compute_dtype)).astype(g.dtype)
-    # Compared with the smallest normal number, not with 0: a backend that
-    # flushes subnormals in the division but not in the comparison would
-    # otherwise divide 0 by a flushed 0.
-    normal = denom >= jnp.asarray(jnp.finfo(acc_dtype).tiny, acc_dtype)
-    safe = jnp.where(normal, denom, jnp.ones_like(denom))
-    out = g.astype(compute_dtype) / safe.astype(compute_dtype)
-    return jnp.where(normal, out, jnp.zeros_like(out)).astype(g.dtype)
+    out = guarded_divide(g.astype(compute_dtype), denom, keeps_normal=(tau, eps, eps_root))
+    return out.astype(g.dtype)
 
 
 def row_mean(sq: jax.Array) -> jax.Array:

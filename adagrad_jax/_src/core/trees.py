@@ -1,4 +1,4 @@
-"""Checks of gradient and parameter trees: structure, shapes and dtypes, naming the first bad path."""
+"""Checks of gradient and parameter trees (structure, shapes, dtypes), naming the bad path."""
 
 from __future__ import annotations
 
@@ -20,14 +20,32 @@ def _where(name: str, path: Any) -> str:
     return f"{name}{jax.tree_util.keystr(path)}"
 
 
-def check_param_dtype(fn: str, path: Any, dtype: Any) -> None:
-    """Raises TypeError for parameter leaves that are not float or complex."""
+def check_inexact(fn: str, where: str, dtype: Any) -> None:
+    """Raises TypeError unless `dtype` is floating or complex; `where` names the leaf.
+
+    The one dtype check of parameter and gradient leaves. Integer and boolean
+    leaves are refused rather than cast: Adagrad's update is a fraction of the
+    gradient, which an integer leaf would truncate (to 0, mostly).
+
+    >>> check_inexact("f", "updates['w']", jnp.bfloat16)
+    >>> try:
+    ...     check_inexact("f", "updates['w']", jnp.int32)
+    ... except TypeError as e:
+    ...     print(str(e)[:62])
+    f: updates['w'] has dtype int32; Adagrad needs floating or com
+    """
+    dtype = jnp.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.inexact):
         raise TypeError(
-            f"{fn}: parameter {jax.tree_util.keystr(path) or '<root>'} has dtype"
-            f" {jnp.dtype(dtype).name}; Adagrad needs floating or complex"
-            " parameters. Exclude integer leaves with optax.masked or cast them."
+            f"{fn}: {where} has dtype {dtype.name}; Adagrad needs floating or complex"
+            " leaves (an integer step would be truncated). Cast the leaf to a floating"
+            " dtype, or exclude it with optax.masked."
         )
+
+
+def check_param_dtype(fn: str, path: Any, dtype: Any) -> None:
+    """`check_inexact` for the parameter at `path`: "parameter ['w'] has dtype int32"."""
+    check_inexact(fn, f"parameter {jax.tree_util.keystr(path) or '<root>'}", dtype)
 
 
 def check_inexact_leaves(
@@ -38,21 +56,13 @@ def check_inexact_leaves(
     is_leaf: Callable[[Any], bool] | None = None,
     dtype_of: Callable[[Any], Any] = leaf_dtype,
 ) -> None:
-    """Raises TypeError naming the first leaf of `tree` that is not float or complex.
+    """`check_inexact` for every leaf of `tree`, named ``name['a']['b']``.
 
-    Integer and boolean gradients are refused rather than cast: Adagrad's
-    update is a fraction of the gradient, which an integer leaf would truncate
-    (to 0, mostly). `dtype_of(leaf)` gives a leaf's dtype (pass one for leaves
-    such as `RowSparse`, together with `is_leaf`).
+    `dtype_of(leaf)` gives a leaf's dtype (pass one for leaves such as
+    `RowSparse`, together with `is_leaf`).
     """
     for path, x in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]:
-        dtype = jnp.dtype(dtype_of(x))
-        if not jnp.issubdtype(dtype, jnp.inexact):
-            raise TypeError(
-                f"{fn}: {_where(name, path)} has dtype {dtype.name}; Adagrad needs"
-                f" floating or complex {name} (the step would be truncated to an integer)."
-                " Cast it to the parameter's dtype, or exclude the leaf with optax.masked."
-            )
+        check_inexact(fn, _where(name, path), dtype_of(x))
 
 
 def check_same_structure(fn: str, name_a: str, tree_a: Any, name_b: str, tree_b: Any) -> None:

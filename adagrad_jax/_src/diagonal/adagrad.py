@@ -14,21 +14,15 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
-import numpy as np
 import optax
 
 from adagrad_jax._src.core import checks, nonfinite_policy
 from adagrad_jax._src.core.numerics import adagrad_direction, per_row, row_mean, squared_magnitude
 from adagrad_jax._src.core.slots import init_sum_of_squares
-from adagrad_jax._src.diagonal.weight_decay import _sparse_coupled_weight_decay
+from adagrad_jax._src.diagonal.weight_decay import sparse_coupled_weight_decay
 from adagrad_jax._src.tables.apply import on_row_values
 from adagrad_jax._src.tables.engine import map_rule, row_like
 from adagrad_jax._src.tables.ids import check_id_flags
-
-
-def _check_row_wise(fn: str, row_wise: Any) -> None:
-    if not isinstance(row_wise, (bool, np.bool_)):
-        raise TypeError(f"{fn}(row_wise={row_wise!r}): row_wise must be True or False.")
 
 
 def _adagrad_rule(eps: Any, eps_root: Any, tau: Any, row_wise: bool):
@@ -96,7 +90,7 @@ def adagrad_impl(
     if weight_decay is not None:
         checks.check_number(fn, "weight_decay", weight_decay)
     chain = optax.chain(
-        _sparse_coupled_weight_decay(fn, weight_decay),
+        sparse_coupled_weight_decay(fn, weight_decay),
         _checked_scale_by_adagrad(fn, **arguments),
         on_row_values(optax.scale_by_learning_rate(learning_rate)),
     )
@@ -118,8 +112,7 @@ def _checked_scale_by_adagrad(fn: str, **arguments: Any) -> optax.GradientTransf
     arguments["accumulator_dtype"] = checks.check_float_dtype(
         fn, "accumulator_dtype", arguments["accumulator_dtype"]
     )
-    _check_row_wise(fn, arguments["row_wise"])
-    arguments["row_wise"] = bool(arguments["row_wise"])
+    arguments["row_wise"] = checks.check_bool(fn, "row_wise", arguments["row_wise"])
     check_id_flags(fn, arguments["pad_id"], arguments["out_of_range"])
     nonfinite_policy.check(fn, arguments["nonfinite"])
     return _scale_by_sparse_adagrad(fn, **arguments)

@@ -19,20 +19,26 @@ def coupled_weight_decay(weight_decay: Any, fn: str = "adagrad") -> optax.Gradie
     Before it adds ``weight_decay * params``, the decay checks the updates
     against `params` with `trees.check_gradients`: an integer gradient
     would be promoted and a (1,) gradient broadcast against a (3,) parameter.
+    An update without `params` raises a ValueError naming `fn` and the decay.
     """
     if weight_decay is None or checks.is_zero_constant(weight_decay):
         return optax.identity()
     decay = optax.add_decayed_weights(weight_decay)
 
     def update_fn(updates, state, params=None):
-        if params is not None:
-            trees.check_gradients(fn, "updates", updates, "params", params)
+        if params is None:
+            raise ValueError(
+                f"{fn}(weight_decay={checks.describe(weight_decay)}): update(updates, state,"
+                " params) needs params: the weight decay adds weight_decay * params to the"
+                " updates. Pass the current parameters: tx.update(grads, state, params)."
+            )
+        trees.check_gradients(fn, "updates", updates, "params", params)
         return decay.update(updates, state, params)
 
     return optax.GradientTransformation(decay.init, update_fn)
 
 
-def _sparse_coupled_weight_decay(fn: str, weight_decay: Any) -> optax.GradientTransformation:
+def sparse_coupled_weight_decay(fn: str, weight_decay: Any) -> optax.GradientTransformation:
     """`optax.add_decayed_weights` for dense leaves; refuses RowSparse leaves.
 
     None and a Python 0 give `optax.identity()` (both have an empty state). A

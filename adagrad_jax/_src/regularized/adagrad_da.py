@@ -38,7 +38,6 @@ def adagrad_da_rule(lr: Any, t: jax.Array, l1: Any, l2: Any, eps: Any, tau: Any,
     def rule(g, slots, w):
         z, s = slots[0], slots[1]
         dtype = s.dtype
-        guard = not any(checks.is_positive_in(v, dtype) for v in (tau, eps))
         z = z + g.astype(dtype)
         s = s + squared_magnitude(g, dtype)
         h = jnp.sqrt(s) + jnp.asarray(eps, dtype)
@@ -48,11 +47,11 @@ def adagrad_da_rule(lr: Any, t: jax.Array, l1: Any, l2: Any, eps: Any, tau: Any,
         numerator = h * centre - lr_t * z
         denominator = h + lr_t * jnp.asarray(l2, dtype) * t_
         shrunk = numerics.soft_threshold(numerator, lr_t * jnp.asarray(l1, dtype) * t_)
-        if guard:  # Nothing accumulated and no l2: stay at the centre.
-            positive = denominator > 0
-            new_w = jnp.where(positive, shrunk / jnp.where(positive, denominator, 1), centre)
-        else:
-            new_w = shrunk / denominator
+        # Nothing accumulated and no l2 (tau = eps = 0): stay at the centre. The
+        # guard is compiled out when tau or eps alone keeps h normal (h >= sqrt(tau)).
+        new_w = numerics.guarded_divide(
+            shrunk, denominator, keeps_normal=(tau, eps), fallback=centre
+        )
         update = (new_w - w.astype(dtype)).astype(g.dtype)
         return update, (z, s)  # w_0 (slots[2]) is read only.
 
@@ -177,8 +176,7 @@ def adagrad_da(
     checks.check_nonnegative(
         fn, initial_accumulator_value=initial_accumulator_value, l1=l1, l2=l2, eps=eps
     )
-    checks.check_bool(fn, "warm_start", warm_start)
-    warm_start = bool(warm_start)
+    warm_start = checks.check_bool(fn, "warm_start", warm_start)
     accumulator_dtype = checks.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
     check_id_flags(fn, pad_id, out_of_range)
     nonfinite_policy.check(fn, nonfinite)

@@ -33,7 +33,7 @@ class FtrlState(NamedTuple):
 
 def _power(x: jax.Array, p: Any) -> jax.Array:
     """x ** p for p = -learning_rate_power >= 0; sqrt for the usual 0.5, 1 for 0."""
-    number = checks._python_number(p)
+    number = checks.python_number(p)
     if number == 0.5:
         return jnp.sqrt(x)
     if number == 0.0:
@@ -62,11 +62,10 @@ def ftrl_rule(lr: Any, p: Any, l1: Any, l2: Any, l2_shrinkage: Any, beta: Any):
         new_root = _power(jnp.maximum(new_n, jnp.zeros((), dtype)), p)
         quadratic = (new_root + jnp.asarray(beta, dtype)) / lr_t + jnp.asarray(l2, dtype)
         l1_ = jnp.asarray(l1, dtype)
-        positive = quadratic > 0
-        # Where quadratic is 0 (no gradient yet, tau = beta = l2 = 0) w stays.
-        solved = (jnp.sign(z) * l1_ - z) / jnp.where(positive, quadratic, 1)
-        new_w = jnp.where(jnp.abs(z) > l1_, solved, jnp.zeros((), dtype))
-        new_w = jnp.where(positive, new_w, w32)
+        shrunk = jnp.where(jnp.abs(z) > l1_, jnp.sign(z) * l1_ - z, jnp.zeros((), dtype))
+        # Where quadratic is 0 (no gradient yet, tau = beta = l2 = 0) w stays. No
+        # constant compiles the guard out: a schedule's lr_t = 0 makes it 0/0.
+        new_w = numerics.guarded_divide(shrunk, quadratic, fallback=w32)
         return (new_w - w32).astype(g.dtype), (new_n, z)
 
     return rule
@@ -75,7 +74,7 @@ def ftrl_rule(lr: Any, p: Any, l1: Any, l2: Any, l2_shrinkage: Any, beta: Any):
 def _check_power(fn: str, learning_rate_power: Any) -> None:
     if isinstance(learning_rate_power, jax.Array):
         return  # Possibly traced (inject_hyperparams).
-    number = checks._python_number(learning_rate_power)
+    number = checks.python_number(learning_rate_power)
     if number is None:
         raise TypeError(
             f"{fn}(learning_rate_power={learning_rate_power!r}): learning_rate_power"
@@ -217,8 +216,7 @@ def ftrl(
         l2_shrinkage=l2_shrinkage,
         beta=beta,
     )
-    checks.check_bool(fn, "warm_start", warm_start)
-    warm_start = bool(warm_start)
+    warm_start = checks.check_bool(fn, "warm_start", warm_start)
     accumulator_dtype = checks.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
     check_id_flags(fn, pad_id, out_of_range)
     nonfinite_policy.check(fn, nonfinite)
