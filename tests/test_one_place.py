@@ -82,18 +82,11 @@ FLAGS = {
         lambda v: adagrad_jax.value_and_row_grad(_loss_and_aux if v else _loss, has_aux=v),
     ),
 }
-# packed_adagrad (diagonal/packed.py, being split in another branch) still has
-# its own check, which refuses np.bool_ with "must be a bool": strict xfails,
-# so that they turn into failures (remove the marks) once it calls check_bool.
-PACKED_REASON = "packed_adagrad has its own bool check (diagonal/packed.py)"
 for flag in ("interleave", "grad_buffer"):
-    FLAGS[f"packed_adagrad({flag})"] = pytest.param(
-        (
-            "packed_adagrad",
-            flag,
-            lambda v, flag=flag: experimental.packed_adagrad(0.1, **{flag: v}),
-        ),
-        marks=pytest.mark.xfail(reason=PACKED_REASON, raises=(TypeError, AssertionError)),
+    FLAGS[f"packed_adagrad({flag})"] = (
+        "packed_adagrad",
+        flag,
+        lambda v, flag=flag: experimental.packed_adagrad(0.1, **{flag: v}),
     )
 
 

@@ -229,7 +229,7 @@ def test_negative_hyperparameter_names_function_argument_and_value(arg):
 
 @pytest.mark.parametrize("flag", ["interleave", "grad_buffer"])
 def test_flags_must_be_bool(flag):
-    with pytest.raises(TypeError, match=rf"packed_adagrad\({flag}=1\): {flag} must be a bool"):
+    with pytest.raises(TypeError, match=rf"packed_adagrad\({flag}=1\): {flag} must be True or False"):
         adagrad_jax.packed_adagrad(**{flag: 1})
 
 

@@ -224,9 +224,8 @@ def packed_adagrad(
     checks.check_number(FN, "eps_root", eps_root)
     checks.check_number(FN, "weight_decay", weight_decay)
     accumulator_dtype = checks.check_float_dtype(FN, "accumulator_dtype", accumulator_dtype)
-    for name, flag in (("interleave", interleave), ("grad_buffer", grad_buffer)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{FN}({name}={flag!r}): {name} must be a bool.")
+    interleave = checks.check_bool(FN, "interleave", interleave)
+    grad_buffer = checks.check_bool(FN, "grad_buffer", grad_buffer)
     nonfinite = nonfinite_policy.check(FN, nonfinite)
     # The step runs this transformation's own update on the flat buffers, so
     # the numbers are those of the per-leaf path by construction.
