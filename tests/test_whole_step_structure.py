@@ -1,9 +1,9 @@
 """Structural facts of the whole training steps the README recommends (no timing).
 
 Each test reads the compiled program, XLA's memory analysis or a trace count:
-the steps of `benchmarks/whole_step.py` compile once, update the donated
-parameters and optimizer state in place, and the recommendation model's step
-never builds a table-sized buffer. Also: `packed_adagrad` lives in
+the steps of `benchmarks/whole_step.py` (their models: `devtools/models.py`)
+compile once, update the donated parameters and optimizer state in place, and
+the recommendation model's step never builds a table-sized buffer. Also: `packed_adagrad` lives in
 `adagrad_jax.experimental` and refuses, when they are built, the places that
 need a GradientTransformation (nnx.Optimizer, optax.chain and other wrappers).
 """
@@ -18,7 +18,7 @@ import pytest
 
 import adagrad_jax
 from adagrad_jax import experimental
-from benchmarks import _hlo, whole_step
+from devtools import hlo, models
 
 
 @pytest.fixture(autouse=True)
@@ -31,6 +31,8 @@ def _user_promotion_rules():
 # Tables large enough that a table-sized temporary would dwarf the step's own.
 RECSYS = {"vocabs": (1000, 2000, 5000, 20_000), "dim": 16, "bag": 3, "batch": 32,
           "tower": (16, 8)}
+# The whole-step benchmark's tiny transformer (its smoke-test size).
+TRANSFORMER = {"layers": 2, "d": 16, "heads": 2, "mlp": 32, "seq": 8, "batch": 2, "vocab": 50}
 
 
 def _tx():
@@ -38,7 +40,7 @@ def _tx():
 
 
 def _recsys_step(tx, traces):
-    grad_fn = adagrad_jax.value_and_row_grad(whole_step.recsys_row_loss)
+    grad_fn = adagrad_jax.value_and_row_grad(models.recsys_row_loss)
 
     def train_step(params, opt_state, ids, y):
         traces.append(1)
@@ -50,7 +52,7 @@ def _recsys_step(tx, traces):
 
 
 def _recsys_inputs():
-    params_np, batches_np = whole_step.recsys_problem(RECSYS)
+    params_np, batches_np = models.recsys_problem(RECSYS)
     params = jax.tree.map(jnp.asarray, params_np)
     batches = [({n: jnp.asarray(i) for n, i in ids.items()}, jnp.asarray(y))
                for ids, y in batches_np[:3]]
@@ -80,7 +82,7 @@ def test_recsys_row_sparse_step_updates_tables_in_place_without_a_table_sized_bu
     # Each table and its accumulator (float32, the table's shape) are aliased.
     assert memory.alias_size_in_bytes >= 2 * sum(table_bytes), memory
     assert memory.temp_size_in_bytes < max(table_bytes) // 4, memory
-    assert _hlo.aliased_outputs(compiled.as_text()) >= 2 * len(jax.tree.leaves(params))
+    assert hlo.aliased_outputs(compiled.as_text()) >= 2 * len(jax.tree.leaves(params))
 
 
 def test_recsys_dense_gradient_step_does_build_table_sized_buffers():
@@ -89,7 +91,7 @@ def test_recsys_dense_gradient_step_does_build_table_sized_buffers():
     params, batches = _recsys_inputs()
 
     def train_step(params, opt_state, ids, y):
-        loss, grads = jax.value_and_grad(whole_step.recsys_dense_loss)(params, ids, y)
+        loss, grads = jax.value_and_grad(models.recsys_dense_loss)(params, ids, y)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -104,14 +106,14 @@ def test_recsys_dense_gradient_step_does_build_table_sized_buffers():
 
 @pytest.mark.parametrize("method", ["adagrad_jax", "adagrad_jax_flat"])
 def test_transformer_step_compiles_once_and_aliases_every_leaf(method):
-    cfg = whole_step.TINY["transformer"]
-    params = jax.tree.map(jnp.asarray, whole_step.transformer_params(
+    cfg = TRANSFORMER
+    params = jax.tree.map(jnp.asarray, models.transformer_params(
         cfg["layers"], cfg["d"], cfg["mlp"], cfg["vocab"], cfg["seq"]))
-    tx, traces = whole_step.optimizer(method), []
+    tx, traces = models.optimizer(method), []
 
     def train_step(params, opt_state, tokens, targets):
         traces.append(1)
-        loss, grads = jax.value_and_grad(whole_step.transformer_loss)(
+        loss, grads = jax.value_and_grad(models.transformer_loss)(
             params, tokens, targets, heads=cfg["heads"])
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
@@ -121,7 +123,7 @@ def test_transformer_step_compiles_once_and_aliases_every_leaf(method):
     tokens = jnp.zeros((cfg["batch"], cfg["seq"]), jnp.int32)
     text = step.lower(params, state, tokens, tokens).compile().as_text()
     state_leaves = len(jax.tree.leaves(state))
-    assert _hlo.aliased_outputs(text) >= len(jax.tree.leaves(params)) + state_leaves - 1
+    assert hlo.aliased_outputs(text) >= len(jax.tree.leaves(params)) + state_leaves - 1
     for _ in range(3):
         params, state, _ = step(params, state, tokens, tokens)
     assert len(traces) == 1
@@ -144,7 +146,7 @@ def test_nnx_optimizer_step_compiles_once_and_aliases_its_state():
     x = jnp.ones((2, 8))
     text = step.lower(state, x).compile().as_text()
     # kernel, bias, their two accumulators and the step counters, in place.
-    assert _hlo.aliased_outputs(text) >= 4
+    assert hlo.aliased_outputs(text) >= 4
     for _ in range(3):
         state, _ = step(state, x)
     assert len(traces) == 1
