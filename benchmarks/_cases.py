@@ -10,10 +10,12 @@ gradients and waits for the result. JAX steps are compiled ahead of time so
 that compilation is measured apart from the step.
 
 The embedding-table problem (a vocab x dim table, Zipf-distributed ids per
-step) and its steps live here too, shared by `benchmarks/sparse_embedding.py`
-and `benchmarks/regularized.py`: `TableProblem`, `table_problem`,
-`row_sparse_step`, `dense_grad_step`, `dense_grad_from_lookup_step` and
-`table_case`.
+step, drawn by `devtools.models.draw_ids`) and its steps live here too, shared
+by `benchmarks/sparse_embedding.py` and `benchmarks/regularized.py`:
+`TableProblem`, `table_problem`, `row_sparse_step`, `dense_grad_step`,
+`dense_grad_from_lookup_step` and `table_case`. The hyperparameters ``LR, TAU,
+EPS`` come from `devtools.models`, which the whole-step benchmark shares with
+the tests.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ import numpy as np
 import optax
 
 import adagrad_jax
-from benchmarks import _hlo, _timing
+from benchmarks import _timing
+from devtools import hlo
+from devtools.models import EPS, ID_POOL, LR, TAU, draw_ids
 
-LR, TAU, EPS = 0.01, 0.1, 1e-7
 F32_BYTES = 4
 # A float32 step reads w, G and g and writes w and G.
 MIN_BYTES_PER_ELEMENT = 5 * F32_BYTES
@@ -106,7 +109,7 @@ def jax_case(method: str, params_np: list, grads: list, *, donate: bool) -> Case
     compiled, box, seconds = compile_step(method, params, grads, donate=donate)
     n = sum(int(x.size) for x in params_np)
     smallest = min(int(x.size) for x in params_np)
-    info = _hlo.summary(compiled, n, smallest)
+    info = hlo.summary(compiled, n, smallest)
     info["compile_s"] = seconds
 
     def step():
@@ -173,15 +176,6 @@ def label(case: Case) -> str:
 
 
 # --- Embedding tables: k Zipf ids per step into a vocab x dim float32 table. ---
-
-ZIPF_EXPONENT = 1.2
-ID_POOL = 32  # distinct id batches, cycled
-
-
-def draw_ids(rng: np.random.Generator, vocab: int, k: int) -> np.ndarray:
-    """k ids with many repeats: a Zipf draw (exponent 1.2) folded into the vocabulary."""
-    return ((rng.zipf(ZIPF_EXPONENT, k) - 1) % vocab).astype(np.int32)
-
 
 @dataclasses.dataclass
 class TableProblem:

@@ -41,7 +41,8 @@ if __package__ in (None, ""):  # run as a script: python benchmarks/beyond_diago
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import adagrad_jax
-from benchmarks import _cases, _hlo, _timing
+from benchmarks import _cases, _timing
+from devtools import hlo
 
 LR, TAU, EPS = _cases.LR, _cases.TAU, _cases.EPS
 ADAM_LR = 1e-3
@@ -89,7 +90,7 @@ def _case(tx: optax.GradientTransformation, params_np: Any,
     info: dict[str, Any] = {"compile_s": seconds,
                             "state_mib": state_bytes / 2**20,
                             "state_bytes_per_param": state_bytes / params.size}
-    info["peak_mib"] = (_hlo.summary(compiled, params.size, params.size).get("peak_bytes")
+    info["peak_mib"] = (hlo.summary(compiled, params.size, params.size).get("peak_bytes")
                         or 0) / 2**20
     box = [params, state]
 

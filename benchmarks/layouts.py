@@ -7,7 +7,7 @@ the top-level loops over the data in the compiled program (copies included),
 XLA's estimate of the bytes moved per element, and the time per step, all
 layouts timed round-robin.
 
-    .venv/bin/python benchmarks/layouts.py [--n 16777216] [--rounds 20]
+    .venv/bin/python benchmarks/layouts.py [--n 16777216] [--rounds 20] [--json]
 
 Findings on XLA:CPU (jax 0.10): two arrays give two loops (28 B/element). Any
 single array holding both w and G where an output element reads another index
@@ -20,6 +20,7 @@ in place by one loop: 20 B/element.
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import sys
 from collections.abc import Callable
@@ -32,10 +33,8 @@ from jax import lax
 if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from benchmarks import (
-    _hlo,
-    _timing,
-)
+from benchmarks import _timing
+from devtools import hlo
 
 LR, EPS = 0.01, 1e-8
 F32 = jnp.float32
@@ -92,6 +91,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=16 * 2**20)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--json", action="store_true",
+                        help="also print the rows as one JSON line, after the table")
     args = parser.parse_args(argv)
     n = args.n
     with jax.enable_x64(True):  # for the uint64 layout; every array is built explicitly
@@ -100,8 +101,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for name, (fn, make) in LAYOUTS.items():
             box = [make(n)]
             compiled = jax.jit(fn, donate_argnums=0).lower(box[0], g).compile()
-            loops = _hlo.loops_over(compiled.as_text(), n)
-            summary = _hlo.summary(compiled, n, n)
+            loops = hlo.loops_over(compiled.as_text(), n)
+            summary = hlo.summary(compiled, n, n)
             rows.append(
                 {
                     "layout": name,
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             f"| {row['layout']} | {row['loops']} | {row['bytes_per_element']:.0f} |"
             f" {row['median_ms']:.2f} | {row['min_ms']:.2f}-{row['max_ms']:.2f} |"
         )
+    if args.json:
+        print(json.dumps(rows))
     return rows
 
 

@@ -42,7 +42,8 @@ if __package__ in (None, ""):  # run as a script: python benchmarks/regularized.
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import adagrad_jax
-from benchmarks import _cases, _hlo, _timing
+from benchmarks import _cases, _timing
+from devtools import hlo
 
 LR, TAU, EPS = _cases.LR, _cases.TAU, _cases.EPS
 L1, L2 = 1e-3, 1e-3
@@ -82,7 +83,7 @@ def _dense_case(method: str, params_np: Any, grad: jax.Array) -> tuple[Callable,
     state = tx.init(params)
     fn = jax.jit(_cases.chain_step(tx), donate_argnums=(0, 1))
     compiled, seconds = _timing.timed(lambda: fn.lower(params, state, grad).compile())
-    info = _hlo.summary(compiled, params.size, params.size)
+    info = hlo.summary(compiled, params.size, params.size)
     info["compile_s"] = seconds
     box = [params, state]
 

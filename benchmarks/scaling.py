@@ -23,9 +23,9 @@ partitioner (a masked gather on every row shard and an all-reduce of the k x D
 rows: what adagrad_jax uses) against `shard_map` with an all-to-all of ids to
 their owners and of rows back.
 
-Run ``python -m benchmarks.scaling [--quick]``: the device count must be set
-before JAX starts, so `run` executes the measurements in a fresh interpreter
-with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``.
+Run ``python -m benchmarks.scaling [--quick] [--time-rows N] [--json]``: the
+device count must be set before JAX starts, so `run` executes the measurements
+in a fresh interpreter with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``.
 """
 
 from __future__ import annotations
@@ -33,40 +33,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import time
 from typing import Any
 
+from devtools.hlo import collectives
+
 FULL = dict(rows=8 * 2**20, dim=64, ids_per_device=4096, time_rows=2**20, rounds=5)
 QUICK = dict(rows=2**16, dim=16, ids_per_device=256, time_rows=2**16, rounds=3)
 DEVICE_COUNTS = (1, 2, 4, 8)
-
-_COLLECTIVE = re.compile(
-    r"=\s*(\(.*?\)|\S+)\s+(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)"
-    r"(?:-start)?\(")
-_ARRAY = re.compile(r"\b(pred|s8|u8|s16|u16|f16|bf16|s32|u32|f32|s64|u64|f64|c64|c128)\[([\d,]*)\]")
-_BYTES = dict(pred=1, s8=1, u8=1, s16=2, u16=2, f16=2, bf16=2, s32=4, u32=4, f32=4, s64=8,
-              u64=8, f64=8, c64=8, c128=16)
-
-
-def collectives(hlo_text: str) -> list[tuple[str, int]]:
-    """(kind, result bytes) of every collective op in a compiled HLO module's text."""
-    found = []
-    for line in hlo_text.splitlines():
-        match = _COLLECTIVE.search(line)
-        if match is None:
-            continue
-        nbytes = 0
-        for dtype, dims in _ARRAY.findall(match.group(1)):
-            size = 1
-            for d in filter(None, dims.split(",")):
-                size *= int(d)
-            nbytes += size * _BYTES[dtype]
-        found.append((match.group(2), nbytes))
-    return found
 
 
 def _train_step(tx):
@@ -284,12 +261,18 @@ def markdown(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (tests)")
+    parser.add_argument("--time-rows", type=int, default=None,
+                        help="time steps on tables of at most this many rows (0: no timing)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the results as one JSON line instead of the table")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(_worker(json.loads(args.worker))))
         return
-    print(markdown(run(quick=args.quick)))
+    overrides = {} if args.time_rows is None else {"time_rows": args.time_rows}
+    results = run(quick=args.quick, **overrides)
+    print(json.dumps(results) if args.json else markdown(results))
 
 
 if __name__ == "__main__":

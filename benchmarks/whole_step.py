@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
-import itertools
 import pathlib
 import sys
 import time
@@ -67,9 +66,22 @@ if __package__ in (None, ""):  # run as a script: python benchmarks/whole_step.p
 
 import adagrad_jax
 from adagrad_jax import experimental
-from benchmarks import _cases, _hlo, _timing
+from benchmarks import _cases, _timing
+from devtools import hlo
+from devtools.models import (
+    EPS,
+    LR,
+    TAU,
+    mlp_loss,
+    mlp_params,
+    optimizer,
+    recsys_dense_loss,
+    recsys_problem,
+    recsys_row_loss,
+    transformer_loss,
+    transformer_params,
+)
 
-LR, TAU, EPS = _cases.LR, _cases.TAU, _cases.EPS
 NUM_BATCHES = 4  # distinct generated batches, cycled
 TORCH_WARMUP = 5  # steps run before timing, besides the harness's own 2
 
@@ -116,19 +128,6 @@ def flax_available() -> bool:
     return importlib.util.find_spec("flax") is not None
 
 
-def optimizer(method: str) -> optax.GradientTransformation:
-    """The GradientTransformation a method name stands for."""
-    if method == "optax":
-        return optax.adagrad(LR, initial_accumulator_value=TAU, eps=EPS)
-    if method == "adagrad_jax":
-        return adagrad_jax.adagrad(LR, TAU, eps=0.0, eps_root=EPS)
-    if method == "adagrad_jax_flat":
-        return optax.flatten(adagrad_jax.adagrad(LR, TAU, eps=0.0, eps_root=EPS))
-    if method == "no_opt":
-        return optax.scale(-LR)
-    raise ValueError(f"unknown method {method!r}")
-
-
 def packed() -> experimental.PackedAdagrad:
     return experimental.packed_adagrad(LR, TAU, eps=0.0, eps_root=EPS)
 
@@ -145,7 +144,7 @@ def _compiled_case(fn: Callable, box: list, batches: list[tuple], donate: tuple[
     start = time.perf_counter()
     compiled = jax.jit(fn, donate_argnums=donate).lower(*box, *batches[0]).compile()
     info: dict[str, Any] = {"compile_s": time.perf_counter() - start,
-                            "aliased_outputs": _hlo.aliased_outputs(compiled.as_text())}
+                            "aliased_outputs": hlo.aliased_outputs(compiled.as_text())}
 
     def step(i: int) -> None:
         *box[:], loss = compiled(*box, *batches[i % len(batches)])
@@ -212,28 +211,10 @@ def _torch_sgd(params, *, foreach: bool = True):
 # --- The MLP classifier (plain JAX, Flax NNX, PyTorch) ------------------------
 
 
-def _dense_init(rng: np.random.Generator, fan_in: int, fan_out: int) -> tuple:
-    w = rng.standard_normal((fan_in, fan_out), dtype=np.float32) / np.float32(np.sqrt(fan_in))
-    return w, np.zeros((fan_out,), np.float32)
-
-
-def mlp_params(width: int, seed: int = 0) -> dict[str, Any]:
-    rng = np.random.default_rng(seed)
-    sizes = [(784, width), (width, width), (width, 10)]
-    return {f"l{i}": dict(zip(("w", "b"), _dense_init(rng, *s))) for i, s in enumerate(sizes)}
-
-
 def mlp_batches(batch: int, seed: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(seed)
     return [(rng.standard_normal((batch, 784), dtype=np.float32),
              rng.integers(0, 10, batch).astype(np.int32)) for _ in range(NUM_BATCHES)]
-
-
-def mlp_loss(params, x, y):
-    h = jax.nn.relu(x @ params["l0"]["w"] + params["l0"]["b"])
-    h = jax.nn.relu(h @ params["l1"]["w"] + params["l1"]["b"])
-    logits = h @ params["l2"]["w"] + params["l2"]["b"]
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
 def _torch_mlp(params_np: dict):
@@ -338,52 +319,6 @@ def nnx_mlp(width: int, batch: int, rounds: int) -> list[dict[str, Any]]:
 # --- A small transformer (many leaves) ------------------------------------------
 
 
-def transformer_params(layers: int, d: int, mlp: int, vocab: int, seq: int, seed: int = 0
-                       ) -> dict[str, Any]:
-    rng = np.random.default_rng(seed)
-
-    def dense(fan_in, fan_out):
-        return dict(zip(("w", "b"), _dense_init(rng, fan_in, fan_out)))
-
-    def norm():
-        return {"scale": np.ones((d,), np.float32), "bias": np.zeros((d,), np.float32)}
-
-    blocks = [{"ln1": norm(), "q": dense(d, d), "k": dense(d, d), "v": dense(d, d),
-               "o": dense(d, d), "ln2": norm(), "up": dense(d, mlp), "down": dense(mlp, d)}
-              for _ in range(layers)]
-    return {
-        "embed": 0.02 * rng.standard_normal((vocab, d), dtype=np.float32),
-        "pos": 0.02 * rng.standard_normal((seq, d), dtype=np.float32),
-        "blocks": blocks, "ln_f": norm(), "head": dense(d, vocab),
-    }
-
-
-def _layer_norm(x, p):
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + 1e-5) * p["scale"] + p["bias"]
-
-
-def transformer_loss(params, tokens, targets, *, heads: int):
-    b, t = tokens.shape
-    x = params["embed"][tokens] + params["pos"][:t]
-    d = x.shape[-1]
-    mask = jnp.tril(jnp.ones((t, t), bool))
-    for blk in params["blocks"]:
-        h = _layer_norm(x, blk["ln1"])
-        q, k, v = ((h @ blk[n]["w"] + blk[n]["b"]).reshape(b, t, heads, d // heads)
-                   for n in ("q", "k", "v"))
-        att = jnp.einsum("bqhc,bkhc->bhqk", q, k) / jnp.sqrt(jnp.float32(d // heads))
-        att = jax.nn.softmax(jnp.where(mask, att, jnp.float32(-1e9)), axis=-1)
-        out = jnp.einsum("bhqk,bkhc->bqhc", att, v).reshape(b, t, d)
-        x = x + out @ blk["o"]["w"] + blk["o"]["b"]
-        h = _layer_norm(x, blk["ln2"])
-        x = x + jax.nn.gelu(h @ blk["up"]["w"] + blk["up"]["b"]) @ blk["down"]["w"] \
-            + blk["down"]["b"]
-    logits = _layer_norm(x, params["ln_f"]) @ params["head"]["w"] + params["head"]["b"]
-    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
-
-
 def _torch_transformer(params_np: dict, heads: int):
     import torch
 
@@ -456,43 +391,6 @@ def transformer(cfg: dict[str, int], rounds: int, *, torch: bool) -> list[dict[s
 
 
 # --- The recommendation model (row-sparse tables, dense tower) -----------------
-
-
-def recsys_problem(cfg: dict[str, Any], seed: int = 0):
-    rng = np.random.default_rng(seed)
-    dim, bag, batch = cfg["dim"], cfg["bag"], cfg["batch"]
-    tables = {f"t{i}": 0.01 * rng.standard_normal((v, dim), dtype=np.float32)
-              for i, v in enumerate(cfg["vocabs"])}
-    sizes = [dim * len(tables), *cfg["tower"], 1]
-    tower = {f"l{i}": dict(zip(("w", "b"), _dense_init(rng, a, b)))
-             for i, (a, b) in enumerate(itertools.pairwise(sizes))}
-    batches = []
-    for _ in range(_cases.ID_POOL):
-        ids = {name: _cases.draw_ids(rng, t.shape[0], batch * bag).reshape(batch, bag)
-               for name, t in tables.items()}
-        batches.append((ids, rng.integers(0, 2, batch).astype(np.float32)))
-    return {"tables": tables, "tower": tower}, batches
-
-
-def _tower(tower, pooled):
-    h = jnp.concatenate(pooled, axis=-1)
-    n = len(tower)
-    for i in range(n):
-        h = h @ tower[f"l{i}"]["w"] + tower[f"l{i}"]["b"]
-        if i < n - 1:
-            h = jax.nn.relu(h)
-    return h[:, 0]
-
-
-def recsys_row_loss(rows, y):
-    """rows["tables"][name]: the looked-up rows, (batch, bag, dim)."""
-    pooled = [rows["tables"][n].mean(axis=1) for n in sorted(rows["tables"])]
-    return optax.sigmoid_binary_cross_entropy(_tower(rows["tower"], pooled), y).mean()
-
-
-def recsys_dense_loss(params, ids, y):
-    pooled = [params["tables"][n][ids[n]].mean(axis=1) for n in sorted(params["tables"])]
-    return optax.sigmoid_binary_cross_entropy(_tower(params["tower"], pooled), y).mean()
 
 
 def _row_sparse_case(params, tx, batches):
@@ -608,14 +506,14 @@ def leaves(num: int, size: int, rounds: int) -> list[dict[str, Any]]:
         fn = jax.jit(_cases.chain_step(tx), donate_argnums=(0, 1))
         compiled, seconds = _timing.timed(
             lambda fn=fn, tx=tx, params=params: fn.lower(params, tx.init(params), grads).compile())
-        info = _hlo.summary(compiled, num * size, size)
+        info = hlo.summary(compiled, num * size, size)
         info["compile_s"] = seconds
         cases[method] = (_leaves_step(compiled, [params, tx.init(params)], grads), info)
     opt = packed()
     state = opt.init([jnp.asarray(p) for p in params_np])
     fn = jax.jit(opt.step, donate_argnums=0)
     compiled, seconds = _timing.timed(lambda: fn.lower(state, grads).compile())
-    info = _hlo.summary(compiled, num * size, size)
+    info = hlo.summary(compiled, num * size, size)
     info["compile_s"] = seconds
     cases["packed"] = (_leaves_step(compiled, [state], grads), info)
     return _rows("leaves", f"{num:,} leaves x {size:,}, optimizer step only", cases,

@@ -14,7 +14,7 @@ import optax
 import pytest
 
 import adagrad_jax
-from benchmarks import _hlo
+from devtools import hlo
 
 N = 1 << 16  # large enough that every loop over it shows in the program
 cpu_only = pytest.mark.skipif(
@@ -61,7 +61,7 @@ def test_donated_step_updates_the_buffers_in_place(interleave):
     compiled = jax.jit(opt.step, donate_argnums=0).lower(state, params).compile()
     leaves = jax.tree.leaves(state)
     # Every state array (count, buffers, gradient buffer) aliases an input ...
-    assert _hlo.aliased_outputs(compiled.as_text()) == len(leaves)
+    assert hlo.aliased_outputs(compiled.as_text()) == len(leaves)
     assert compiled.memory_analysis().temp_size_in_bytes < 4 * N  # no group-sized temporary
     # ... and at run time the new state lives in the old state's memory.
     pointers = {x.unsafe_buffer_pointer() for x in leaves}
@@ -72,7 +72,7 @@ def test_donated_step_updates_the_buffers_in_place(interleave):
 
 def test_without_donation_nothing_is_aliased():
     compiled, _ = compiled_packed_step({"w": jnp.ones(N)}, donate=False)
-    assert _hlo.aliased_outputs(compiled.as_text()) == 0
+    assert hlo.aliased_outputs(compiled.as_text()) == 0
 
 
 @cpu_only
@@ -80,7 +80,7 @@ def test_packed_dense_step_is_one_loop_of_20_bytes_per_element():
     """Read w, G, g and write w, G: 5 float32 per element, in one in-place loop."""
     compiled, _ = compiled_packed_step({"w": jnp.ones(N)})
     text = compiled.as_text()
-    assert [op for op, _ in _hlo.loops_over(text, N)] == ["fusion"]
+    assert [op for op, _ in hlo.loops_over(text, N)] == ["fusion"]
     assert "copy(" not in text
     bytes_per_element = compiled.cost_analysis()["bytes accessed"] / N
     assert bytes_per_element == pytest.approx(20.0, abs=0.01)
@@ -90,7 +90,7 @@ def test_packed_dense_step_is_one_loop_of_20_bytes_per_element():
 def test_split_layout_and_per_leaf_adagrad_are_two_loops():
     """Without the complex layout XLA:CPU writes G and w in two loops (28 B/elt)."""
     compiled, _ = compiled_packed_step({"w": jnp.ones(N)}, interleave=False)
-    assert len(_hlo.loops_over(compiled.as_text(), N)) == 2
+    assert len(hlo.loops_over(compiled.as_text(), N)) == 2
     tx = adagrad_jax.adagrad()
     params = jnp.ones(N)
     per_leaf = (
@@ -98,7 +98,7 @@ def test_split_layout_and_per_leaf_adagrad_are_two_loops():
         .lower(params, tx.init(params), params)
         .compile()
     )
-    assert len(_hlo.loops_over(per_leaf.as_text(), N)) == 2
+    assert len(hlo.loops_over(per_leaf.as_text(), N)) == 2
     assert per_leaf.cost_analysis()["bytes accessed"] / N == pytest.approx(28.0, abs=0.01)
 
 
@@ -108,7 +108,7 @@ def test_many_leaves_are_two_loops_not_two_per_leaf():
     leaves = 64
     params = [jnp.ones(N // leaves) for _ in range(leaves)]
     compiled, _ = compiled_packed_step(params)
-    loops = _hlo.loops_over(compiled.as_text(), N // leaves)
+    loops = hlo.loops_over(compiled.as_text(), N // leaves)
     assert sorted(op for op, _ in loops) == ["concatenate", "fusion"]
 
 
@@ -123,4 +123,4 @@ def test_training_step_through_views_fuses_the_gradient_into_the_update():
         return opt.step(state, grads)
 
     compiled = jax.jit(train_step, donate_argnums=0).lower(state, jnp.float32(2.0)).compile()
-    assert len(_hlo.loops_over(compiled.as_text(), N)) == 1
+    assert len(hlo.loops_over(compiled.as_text(), N)) == 1

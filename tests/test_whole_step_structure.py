@@ -1,12 +1,12 @@
 """Structural facts of the whole training steps the README recommends (no timing).
 
 Each test reads the compiled program, XLA's memory analysis or a trace count:
-the steps of `benchmarks/whole_step.py` compile once, update the donated
-parameters and optimizer state in place, and the recommendation model's step
-never builds a table-sized buffer. Also: `packed_adagrad` lives in
-`adagrad_jax.experimental`, and the places that need a GradientTransformation
-(nnx.Optimizer, optax.chain and other wrappers) raise a TypeError pointing to
-`adagrad_jax.adagrad` at their first update.
+the steps of `benchmarks/whole_step.py` (their models: `devtools/models.py`)
+compile once, update the donated parameters and optimizer state in place, and
+the recommendation model's step never builds a table-sized buffer. Also:
+`packed_adagrad` lives in `adagrad_jax.experimental`, and the places that need
+a GradientTransformation (nnx.Optimizer, optax.chain and other wrappers) raise
+a TypeError pointing to `adagrad_jax.adagrad` at their first update.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 
 import adagrad_jax
 from adagrad_jax import experimental
-from benchmarks import _hlo, whole_step
+from devtools import hlo, models
 
 
 @pytest.fixture(autouse=True)
@@ -30,8 +30,9 @@ def _user_promotion_rules():
 
 
 # Tables large enough that a table-sized temporary would dwarf the step's own.
-RECSYS = {"vocabs": (1000, 2000, 5000, 20_000), "dim": 16, "bag": 3, "batch": 32,
-          "tower": (16, 8)}
+RECSYS = {"vocabs": (1000, 2000, 5000, 20_000), "dim": 16, "bag": 3, "batch": 32, "tower": (16, 8)}
+# The whole-step benchmark's tiny transformer (its smoke-test size).
+TRANSFORMER = {"layers": 2, "d": 16, "heads": 2, "mlp": 32, "seq": 8, "batch": 2, "vocab": 50}
 
 
 def _tx():
@@ -39,7 +40,7 @@ def _tx():
 
 
 def _recsys_step(tx, traces):
-    grad_fn = adagrad_jax.value_and_row_grad(whole_step.recsys_row_loss)
+    grad_fn = adagrad_jax.value_and_row_grad(models.recsys_row_loss)
 
     def train_step(params, opt_state, ids, y):
         traces.append(1)
@@ -51,10 +52,11 @@ def _recsys_step(tx, traces):
 
 
 def _recsys_inputs():
-    params_np, batches_np = whole_step.recsys_problem(RECSYS)
+    params_np, batches_np = models.recsys_problem(RECSYS)
     params = jax.tree.map(jnp.asarray, params_np)
-    batches = [({n: jnp.asarray(i) for n, i in ids.items()}, jnp.asarray(y))
-               for ids, y in batches_np[:3]]
+    batches = [
+        ({n: jnp.asarray(i) for n, i in ids.items()}, jnp.asarray(y)) for ids, y in batches_np[:3]
+    ]
     return params, batches
 
 
@@ -81,7 +83,7 @@ def test_recsys_row_sparse_step_updates_tables_in_place_without_a_table_sized_bu
     # Each table and its accumulator (float32, the table's shape) are aliased.
     assert memory.alias_size_in_bytes >= 2 * sum(table_bytes), memory
     assert memory.temp_size_in_bytes < max(table_bytes) // 4, memory
-    assert _hlo.aliased_outputs(compiled.as_text()) >= 2 * len(jax.tree.leaves(params))
+    assert hlo.aliased_outputs(compiled.as_text()) >= 2 * len(jax.tree.leaves(params))
 
 
 def test_recsys_dense_gradient_step_does_build_table_sized_buffers():
@@ -90,12 +92,15 @@ def test_recsys_dense_gradient_step_does_build_table_sized_buffers():
     params, batches = _recsys_inputs()
 
     def train_step(params, opt_state, ids, y):
-        loss, grads = jax.value_and_grad(whole_step.recsys_dense_loss)(params, ids, y)
+        loss, grads = jax.value_and_grad(models.recsys_dense_loss)(params, ids, y)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(
-        params, tx.init(params), *batches[0]).compile()
+    compiled = (
+        jax.jit(train_step, donate_argnums=(0, 1))
+        .lower(params, tx.init(params), *batches[0])
+        .compile()
+    )
     memory = compiled.memory_analysis()
     if memory is None:
         pytest.skip("no memory analysis on this backend")
@@ -105,15 +110,18 @@ def test_recsys_dense_gradient_step_does_build_table_sized_buffers():
 
 @pytest.mark.parametrize("method", ["adagrad_jax", "adagrad_jax_flat"])
 def test_transformer_step_compiles_once_and_aliases_every_leaf(method):
-    cfg = whole_step.TINY["transformer"]
-    params = jax.tree.map(jnp.asarray, whole_step.transformer_params(
-        cfg["layers"], cfg["d"], cfg["mlp"], cfg["vocab"], cfg["seq"]))
-    tx, traces = whole_step.optimizer(method), []
+    cfg = TRANSFORMER
+    params = jax.tree.map(
+        jnp.asarray,
+        models.transformer_params(cfg["layers"], cfg["d"], cfg["mlp"], cfg["vocab"], cfg["seq"]),
+    )
+    tx, traces = models.optimizer(method), []
 
     def train_step(params, opt_state, tokens, targets):
         traces.append(1)
-        loss, grads = jax.value_and_grad(whole_step.transformer_loss)(
-            params, tokens, targets, heads=cfg["heads"])
+        loss, grads = jax.value_and_grad(models.transformer_loss)(
+            params, tokens, targets, heads=cfg["heads"]
+        )
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -122,7 +130,7 @@ def test_transformer_step_compiles_once_and_aliases_every_leaf(method):
     tokens = jnp.zeros((cfg["batch"], cfg["seq"]), jnp.int32)
     text = step.lower(params, state, tokens, tokens).compile().as_text()
     state_leaves = len(jax.tree.leaves(state))
-    assert _hlo.aliased_outputs(text) >= len(jax.tree.leaves(params)) + state_leaves - 1
+    assert hlo.aliased_outputs(text) >= len(jax.tree.leaves(params)) + state_leaves - 1
     for _ in range(3):
         params, state, _ = step(params, state, tokens, tokens)
     assert len(traces) == 1
@@ -145,7 +153,7 @@ def test_nnx_optimizer_step_compiles_once_and_aliases_its_state():
     x = jnp.ones((2, 8))
     text = step.lower(state, x).compile().as_text()
     # kernel, bias, their two accumulators and the step counters, in place.
-    assert _hlo.aliased_outputs(text) >= 4
+    assert hlo.aliased_outputs(text) >= 4
     for _ in range(3):
         state, _ = step(state, x)
     assert len(traces) == 1
@@ -163,8 +171,10 @@ def test_packed_adagrad_lives_in_experimental_and_the_old_name_still_imports():
 
 
 # The message every misuse meets: it names packed_adagrad and the fix.
-NOT_A_TRANSFORMATION = (r"packed_adagrad\(\.\.\.\) has no update\(updates, state, params\).*"
-                        r"Use adagrad_jax\.adagrad\(\.\.\.\) there")
+NOT_A_TRANSFORMATION = (
+    r"packed_adagrad\(\.\.\.\) has no update\(updates, state, params\).*"
+    r"Use adagrad_jax\.adagrad\(\.\.\.\) there"
+)
 
 
 def test_nnx_optimizer_refuses_packed_adagrad_at_its_first_update():
@@ -179,12 +189,16 @@ def test_nnx_optimizer_refuses_packed_adagrad_at_its_first_update():
         opt.update(model, grads)
 
 
-@pytest.mark.parametrize("wrap", [
-    lambda opt: optax.chain(optax.clip(1.0), opt),
-    lambda opt: optax.MultiSteps(opt, 2),
-    lambda opt: optax.masked(opt, {"w": True}),
-    lambda opt: optax.inject_hyperparams(experimental.packed_adagrad)(learning_rate=0.1),
-], ids=["chain", "MultiSteps", "masked", "inject_hyperparams"])
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda opt: optax.chain(optax.clip(1.0), opt),
+        lambda opt: optax.MultiSteps(opt, 2),
+        lambda opt: optax.masked(opt, {"w": True}),
+        lambda opt: optax.inject_hyperparams(experimental.packed_adagrad)(learning_rate=0.1),
+    ],
+    ids=["chain", "MultiSteps", "masked", "inject_hyperparams"],
+)
 def test_optax_wrappers_refuse_packed_adagrad_at_their_first_update(wrap):
     """optax's wrappers keep `init` and `update` through optax.with_extra_args_support,
     which reads only `init` when they are built; their update calls `update`."""

@@ -1,1 +1,4 @@
-"""Beyond the diagonal: full-matrix Adagrad, Shampoo and AdaGrad-Norm, and their shared preconditioner machinery."""
+"""Beyond the diagonal: full-matrix Adagrad, Shampoo and AdaGrad-Norm.
+
+Their shared machinery (blocks, inverse roots, placement of statistics) is written once here.
+"""

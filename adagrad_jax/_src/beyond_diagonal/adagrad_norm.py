@@ -10,6 +10,7 @@ import optax
 
 from adagrad_jax._src.beyond_diagonal import preconditioner
 from adagrad_jax._src.core import checks, nonfinite_policy, trees
+from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import (
     accumulator_dtype_for,
     adagrad_direction,
@@ -38,6 +39,7 @@ def _leaf(p: Any) -> Any:
 
 
 @checks.checked_arguments
+@shared_args
 def scale_by_adagrad_norm(
     initial_accumulator_value: jax.typing.ArrayLike = 0.0,
     *,
@@ -63,14 +65,14 @@ def scale_by_adagrad_norm(
     step has length 1 in the leaf's (or the tree's) norm when tau = eps = 0.
 
     Args:
-      initial_accumulator_value: b_0^2, the starting value of the sum (>= 0).
-        Default 0 (the paper needs b_0 > 0 only to avoid 0 / 0, which the
-        guard handles).
+      {initial_accumulator_value}
+        Here that sum is of squared gradient norms, b_0^2 in the paper. Must
+        be >= 0. Default 0 (the paper needs b_0 > 0 only to avoid 0 / 0,
+        which the guard handles).
       eps: added to b_t, outside the root (>= 0). Default 1e-8.
       per_leaf: one b per leaf (True) or one for the whole tree (False).
         Default True.
-      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
-        (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
+      {nonfinite}
 
     Returns:
       An `optax.GradientTransformation` whose state is
@@ -170,6 +172,7 @@ def _adagrad_norm(fn, initial_accumulator_value, eps, per_leaf):
 
 
 @checks.checked_arguments
+@shared_args
 def adagrad_norm(
     learning_rate: optax.ScalarOrSchedule = 0.01,
     initial_accumulator_value: jax.typing.ArrayLike = 0.0,
@@ -201,12 +204,13 @@ def adagrad_norm(
     Args:
       learning_rate: lr, a number >= 0 or an optax schedule of the step count
         (0 at the first step). Default 0.01.
-      initial_accumulator_value: b_0^2 (>= 0). Default 0.
+      {initial_accumulator_value}
+        Here that sum is of squared gradient norms, b_0^2 in the paper. Must
+        be >= 0. Default 0.
       eps: added to b_t, outside the root (>= 0). Default 1e-8.
       per_leaf: one b per leaf (True) or one for the whole tree (False).
         Default True.
-      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
-        (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
+      {nonfinite}
 
     Returns:
       An `optax.GradientTransformation`.

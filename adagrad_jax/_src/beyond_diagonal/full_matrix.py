@@ -10,6 +10,7 @@ import optax
 
 from adagrad_jax._src.beyond_diagonal import blocks, preconditioner
 from adagrad_jax._src.core import checks, nonfinite_policy, trees
+from adagrad_jax._src.core.docs import shared_args
 
 
 class ScaleByFullMatrixAdagradState(NamedTuple):
@@ -33,6 +34,7 @@ class ScaleByFullMatrixAdagradState(NamedTuple):
 
 
 @checks.checked_arguments
+@shared_args
 def scale_by_full_matrix_adagrad(
     *,
     block_size: int = 64,
@@ -86,16 +88,14 @@ def scale_by_full_matrix_adagrad(
       block_size: the most coordinates per block (an int >= 1). Default 64.
         It fixes the state's shapes: under `optax.inject_hyperparams`, list it
         in ``static_args`` if `init` runs under `jax.jit`.
-      initial_accumulator_value: tau, G starts at tau * I (>= 0). Default 0.
+      {initial_accumulator_value}
+        Here G starts at tau * I. Must be >= 0. Default 0.
       eps: added to the root's eigenvalues, outside the root (>= 0): Duchi et
         al.'s delta. Default 1e-8.
       eps_root: added to G under the root (>= 0). Default 0.
       preconditioner_every: refresh P every this many steps (an int >= 1).
         Default 1 (every step).
-      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
-        (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
-        Here ``"skip_coordinate"`` sets the entry to 0 for the statistics
-        and gives its coordinate a zero update.
+      {nonfinite}
 
     Returns:
       An `optax.GradientTransformation` whose state is
@@ -219,6 +219,7 @@ def _full_matrix(fn, block_size, initial_accumulator_value, eps, eps_root, preco
 
 
 @checks.checked_arguments
+@shared_args
 def full_matrix_adagrad(
     learning_rate: optax.ScalarOrSchedule = 0.01,
     *,
@@ -261,13 +262,13 @@ def full_matrix_adagrad(
       learning_rate: lr, a number >= 0 or an optax schedule of the step count
         (0 at the first step). Default 0.01.
       block_size: the most coordinates per block (an int >= 1). Default 64.
-      initial_accumulator_value: tau, G starts at tau * I (>= 0). Default 0.
+      {initial_accumulator_value}
+        Here G starts at tau * I. Must be >= 0. Default 0.
       eps: added outside the root (>= 0), Duchi et al.'s delta. Default 1e-8.
       eps_root: added to G inside the root (>= 0). Default 0.
       preconditioner_every: refresh P every this many steps (an int >= 1).
         Default 1.
-      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
-        (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
+      {nonfinite}
 
     Returns:
       An `optax.GradientTransformation`.

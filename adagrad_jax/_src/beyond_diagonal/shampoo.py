@@ -11,6 +11,7 @@ import optax
 
 from adagrad_jax._src.beyond_diagonal import blocks, preconditioner
 from adagrad_jax._src.core import checks, nonfinite_policy, trees
+from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import (
     accumulator_dtype_for,
     adagrad_direction,
@@ -71,6 +72,7 @@ def _norm(x: jax.Array) -> jax.Array:
 
 
 @checks.checked_arguments
+@shared_args
 def scale_by_shampoo(
     *,
     block_size: int = 128,
@@ -138,10 +140,7 @@ def scale_by_shampoo(
       graft: whose step length the Shampoo direction takes, per leaf:
         'adagrad' (diagonal Adagrad's, the default), 'sgd' (the gradient's)
         or None (Shampoo's own, as in the paper).
-      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
-        (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
-        Here ``"skip_coordinate"`` sets the entry to 0 for the statistics
-        and gives its coordinate a zero update.
+      {nonfinite}
 
     Returns:
       An `optax.GradientTransformation` whose state is `ScaleByShampooState`.
@@ -301,6 +300,7 @@ def _shampoo(fn, block_size, eps, preconditioner_every, start_preconditioning_st
 
 
 @checks.checked_arguments
+@shared_args
 def shampoo(
     learning_rate: optax.ScalarOrSchedule = 0.01,
     *,
@@ -350,8 +350,7 @@ def shampoo(
       start_preconditioning_step: the first step using Shampoo's direction
         (an int >= 1); earlier steps are diagonal Adagrad. Default 10.
       graft: 'adagrad' (default), 'sgd' or None (the paper's raw step).
-      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
-        (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
+      {nonfinite}
 
     Returns:
       An `optax.GradientTransformation`.

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import optax
 
 from adagrad_jax._src import schedules
 from adagrad_jax._src.core import checks, nonfinite_policy, trees
-from adagrad_jax._src.diagonal.adagrad import _scale_by_sparse_adagrad
+from adagrad_jax._src.core.docs import shared_args
+from adagrad_jax._src.diagonal.adagrad import AdagradHyperparameters, adagrad_preconditioner
 from adagrad_jax._src.diagonal.weight_decay import coupled_weight_decay
 
 
 @checks.checked_arguments
+@shared_args
 def torch_adagrad(
     lr: optax.ScalarOrSchedule = 0.01,
     lr_decay: jax.typing.ArrayLike = 0.0,
@@ -39,12 +43,11 @@ def torch_adagrad(
       weight_decay: coupled L2 coefficient (>= 0), or None. Default None,
         which is PyTorch's 0 (None keeps the decay out of the chain under
         `optax.inject_hyperparams`, so `update` needs no `params`).
-      initial_accumulator_value: tau (>= 0). Default 0.
+      {initial_accumulator_value}
+        Must be >= 0. Default 0.
       eps: added outside the square root (>= 0). Default 1e-10.
       maximize: ascend instead of descend. Default False.
-      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
-        (default), ``"skip_coordinate"`` or ``"skip_step"``; see
-        `adagrad_jax.adagrad`.
+      {nonfinite}
 
     Returns:
       An `optax.GradientTransformation`.
@@ -94,7 +97,13 @@ def torch_adagrad(
         optax.chain(
             _negate(fn) if maximize else optax.identity(),
             coupled_weight_decay(weight_decay, fn),
-            _preconditioner(fn, initial_accumulator_value, eps, 0.0, nonfinite),
+            _preconditioner(
+                fn,
+                initial_accumulator_value=initial_accumulator_value,
+                eps=eps,
+                eps_root=0.0,
+                nonfinite=nonfinite,
+            ),
             optax.scale_by_learning_rate(learning_rate),
         ),
         skips_inside=True,
@@ -102,6 +111,7 @@ def torch_adagrad(
 
 
 @checks.checked_arguments
+@shared_args
 def keras_adagrad(
     learning_rate: optax.ScalarOrSchedule = 0.001,
     initial_accumulator_value: jax.typing.ArrayLike = 0.1,
@@ -124,12 +134,11 @@ def keras_adagrad(
     Args:
       learning_rate: >= 0, or an optax schedule of the iteration count (a Keras
         LearningRateSchedule of `iterations` maps one to one). Default 0.001.
-      initial_accumulator_value: tau (>= 0). Default 0.1.
+      {initial_accumulator_value}
+        Must be >= 0. Default 0.1.
       epsilon: added inside the square root (>= 0). Default 1e-7.
       weight_decay: decoupled decay coefficient, or None for none. Default None.
-      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
-        (default), ``"skip_coordinate"`` or ``"skip_step"``; see
-        `adagrad_jax.adagrad`.
+      {nonfinite}
 
     Returns:
       An `optax.GradientTransformation`.
@@ -163,7 +172,13 @@ def keras_adagrad(
         fn,
         nonfinite,
         optax.chain(
-            _preconditioner(fn, initial_accumulator_value, 0.0, epsilon, nonfinite),
+            _preconditioner(
+                fn,
+                initial_accumulator_value=initial_accumulator_value,
+                eps=0.0,
+                eps_root=epsilon,
+                nonfinite=nonfinite,
+            ),
             # Decoupled: added after the preconditioner, so it is lr * wd * w.
             coupled_weight_decay(weight_decay, fn),
             optax.scale_by_learning_rate(learning_rate),
@@ -173,6 +188,7 @@ def keras_adagrad(
 
 
 @checks.checked_arguments
+@shared_args
 def tf1_adagrad(
     learning_rate: optax.ScalarOrSchedule,
     initial_accumulator_value: jax.typing.ArrayLike = 0.1,
@@ -188,11 +204,10 @@ def tf1_adagrad(
 
     Args:
       learning_rate: required, >= 0, or an optax schedule.
-      initial_accumulator_value: tau, which must be > 0 as in TF1 (it is the
-        only guard against division by zero). Default 0.1.
-      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
-        (default), ``"skip_coordinate"`` or ``"skip_step"``; see
-        `adagrad_jax.adagrad`.
+      {initial_accumulator_value}
+        Must be > 0, as in TF1 (it is the only guard against division by
+        zero). Default 0.1.
+      {nonfinite}
 
     Returns:
       An `optax.GradientTransformation`.
@@ -220,18 +235,42 @@ def tf1_adagrad(
         fn,
         nonfinite,
         optax.chain(
-            _preconditioner(fn, initial_accumulator_value, 0.0, 0.0, nonfinite),
+            _preconditioner(
+                fn,
+                initial_accumulator_value=initial_accumulator_value,
+                eps=0.0,
+                eps_root=0.0,
+                nonfinite=nonfinite,
+            ),
             optax.scale_by_learning_rate(learning_rate),
         ),
         skips_inside=True,
     )
 
 
-def _preconditioner(fn, tau, eps, eps_root, nonfinite) -> optax.GradientTransformation:
-    """`scale_by_adagrad(tau, eps, eps_root=eps_root)` (arguments already checked), whose
-    trace-time errors name the compat constructor `fn`."""
-
-    return _scale_by_sparse_adagrad(fn, tau, eps, eps_root, None, False, None, "drop", nonfinite)
+def _preconditioner(
+    caller: str,
+    *,
+    initial_accumulator_value: Any,
+    eps: Any,
+    eps_root: Any,
+    nonfinite: str,
+) -> optax.GradientTransformation:
+    """`scale_by_adagrad(initial_accumulator_value, eps, eps_root=eps_root)` from values the
+    preset checked (table flags at their defaults); trace-time errors name `caller`."""
+    return adagrad_preconditioner(
+        caller,
+        AdagradHyperparameters(
+            initial_accumulator_value=initial_accumulator_value,
+            eps=eps,
+            eps_root=eps_root,
+            accumulator_dtype=None,
+            row_wise=False,
+            pad_id=None,
+            out_of_range="drop",
+            nonfinite=nonfinite,
+        ),
+    )
 
 
 def _negate(fn: str) -> optax.GradientTransformation:

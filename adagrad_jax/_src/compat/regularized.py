@@ -10,12 +10,14 @@ import jax
 import optax
 
 from adagrad_jax._src.core import checks, nonfinite_policy
+from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.regularized.adagrad_da import adagrad_da
 from adagrad_jax._src.regularized.ftrl import ftrl
 from adagrad_jax._src.regularized.proximal_adagrad import proximal_adagrad
 
 
 @checks.checked_arguments
+@shared_args
 def tf1_proximal_adagrad(
     learning_rate: optax.ScalarOrSchedule,
     initial_accumulator_value: jax.typing.ArrayLike = 0.1,
@@ -40,13 +42,12 @@ def tf1_proximal_adagrad(
 
     Args:
       learning_rate: required, >= 0, or an optax schedule.
-      initial_accumulator_value: tau (> 0, as in TF1: it is the only guard
-        against division by zero). Default 0.1.
+      {initial_accumulator_value}
+        Must be > 0, as in TF1 (it is the only guard against division by
+        zero). Default 0.1.
       l1_regularization_strength: l1 (>= 0). Default 0.
       l2_regularization_strength: l2 (>= 0). Default 0.
-      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
-        (default), ``"skip_coordinate"`` or ``"skip_step"``; see
-        `adagrad_jax.adagrad`.
+      {nonfinite}
 
     Returns:
       An `optax.GradientTransformation` (a `proximal_adagrad`).
@@ -78,6 +79,7 @@ def tf1_proximal_adagrad(
 
 
 @checks.checked_arguments
+@shared_args
 def tf1_adagrad_da(
     learning_rate: optax.ScalarOrSchedule,
     initial_gradient_squared_accumulator_value: jax.typing.ArrayLike = 0.1,
@@ -106,9 +108,7 @@ def tf1_adagrad_da(
       initial_gradient_squared_accumulator_value: G_0 (> 0). Default 0.1.
       l1_regularization_strength: l1 (>= 0). Default 0.
       l2_regularization_strength: l2 (>= 0). Default 0.
-      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
-        (default), ``"skip_coordinate"`` or ``"skip_step"``; see
-        `adagrad_jax.adagrad`.
+      {nonfinite}
 
     Returns:
       An `optax.GradientTransformation` (an `adagrad_da`).
@@ -145,6 +145,7 @@ def tf1_adagrad_da(
 
 
 @checks.checked_arguments
+@shared_args
 def keras_ftrl(
     learning_rate: optax.ScalarOrSchedule = 0.001,
     learning_rate_power: jax.typing.ArrayLike = -0.5,
@@ -176,14 +177,13 @@ def keras_ftrl(
     Args:
       learning_rate: > 0, or an optax schedule. Default 0.001.
       learning_rate_power: <= 0. Default -0.5.
-      initial_accumulator_value: n_0 (>= 0). Default 0.1.
+      {initial_accumulator_value}
+        Here that sum is n (n_0 = tau). Must be >= 0. Default 0.1.
       l1_regularization_strength: l1 (>= 0). Default 0.
       l2_regularization_strength: Keras' l2 (>= 0). Default 0.
       l2_shrinkage_regularization_strength: Keras' s (>= 0). Default 0.
       beta: (>= 0). Default 0.
-      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
-        (default), ``"skip_coordinate"`` or ``"skip_step"``; see
-        `adagrad_jax.adagrad`.
+      {nonfinite}
 
     Returns:
       An `optax.GradientTransformation` (an `ftrl`).

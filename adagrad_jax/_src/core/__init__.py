@@ -1,1 +1,4 @@
-"""Numerics, argument checks, the non-finite policy and placement helpers: imports nothing else from the package."""
+"""Numerics, argument checks, the non-finite policy and placement helpers.
+
+This layer imports nothing else from the package.
+"""

@@ -1,22 +1,23 @@
-"""Diagonal Adagrad's leaf rule on the row machinery, and its v0.1 table names.
+"""Diagonal Adagrad: `adagrad`, `scale_by_adagrad` and their leaf rule, `adagrad_rule`.
 
-`adagrad` and `scale_by_adagrad` (in `_adagrad.py`) are built here, by
-`adagrad_impl` and `scale_by_adagrad_impl`: dense leaves get the dense rule,
-`RowSparse` leaves go through the shared row machinery (`adagrad_jax._rows`),
-which reads and writes only the touched rows. The optimizer itself is one small
-leaf rule, `_adagrad_rule`. `sparse_adagrad` and `scale_by_sparse_adagrad` are
-the same optimizers under the names v0.1 gave them (they keep their own names in
-error messages).
+Dense leaves get the dense rule; `RowSparse` leaves go through the row engine
+(`tables/engine.py:map_rule`), which reads and writes only the touched rows.
+A constructor passes its arguments on by name in an `AdagradHyperparameters`;
+`build_adagrad` and `build_scale_by_adagrad` check them and build the transform
+(`adagrad_preconditioner`), for these names and for their v0.1 names
+(`v01_names.py`), whose errors name them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
 import optax
 
 from adagrad_jax._src.core import checks, nonfinite_policy
+from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import adagrad_direction, per_row, row_mean, squared_magnitude
 from adagrad_jax._src.core.slots import init_sum_of_squares
 from adagrad_jax._src.diagonal.weight_decay import sparse_coupled_weight_decay
@@ -25,7 +26,7 @@ from adagrad_jax._src.tables.engine import map_rule, row_like
 from adagrad_jax._src.tables.ids import check_id_flags
 
 
-def _adagrad_rule(eps: Any, eps_root: Any, tau: Any, row_wise: bool):
+def adagrad_rule(eps: Any, eps_root: Any, tau: Any, row_wise: bool):
     """The leaf rule of `scale_by_adagrad`, per coordinate or per row."""
 
     def rule(g, slots, w):
@@ -41,81 +42,41 @@ def _adagrad_rule(eps: Any, eps_root: Any, tau: Any, row_wise: bool):
     return rule
 
 
-def _scale_by_sparse_adagrad(
-    fn,
-    initial_accumulator_value,
-    eps,
-    eps_root,
-    accumulator_dtype,
-    row_wise,
-    pad_id,
-    out_of_range,
-    nonfinite,
-) -> optax.GradientTransformation:
-    rule = _adagrad_rule(eps, eps_root, initial_accumulator_value, row_wise)
+@dataclasses.dataclass(frozen=True)
+class AdagradHyperparameters:
+    """The arguments of `scale_by_adagrad`, by name, as a constructor passes them on.
 
-    def init_fn(params):
-        if row_wise:
-            params = jax.tree.map(row_like, params)
-        return ScaleByAdagradState(
-            sum_of_squares=init_sum_of_squares(
-                fn, params, initial_accumulator_value, accumulator_dtype
-            )
-        )
+    `check_hyperparameters` checks them and returns the checked bundle that
+    `adagrad_preconditioner` takes (the compat presets build it from values
+    they checked themselves).
+    """
 
-    def update_fn(updates, state, params=None):
-        updates, (sums,) = map_rule(
-            fn,
-            rule,
-            updates,
-            (state.sum_of_squares,),
-            params,
-            row_wise=row_wise,
-            pad_id=pad_id,
-            out_of_range=out_of_range,
-            nonfinite=nonfinite,
-            state_name="state.sum_of_squares",
-        )
-        return updates, ScaleByAdagradState(sum_of_squares=sums)
-
-    return optax.GradientTransformation(init_fn, update_fn)
+    initial_accumulator_value: Any
+    eps: Any
+    eps_root: Any
+    accumulator_dtype: Any
+    row_wise: bool
+    pad_id: int | None
+    out_of_range: str
+    nonfinite: str
 
 
-def adagrad_impl(
-    fn: str, learning_rate: Any, weight_decay: Any, **arguments: Any
-) -> optax.GradientTransformation:
-    """The checks and the chain of `adagrad` and of its v0.1 name `sparse_adagrad`;
-    `arguments` are those of `_scale_by_sparse_adagrad`, by name."""
-    checks.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
-    if weight_decay is not None:
-        checks.check_number(fn, "weight_decay", weight_decay)
-    chain = optax.chain(
-        sparse_coupled_weight_decay(fn, weight_decay),
-        _checked_scale_by_adagrad(fn, **arguments),
-        on_row_values(optax.scale_by_learning_rate(learning_rate)),
-    )
-    return nonfinite_policy.wrap(fn, arguments["nonfinite"], chain, skips_inside=True)
+def check_hyperparameters(
+    caller: str, hyperparameters: AdagradHyperparameters
+) -> AdagradHyperparameters:
+    """Checks the arguments `adagrad` and `scale_by_adagrad` share; errors name `caller`.
 
-
-def scale_by_adagrad_impl(fn: str, **arguments: Any) -> optax.GradientTransformation:
-    """The checks and the transform of `scale_by_adagrad` (and `scale_by_sparse_adagrad`);
-    `arguments` are those of `_scale_by_sparse_adagrad`, by name."""
-    scale = _checked_scale_by_adagrad(fn, **arguments)
-    return nonfinite_policy.wrap(fn, arguments["nonfinite"], scale, skips_inside=True)
-
-
-def _checked_scale_by_adagrad(fn: str, **arguments: Any) -> optax.GradientTransformation:
-    """Checks the arguments `adagrad` and `scale_by_adagrad` share (those of
-    `_scale_by_sparse_adagrad`, by name); returns their scaling step."""
-    for name in ("initial_accumulator_value", "eps", "eps_root"):
-        checks.check_number(fn, name, arguments[name])
-    arguments["accumulator_dtype"] = checks.check_float_dtype(
-        fn, "accumulator_dtype", arguments["accumulator_dtype"]
-    )
-    arguments["row_wise"] = checks.check_bool(fn, "row_wise", arguments["row_wise"])
-    check_id_flags(fn, arguments["pad_id"], arguments["out_of_range"])
-    nonfinite_policy.check(fn, arguments["nonfinite"])
-    return _scale_by_sparse_adagrad(fn, **arguments)
+    Returns them with `accumulator_dtype` resolved and `row_wise` a Python bool.
+    """
+    h = hyperparameters
+    checks.check_number(caller, "initial_accumulator_value", h.initial_accumulator_value)
+    checks.check_number(caller, "eps", h.eps)
+    checks.check_number(caller, "eps_root", h.eps_root)
+    accumulator_dtype = checks.check_float_dtype(caller, "accumulator_dtype", h.accumulator_dtype)
+    row_wise = checks.check_bool(caller, "row_wise", h.row_wise)
+    check_id_flags(caller, h.pad_id, h.out_of_range)
+    nonfinite_policy.check(caller, h.nonfinite)
+    return dataclasses.replace(h, accumulator_dtype=accumulator_dtype, row_wise=row_wise)
 
 
 class ScaleByAdagradState(NamedTuple):
@@ -131,7 +92,81 @@ class ScaleByAdagradState(NamedTuple):
     sum_of_squares: optax.Updates
 
 
+def adagrad_preconditioner(
+    caller: str, hyperparameters: AdagradHyperparameters
+) -> optax.GradientTransformation:
+    """`scale_by_adagrad`'s transform without the `nonfinite` wrapper (callers wrap
+    their whole chain); its trace-time errors name `caller`."""
+    rule = adagrad_rule(
+        eps=hyperparameters.eps,
+        eps_root=hyperparameters.eps_root,
+        tau=hyperparameters.initial_accumulator_value,
+        row_wise=hyperparameters.row_wise,
+    )
+
+    def init_fn(params):
+        if hyperparameters.row_wise:
+            params = jax.tree.map(row_like, params)
+        return ScaleByAdagradState(
+            sum_of_squares=init_sum_of_squares(
+                caller,
+                params=params,
+                initial_accumulator_value=hyperparameters.initial_accumulator_value,
+                accumulator_dtype=hyperparameters.accumulator_dtype,
+            )
+        )
+
+    def update_fn(updates, state, params=None):
+        updates, (sums,) = map_rule(
+            caller,
+            rule=rule,
+            updates=updates,
+            slots=(state.sum_of_squares,),
+            params=params,
+            row_wise=hyperparameters.row_wise,
+            pad_id=hyperparameters.pad_id,
+            out_of_range=hyperparameters.out_of_range,
+            nonfinite=hyperparameters.nonfinite,
+            state_name="state.sum_of_squares",
+        )
+        return updates, ScaleByAdagradState(sum_of_squares=sums)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def build_scale_by_adagrad(
+    caller: str, hyperparameters: AdagradHyperparameters
+) -> optax.GradientTransformation:
+    """`scale_by_adagrad` (and `scale_by_sparse_adagrad`): checks, the transform, the
+    `nonfinite` policy; errors name `caller`."""
+    hyperparameters = check_hyperparameters(caller, hyperparameters)
+    scale = adagrad_preconditioner(caller, hyperparameters)
+    return nonfinite_policy.wrap(caller, hyperparameters.nonfinite, scale, skips_inside=True)
+
+
+def build_adagrad(
+    caller: str,
+    *,
+    learning_rate: Any,
+    weight_decay: Any,
+    hyperparameters: AdagradHyperparameters,
+) -> optax.GradientTransformation:
+    """`adagrad` (and `sparse_adagrad`): checks, the chain, the `nonfinite` policy;
+    errors name `caller`."""
+    checks.check_number(caller, "learning_rate", learning_rate, allow_schedule=True)
+    if weight_decay is not None:
+        checks.check_number(caller, "weight_decay", weight_decay)
+    hyperparameters = check_hyperparameters(caller, hyperparameters)
+    chain = optax.chain(
+        sparse_coupled_weight_decay(caller, weight_decay),
+        adagrad_preconditioner(caller, hyperparameters),
+        on_row_values(optax.scale_by_learning_rate(learning_rate)),
+    )
+    return nonfinite_policy.wrap(caller, hyperparameters.nonfinite, chain, skips_inside=True)
+
+
 @checks.checked_arguments
+@shared_args
 def scale_by_adagrad(
     initial_accumulator_value: jax.typing.ArrayLike = 0.0,
     eps: jax.typing.ArrayLike = 1e-8,
@@ -145,8 +180,9 @@ def scale_by_adagrad(
 ) -> optax.GradientTransformation:
     r"""Scales updates by the inverse root of the sum of all squared gradients.
 
-    The Adagrad preconditioner without the learning rate. For every coordinate
-    of every leaf, at step t = 1, 2, ...::
+    The Adagrad preconditioner without the learning rate (`adagrad` has the
+    whole rule, for tables too). For every coordinate of every leaf, at step
+    t = 1, 2, ...::
 
         G_0 = initial_accumulator_value                       (tau, at init)
         G_t = G_{t-1} + |g_t|^2                               (before use)
@@ -161,8 +197,29 @@ def scale_by_adagrad(
     with `optax.scale_by_learning_rate` (or use `adagrad`) to get the step
     -lr_t * u_t.
 
+    Embedding tables: for a `RowSparse` leaf g of a table with V rows, at each
+    step::
+
+        live ids  = ids i with 0 <= i < V, i != pad_id          (others skipped)
+        g_r       = sum of g.values[j] over j with g.indices[j] == r   (summed first)
+        G_r      <- G_r + |g_r|^2                                (touched rows only)
+        u_r       = g_r / (sqrt(G_r + eps_root) + eps)           (0 where the root is 0)
+
+    and the update is ``RowSparse(rows, u)``, one entry per distinct live id
+    (the other k - #distinct entries have out-of-range ids and zero values).
+    A row no id touches keeps its G and gets no update: exactly what a dense
+    gradient that is 0 on that row gives. With ``row_wise=True`` G holds one
+    number per row of every leaf, ``G_r <- G_r + mean(|g_r|^2)`` (V numbers
+    for a V x D table), shared by the row's coordinates.
+
+    Deduplication has a fixed size (k slots for k ids: a few rounds of hashing
+    into a 4k-bucket table, then a segment sum), so it jit-compiles once per k
+    and never leaves the device; the update lists the distinct ids in order
+    of first appearance. Only the touched rows of G are read and written.
+
     Args:
-      initial_accumulator_value: tau, the starting value of G (>= 0). Default 0.
+      {initial_accumulator_value}
+        Must be >= 0. Default 0.
       eps: added to the square root, outside it (>= 0). Default 1e-8.
       eps_root: added to G under the square root (>= 0). Default 0. Adding it
         is the same as starting the accumulator at tau + eps_root.
@@ -170,14 +227,20 @@ def scale_by_adagrad(
         bfloat16 and float16 parameters, the real counterpart for complex
         parameters, the parameter's dtype otherwise. Updates always come back
         in the gradient's dtype.
-      row_wise, pad_id, out_of_range: for embedding tables given `RowSparse`
-        gradients; see `scale_by_sparse_adagrad`, which this is (under its
-        v0.1 name). Defaults False, None, "drop".
-      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
-        (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
+      row_wise: keep one accumulator entry per row (leading-axis entry) of
+        every leaf instead of one per coordinate. Default False. `update` then
+        needs `params`: the row-wise state does not record the width of the
+        rows, so gradients are checked against the parameters (at trace time,
+        before any state changes).
+      {pad_id}
+      {out_of_range}
+      {nonfinite}
 
     Returns:
-      An `optax.GradientTransformation` whose state is `ScaleByAdagradState`.
+      An `optax.GradientTransformation` whose state is `ScaleByAdagradState`
+      (a `NonfiniteState` around it with a skip policy); its
+      ``sum_of_squares`` has each parameter's shape, or ``shape[:1]`` with
+      ``row_wise=True``.
 
     Raises:
       ValueError: at construction, for a hyperparameter that is negative,
@@ -187,13 +250,15 @@ def scale_by_adagrad(
         an `accumulator_dtype` that is not real floating or is narrower than
         16 bits (float8); at trace time, for gradients whose tree or leaf
         shapes differ from the state's (equal shapes, no broadcasting; the
-        message names the first differing path).
+        message names the first differing path), or a `RowSparse` whose rows
+        do not match its table.
       TypeError: at construction, for a hyperparameter that is not a real
         scalar (a bool, string, complex or boolean array; `fractions.Fraction`
         and `np.longdouble`: pass ``float(x)``); at `init`, for integer or
         boolean parameter leaves; at trace time, for integer or boolean
         gradient leaves, which the update would truncate (refused rather than
-        cast; the message names the path and dtype).
+        cast; the message names the path and dtype), or a `RowSparse` whose
+        ids are not integers.
 
     Example:
       >>> import jax.numpy as jnp
@@ -209,6 +274,20 @@ def scale_by_adagrad(
       >>> state.sum_of_squares
       Array([25.,  0.], dtype=float32)
 
+      On a table, duplicate ids are summed before squaring:
+
+      >>> state = tx.init(jnp.zeros((4, 2)))
+      >>> g = adagrad_jax.RowSparse(
+      ...     jnp.array([3, 1, 3]), jnp.array([[1.0, 0.0], [4.0, 0.0], [2.0, 0.0]]))
+      >>> u, state = tx.update(g, state)
+      >>> u.todense(4)      # row 3: g = 1 + 2 = 3 and 3 / sqrt(9) = 1
+      Array([[0., 0.],
+             [1., 0.],
+             [0., 0.],
+             [1., 0.]], dtype=float32)
+      >>> state.sum_of_squares[:, 0]
+      Array([ 0., 16.,  0.,  9.], dtype=float32)
+
     References:
       Duchi, Hazan and Singer, "Adaptive Subgradient Methods for Online
       Learning and Stochastic Optimization", JMLR 12, 2011.
@@ -218,13 +297,23 @@ def scale_by_adagrad(
       tau = 0.1: it equals ``scale_by_adagrad(0.1, eps=0.0, eps_root=1e-7)``.
       PyTorch and the paper put epsilon outside, as our `eps` does.
     """
-    arguments = dict(locals())  # this call's arguments, forwarded by name
-    # The row machinery builds on this module's numerics, so it is imported here.
-
-    return scale_by_adagrad_impl("scale_by_adagrad", **arguments)
+    return build_scale_by_adagrad(
+        "scale_by_adagrad",
+        AdagradHyperparameters(
+            initial_accumulator_value=initial_accumulator_value,
+            eps=eps,
+            eps_root=eps_root,
+            accumulator_dtype=accumulator_dtype,
+            row_wise=row_wise,
+            pad_id=pad_id,
+            out_of_range=out_of_range,
+            nonfinite=nonfinite,
+        ),
+    )
 
 
 @checks.checked_arguments
+@shared_args
 def adagrad(
     learning_rate: optax.ScalarOrSchedule = 0.01,
     initial_accumulator_value: jax.typing.ArrayLike = 0.0,
@@ -258,52 +347,54 @@ def adagrad(
     learning_rate)))``, so its state is a 3-tuple whose middle entry is a
     `ScaleByAdagradState`.
 
-    Embedding tables: a `RowSparse` gradient where a parameter is a table
-    updates only the rows it touches and comes back as a `RowSparse` update
-    (apply it with `adagrad_jax.apply_updates`); see `sparse_adagrad`, the
-    v0.1 name of this same optimizer, for the row rule, padding and
-    out-of-range ids. For this rule, row-sparse training equals dense training.
+    Embedding tables: where a parameter is a table, give its gradient as a
+    `RowSparse` (`adagrad_jax.value_and_row_grad` computes one). For a
+    `RowSparse` gradient of a V-row table, at step t = 1, 2, ...
+    (count = t - 1)::
+
+        g_r   = sum of the values whose id is r        (ids < 0, >= V or pad_id skipped)
+        G_r  <- G_r + |g_r|^2                          (rows r touched this step)
+        u_r   = -lr(count) * g_r / (sqrt(G_r + eps_root) + eps)   (0 where the root is 0)
+
+    and the update comes back as ``RowSparse(rows, u)``: apply it with
+    `adagrad_jax.apply_updates`. Untouched rows keep their G and do not move,
+    which is what the dense rule does with a gradient that is 0 there, so
+    training with row gradients gives the dense result. Under `jax.jit` with
+    the parameters and state donated, a step reads and writes only the touched
+    rows, in place: O(k * D) for k ids. ``row_wise=True`` keeps one G per row,
+    ``G_r <- G_r + mean(|g_r|^2)``, a factor D less state. `scale_by_adagrad`
+    describes the deduplication and the update's rows.
 
     Args:
       learning_rate: lr, a number >= 0 or an optax schedule of the step count
         (0 at the first step). Default 0.01.
-      initial_accumulator_value: tau, the starting value of G (>= 0). Default 0.
+      {initial_accumulator_value}
+        Must be >= 0. Default 0.
       eps: added outside the square root (>= 0). Default 1e-8.
       eps_root: added inside the square root (>= 0). Default 0.
       weight_decay: coupled L2 coefficient, added to the gradient before it is
         accumulated, as in PyTorch (>= 0), or None for none. Default None
         (the same as 0, but it stays out of the chain under
         `optax.inject_hyperparams`, so `update` needs `params` only when a
-        decay is set).
+        decay is set). Any value but None or a Python 0 raises ValueError
+        when a `RowSparse` leaf arrives: decay would touch every row of the
+        table.
       accumulator_dtype: real floating dtype of G. Default None: float32 for
         bfloat16/float16 parameters, the real counterpart for complex ones, the
         parameter's dtype otherwise.
       row_wise: one accumulator entry per row (leading-axis entry) of every
-        leaf, G_r += mean(|g_r|^2). Default False.
-      pad_id: a row id treated as padding in `RowSparse` gradients, besides
-        negative ids. Default None.
-      out_of_range: what `RowSparse` ids >= the row count do: ``"drop"``
-        (default) or ``"error"`` (see `scale_by_sparse_adagrad`).
-      nonfinite: what a NaN or +-inf gradient entry does. Default
-        ``"propagate"``: the rule as written, as in optax, PyTorch and Keras;
-        the NaN reaches that coordinate's accumulator and parameter (for good:
-        G stays NaN), so it shows in the loss at the step that caused it, and
-        the compiled step is exactly the plain one. We keep it the default
-        because skipping silently changes what is trained and hides the bug
-        that made the NaN. ``"skip_coordinate"``: a coordinate whose gradient
-        entry is not finite keeps its accumulator and parameter (update 0),
-        the others step (``row_wise``: the whole row is skipped, its G being
-        shared). ``"skip_step"``: if any entry is not finite, every state
-        array (step counts included) and every parameter stays as it was, as
-        ``optax.apply_if_finite`` does. Tables keep their O(k * D) in-place
-        step either way. With a skip policy the state is
-        ``NonfiniteState(nonfinite_steps, inner_state)``: the usual state,
-        and the number of steps that met a NaN or inf. Every optimizer of
-        the package takes the same argument.
+        leaf, G_r += mean(|g_r|^2). Default False. `update` then needs
+        `params` (see `scale_by_adagrad`).
+      {pad_id}
+      {out_of_range}
+      {nonfinite}
+        With ``row_wise``, ``"skip_coordinate"`` skips the whole row, whose G
+        is shared. Tables keep their O(k * D) in-place step with every policy.
 
     Returns:
       An `optax.GradientTransformation` (its state a 3-tuple, or a
-      `NonfiniteState` around it with a skip policy).
+      ``NonfiniteState(nonfinite_steps, inner_state)`` around it with a skip
+      policy).
 
     Raises:
       ValueError, TypeError: as `scale_by_adagrad` (the same hyperparameter,
@@ -327,6 +418,17 @@ def adagrad(
       >>> params["w"]      # the first step moves each coordinate by lr * sign(g)
       Array([ 0.9, -1.9], dtype=float32)
 
+      A table beside a dense leaf (id -1 is padding):
+
+      >>> params = {"table": jnp.zeros((5, 2)), "w": jnp.ones(2)}
+      >>> state = tx.init(params)
+      >>> grads = {"table": adagrad_jax.RowSparse(jnp.array([4, 4, -1]), jnp.ones((3, 2))),
+      ...          "w": jnp.array([2.0, 0.0])}
+      >>> updates, state = tx.update(grads, state, params)
+      >>> params = adagrad_jax.apply_updates(params, updates)
+      >>> params["table"][4], params["w"]      # first step: -lr * sign(g)
+      (Array([-0.1, -0.1], dtype=float32), Array([0.9, 1. ], dtype=float32))
+
     References:
       Duchi, Hazan and Singer, "Adaptive Subgradient Methods for Online
       Learning and Stochastic Optimization", JMLR 12, 2011.
@@ -335,7 +437,23 @@ def adagrad(
       PyTorch defaults to eps=1e-10; optax to tau=0.1 and eps=1e-7 inside the
       root; Keras 3 to lr=0.001, tau=0.1, eps=1e-7 inside the root and
       decoupled weight decay. `adagrad_jax.compat` reproduces each exactly.
+      ``torch.optim.Adagrad`` with a sparse gradient coalesces duplicate ids
+      the same way; it has no row-wise mode and no padding ids
+      (``nn.Embedding``'s ``padding_idx`` gives those rows a zero gradient
+      instead).
     """
-    arguments = dict(locals())  # this call's arguments, forwarded by name
-
-    return adagrad_impl("adagrad", **arguments)
+    return build_adagrad(
+        "adagrad",
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        hyperparameters=AdagradHyperparameters(
+            initial_accumulator_value=initial_accumulator_value,
+            eps=eps,
+            eps_root=eps_root,
+            accumulator_dtype=accumulator_dtype,
+            row_wise=row_wise,
+            pad_id=pad_id,
+            out_of_range=out_of_range,
+            nonfinite=nonfinite,
+        ),
+    )

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from adagrad_jax._src.core import checks, nonfinite_policy
+from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.diagonal.adagrad import ScaleByAdagradState, adagrad
 from adagrad_jax._src.diagonal.packed_layout import (
     FN,
@@ -95,6 +96,7 @@ class PackedAdagrad:
 
 
 @checks.checked_arguments
+@shared_args
 def packed_adagrad(
     learning_rate: optax.ScalarOrSchedule = 0.01,
     initial_accumulator_value: jax.typing.ArrayLike = 0.0,
@@ -140,7 +142,8 @@ def packed_adagrad(
     Args:
       learning_rate: lr, a number >= 0 or an optax schedule of the step count
         (0 at the first step). Default 0.01.
-      initial_accumulator_value: tau, the starting value of G (>= 0). Default 0.
+      {initial_accumulator_value}
+        Must be >= 0. Default 0.
       eps: added outside the square root (>= 0). Default 1e-8.
       eps_root: added inside the square root (>= 0). Default 0.
       weight_decay: coupled L2 coefficient, added to the gradient before it is
@@ -161,15 +164,11 @@ def packed_adagrad(
         packs the gradients in place, instead of allocating a temporary of the
         group's size at every step. It holds as much memory as that temporary
         would, but between steps too. Groups of one leaf never need one.
-      nonfinite: keyword-only; what a NaN or +-inf gradient entry does, as in
-        `adagrad`. ``"propagate"`` (default): the rule as written; nothing is
-        checked and the step stays one pass. ``"skip_coordinate"``: such a
-        coordinate keeps its parameter and G. ``"skip_step"``: if any entry
-        of any leaf is not finite, the step changes nothing (count, buffers)
-        but the gradient buffer and ``nonfinite_steps``. With a skip policy
-        ``state.nonfinite_steps`` counts the steps that met such an entry;
-        the step reads the gradients once more (``"skip_step"``: one
-        reduction before the update).
+      {nonfinite}
+        Keyword-only. Here ``"propagate"`` checks nothing and the step stays
+        one pass; ``"skip_step"`` still writes the gradient buffer (scratch
+        space, not optimizer state); with a skip policy the step reads the
+        gradients once more (``"skip_step"``: one reduction before the update).
 
     Returns:
       A `PackedAdagrad` of four functions: ``init(params) -> state``

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from adagrad_jax._src.core import checks, nonfinite_policy, numerics, slots
+from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import squared_magnitude
 from adagrad_jax._src.core.slots import init_sum_of_squares
 from adagrad_jax._src.tables.engine import map_rule
@@ -70,6 +71,7 @@ def _copy_params(params: Any) -> Any:
 
 
 @checks.checked_arguments
+@shared_args
 def adagrad_da(
     learning_rate: optax.ScalarOrSchedule = 0.01,
     initial_accumulator_value: jax.typing.ArrayLike = 0.1,
@@ -112,7 +114,7 @@ def adagrad_da(
 
     Embedding tables: a `RowSparse` gradient updates only the rows it touches
     (deduplicated; padding and out-of-range ids skipped, as in
-    `sparse_adagrad`), with the step's global t, and the update comes back as
+    `adagrad`), with the step's global t, and the update comes back as
     a `RowSparse` (apply it with `adagrad_jax.apply_updates`). This is TF's
     lazy sparse rule. Densely, every coordinate is recomputed at every step,
     so a row with no gradient still moves as t grows (its L1 threshold and L2
@@ -122,8 +124,8 @@ def adagrad_da(
     Args:
       learning_rate: lr, a number >= 0 or an optax schedule of the step count.
         Default 0.01.
-      initial_accumulator_value: tau, the starting value of G (>= 0).
-        Default 0.1 (TF1's).
+      {initial_accumulator_value}
+        Must be >= 0. Default 0.1 (TF1's).
       l1: per-step L1 strength (>= 0). Default 0.
       l2: per-step L2 strength (>= 0), the objective gains (l2 / 2) * w^2 per
         step. Default 0.
@@ -133,12 +135,9 @@ def adagrad_da(
       accumulator_dtype: real floating dtype of z, G and the arithmetic.
         Default None: float32 for bfloat16/float16 parameters, the
         parameter's dtype otherwise.
-      pad_id: a row id treated as padding in `RowSparse` gradients, besides
-        negative ids. Default None.
-      out_of_range: ``"drop"`` (default) or ``"error"`` for `RowSparse` ids
-        >= the row count (see `scale_by_sparse_adagrad`).
-      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
-        (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
+      {pad_id}
+      {out_of_range}
+      {nonfinite}
 
     Returns:
       An `optax.GradientTransformation` whose state is an `AdagradDAState`.

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from adagrad_jax._src.core import checks, nonfinite_policy, numerics, slots
+from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import squared_magnitude
 from adagrad_jax._src.core.slots import init_sum_of_squares
 from adagrad_jax._src.tables.engine import map_rule
@@ -89,6 +90,7 @@ def _check_power(fn: str, learning_rate_power: Any) -> None:
 
 
 @checks.checked_arguments
+@shared_args
 def ftrl(
     learning_rate: optax.ScalarOrSchedule = 0.01,
     *,
@@ -140,7 +142,7 @@ def ftrl(
 
     Embedding tables: a `RowSparse` gradient updates only the rows it touches
     (deduplicated; padding and out-of-range ids skipped, as in
-    `sparse_adagrad`) and the update comes back as a `RowSparse` (apply it
+    `adagrad`) and the update comes back as a `RowSparse` (apply it
     with `adagrad_jax.apply_updates`); this is TF's and Keras' lazy sparse
     rule. Densely, a zero gradient row still moves where w differs from the
     value (z, n) give: at the first step when regularization (or
@@ -151,8 +153,8 @@ def ftrl(
       learning_rate: lr, a number > 0 or an optax schedule of the step count
         (0 at the first step). Default 0.01.
       learning_rate_power: -p (<= 0). Default -0.5; 0 gives a fixed rate.
-      initial_accumulator_value: tau, the starting value of n (>= 0).
-        Default 0.1.
+      {initial_accumulator_value}
+        Here that sum is n. Must be >= 0. Default 0.1.
       l1: L1 strength (>= 0). Default 0.
       l2: L2 strength (>= 0), the paper's lambda_2: (l2 / 2) * w^2. Default 0.
       l2_shrinkage: strength (>= 0) of an L2 term (l2_shrinkage / 2) * w^2
@@ -163,12 +165,9 @@ def ftrl(
       accumulator_dtype: real floating dtype of n, z and the arithmetic.
         Default None: float32 for bfloat16/float16 parameters, the
         parameter's dtype otherwise.
-      pad_id: a row id treated as padding in `RowSparse` gradients, besides
-        negative ids. Default None.
-      out_of_range: ``"drop"`` (default) or ``"error"`` for `RowSparse` ids
-        >= the row count (see `scale_by_sparse_adagrad`).
-      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
-        (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
+      {pad_id}
+      {out_of_range}
+      {nonfinite}
 
     Returns:
       An `optax.GradientTransformation` whose state is an `FtrlState`. Its

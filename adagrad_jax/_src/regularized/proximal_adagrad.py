@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from adagrad_jax._src.core import checks, nonfinite_policy, numerics, slots
+from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import squared_magnitude
 from adagrad_jax._src.core.slots import init_sum_of_squares
 from adagrad_jax._src.tables.engine import map_rule
@@ -49,6 +50,7 @@ def proximal_adagrad_rule(lr: Any, l1: Any, l2: Any, eps: Any, eps_root: Any, ta
 
 
 @checks.checked_arguments
+@shared_args
 def proximal_adagrad(
     learning_rate: optax.ScalarOrSchedule = 0.01,
     initial_accumulator_value: jax.typing.ArrayLike = 0.0,
@@ -84,7 +86,7 @@ def proximal_adagrad(
 
     Embedding tables: a `RowSparse` gradient updates only the rows it touches
     (deduplicated; ids < 0, ``pad_id`` and ids >= the row count skipped, as in
-    `sparse_adagrad`), and the update comes back as a `RowSparse`: apply it
+    `adagrad`), and the update comes back as a `RowSparse`: apply it
     with `adagrad_jax.apply_updates`. This is TensorFlow's "lazy" sparse
     rule. It differs from the dense rule only for rows with no gradient:
     densely, a zero gradient still shrinks w by the L1/L2 maps at every step
@@ -93,7 +95,8 @@ def proximal_adagrad(
     Args:
       learning_rate: lr, a number >= 0 or an optax schedule of the step count
         (0 at the first step). Default 0.01.
-      initial_accumulator_value: tau, the starting value of G (>= 0). Default 0.
+      {initial_accumulator_value}
+        Must be >= 0. Default 0.
       eps: added outside the square root (>= 0). Default 1e-8.
       l1: L1 strength (>= 0): the objective gains l1 * |w|. Default 0.
       l2: L2 strength (>= 0): the objective gains (l2 / 2) * w^2. Default 0.
@@ -101,13 +104,9 @@ def proximal_adagrad(
       accumulator_dtype: real floating dtype of G and of the arithmetic.
         Default None: float32 for bfloat16/float16 parameters, the
         parameter's dtype otherwise.
-      pad_id: a row id treated as padding in `RowSparse` gradients, besides
-        negative ids. Default None.
-      out_of_range: what `RowSparse` ids >= the row count do: ``"drop"``
-        (default) skips them; ``"error"`` raises naming the id (see
-        `scale_by_sparse_adagrad`).
-      nonfinite: what a NaN or +-inf gradient entry does: ``"propagate"``
-        (default), ``"skip_coordinate"`` or ``"skip_step"``; see `adagrad`.
+      {pad_id}
+      {out_of_range}
+      {nonfinite}
 
     Returns:
       An `optax.GradientTransformation` whose state is a `ProximalAdagradState`.

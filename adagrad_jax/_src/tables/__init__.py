@@ -1,1 +1,1 @@
-"""Embedding tables: RowSparse, ids, the row engine, apply, row gradients and placement over a mesh."""
+"""Embedding tables: RowSparse, ids, the row engine, apply, row gradients, placement."""

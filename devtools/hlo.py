@@ -1,9 +1,10 @@
-"""Reading compiled XLA programs: which top-level ops run a loop over big arrays.
+"""Reading compiled XLA programs: loops over big arrays, donated outputs, collectives.
 
 XLA:CPU runs every top-level op of the entry computation (a fusion, a copy, a
 concatenate, an unfused elementwise op) as its own loop over its output. So
 the number of such ops whose output covers a parameter-sized array is the
-number of passes a step makes over that parameter's memory.
+number of passes a step makes over that parameter's memory. `collectives`
+lists the communication of a sharded step with the bytes each op returns.
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ _INSTRUCTION = re.compile(
     r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?P<shape>\([^=]*?\)|\S+)\s+(?P<op>[\w\-]+)\("
 )
 _ARRAY = re.compile(r"\b[a-z]+\d*\[(?P<dims>[\d,]*)\]")
+_COLLECTIVE = re.compile(
+    r"=\s*(\(.*?\)|\S+)\s+(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)"
+    r"(?:-start)?\("
+)
+_TYPED_ARRAY = re.compile(
+    r"\b(pred|s8|u8|s16|u16|f16|bf16|s32|u32|f32|s64|u64|f64|c64|c128)\[([\d,]*)\]"
+)
+_BYTES = dict(pred=1, s8=1, u8=1, s16=2, u16=2, f16=2, bf16=2, s32=4, u32=4, f32=4, s64=8,
+              u64=8, f64=8, c64=8, c128=16)
 
 
 def entry_instructions(hlo_text: str) -> list[tuple[str, str]]:
@@ -91,3 +101,20 @@ def summary(compiled: Any, n_elements: int, min_elements: int) -> dict[str, Any]
     except Exception:  # noqa: BLE001
         out["peak_bytes"] = None
     return out
+
+
+def collectives(hlo_text: str) -> list[tuple[str, int]]:
+    """(kind, result bytes) of every collective op in a compiled HLO module's text."""
+    found = []
+    for line in hlo_text.splitlines():
+        match = _COLLECTIVE.search(line)
+        if match is None:
+            continue
+        nbytes = 0
+        for dtype, dims in _TYPED_ARRAY.findall(match.group(1)):
+            size = 1
+            for d in filter(None, dims.split(",")):
+                size *= int(d)
+            nbytes += size * _BYTES[dtype]
+        found.append((match.group(2), nbytes))
+    return found

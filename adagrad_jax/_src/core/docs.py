@@ -1,0 +1,113 @@
+"""Args text that several optimizers share, written once: `nonfinite`, `out_of_range`, ...
+
+A docstring asks for a shared entry with a line of its Args section that holds
+only the argument's name in braces::
+
+    Args:
+      learning_rate: lr, a number >= 0 or an optax schedule. Default 0.01.
+      {initial_accumulator_value}
+        Must be >= 0. Default 0.
+      {nonfinite}
+
+and the function carries the decorator `shared_args`, which replaces each such
+line with the entry of `ENTRIES`, wrapped at the line's indentation, when the
+module is imported. Lines indented below the placeholder continue the same
+entry (what is particular to that optimizer, its default where it differs).
+Only whole-line placeholders are replaced, so the braces of an update rule
+(``G_{t-1}``) stay as written. `help()`, Sphinx autodoc and doctests read
+``__doc__``, which holds the final text; `tests/test_docstrings.py` checks that
+every public docstring documenting one of these arguments starts its entry with
+the shared text.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Callable
+from typing import TypeVar
+
+_F = TypeVar("_F", bound=Callable)
+
+NONFINITE = (
+    'nonfinite: what a NaN or +-inf gradient entry does. ``"propagate"``'
+    " (default): the rule as written, as in optax, PyTorch and Keras; the NaN"
+    " reaches the state and the parameters it feeds (for good: a sum of squares"
+    " stays NaN), so it shows in the loss at the step that caused it, and the"
+    " compiled step is exactly the plain one. It is the default because skipping"
+    " silently changes what is trained and hides the bug that made the NaN."
+    ' ``"skip_coordinate"``: a coordinate whose gradient entry is not finite'
+    " gets a zero update and counts as a zero gradient in the optimizer's"
+    " statistics (a diagonal accumulator keeps its value); the other"
+    ' coordinates step. ``"skip_step"``: if any entry is not finite, every'
+    " parameter and every array of the optimizer's state (step counts included) stays"
+    " as it was,"
+    " as ``optax.apply_if_finite`` does. With a skip policy the state also"
+    " counts, in ``nonfinite_steps``, the steps that met a NaN or inf. Every"
+    " optimizer of the package takes the same argument."
+)
+
+OUT_OF_RANGE = (
+    "out_of_range: what `RowSparse` ids >= the table's row count V do."
+    ' ``"drop"`` (default): they are skipped, like padding; no other row'
+    ' changes. ``"error"``: the step raises, naming the first such id (as'
+    " given: int64 ids unclipped), its position and the leaf. Eager calls raise"
+    " a ``ValueError`` at once; a step under plain `jax.jit` raises a"
+    " ``jax.errors.JaxRuntimeError`` carrying the same message when it runs (a"
+    " host callback that runs only when an id is out of range; no `checkify`"
+    " needed), also on a step sharded over several devices or processes (every"
+    " device runs the check, so all of them raise together and none waits in a"
+    " collective)."
+)
+
+INITIAL_ACCUMULATOR_VALUE = (
+    "initial_accumulator_value: tau, the value the sum of squared gradients"
+    " holds at `init`, before the first step adds to it."
+)
+
+PAD_ID = (
+    "pad_id: a row id treated as padding in `RowSparse` gradients (skipped, like"
+    " the negative ids). Default None."
+)
+
+# The shared Args entries, by argument name.
+ENTRIES = {
+    "nonfinite": NONFINITE,
+    "out_of_range": OUT_OF_RANGE,
+    "initial_accumulator_value": INITIAL_ACCUMULATOR_VALUE,
+    "pad_id": PAD_ID,
+}
+
+_PLACEHOLDER = re.compile(r"(?P<indent> *)\{(?P<name>\w+)\}")
+_WIDTH = 80
+
+
+def expand(doc: str) -> str:
+    """`doc` with every whole-line ``{name}`` placeholder replaced by its entry."""
+    lines = []
+    for line in doc.split("\n"):
+        match = _PLACEHOLDER.fullmatch(line)
+        if match is None:
+            lines.append(line)
+            continue
+        name, indent = match.group("name"), match.group("indent")
+        if name not in ENTRIES:
+            raise KeyError(
+                f"docstring placeholder {{{name}}}: no shared entry of that name;"
+                f" the entries are {sorted(ENTRIES)} (adagrad_jax/_src/core/docs.py)."
+            )
+        lines += textwrap.wrap(
+            ENTRIES[name],
+            width=_WIDTH,
+            initial_indent=indent,
+            subsequent_indent=indent + "  ",
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+    return "\n".join(lines)
+
+
+def shared_args(fn: _F) -> _F:
+    """Decorator: fills the shared Args entries of `fn`'s docstring (see the module)."""
+    fn.__doc__ = expand(fn.__doc__ or "")
+    return fn
