@@ -1,6 +1,6 @@
 """The package builds (`python -m build`) and its wheel installs into a fresh venv and works.
 
-The fresh environment gets the wheel alone (`--no-deps`); its dependencies (jax, optax, chex)
+The fresh environment gets the wheel alone (`--no-deps`); its dependencies (jax, jaxlib, optax)
 come from this environment through a path entry, so the test needs no network beyond the
 build's own setuptools and takes seconds. The quickstart of README.md runs there, outside the
 repository, and must import the installed copy.
@@ -57,7 +57,7 @@ def test_wheel_builds_installs_into_a_fresh_venv_and_runs_the_quickstart(tmp_pat
     assert "adagrad_jax/py.typed" in files
     assert f"adagrad_jax-{version}.dist-info/licenses/LICENSE" in files
     assert "License-Expression: Apache-2.0" in metadata
-    assert not [f for f in files if f.startswith(("tests/", "benchmarks/", "notebooks/"))]
+    assert not [f for f in files if f.startswith(("tests/", "benchmarks/", "notebooks/", "devtools/"))]
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
