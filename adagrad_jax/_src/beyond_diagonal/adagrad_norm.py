@@ -101,26 +101,26 @@ def scale_by_adagrad_norm(
       Ward, Wu and Bottou, "AdaGrad stepsizes: Sharp convergence over
       nonconvex landscapes", ICML 2019 (JMLR 21, 2020).
     """
-    fn = "scale_by_adagrad_norm"
-    nonfinite_policy.check(fn, nonfinite)
+    caller = "scale_by_adagrad_norm"
+    nonfinite_policy.check(caller, nonfinite)
     return nonfinite_policy.wrap(
-        fn,
+        caller,
         nonfinite,
-        _adagrad_norm(fn, initial_accumulator_value, eps, per_leaf),
+        _adagrad_norm(caller, initial_accumulator_value, eps, per_leaf),
         skips_inside=False,
     )
 
 
-def _adagrad_norm(fn, initial_accumulator_value, eps, per_leaf):
-    checks.check_number(fn, "initial_accumulator_value", initial_accumulator_value)
-    checks.check_number(fn, "eps", eps)
-    per_leaf = checks.check_bool(fn, "per_leaf", per_leaf)
+def _adagrad_norm(caller, initial_accumulator_value, eps, per_leaf):
+    checks.check_number(caller, "initial_accumulator_value", initial_accumulator_value)
+    checks.check_number(caller, "eps", eps)
+    per_leaf = checks.check_bool(caller, "per_leaf", per_leaf)
     tau = initial_accumulator_value
 
     def init_fn(params):
         def dtype_of(path, p):
             p = _leaf(p)
-            trees.check_param_dtype(fn, path, p.dtype)
+            trees.check_param_dtype(caller, path, p.dtype)
             return accumulator_dtype_for(p.dtype)
 
         dtypes = jax.tree_util.tree_map_with_path(dtype_of, params)
@@ -145,15 +145,15 @@ def _adagrad_norm(fn, initial_accumulator_value, eps, per_leaf):
         return adagrad_direction(g, jnp.broadcast_to(b2, g.shape), eps, 0.0, tau=tau)
 
     def update_fn(updates, state, params=None):
-        preconditioner.check_dense(fn, updates)
+        preconditioner.check_dense(caller, updates)
         if per_leaf:
             trees.check_same_structure(
-                fn, "updates", updates, "state.sum_of_squares", state.sum_of_squares
+                caller, "updates", updates, "state.sum_of_squares", state.sum_of_squares
             )
         updates = jax.tree.map(jnp.asarray, updates)
         if params is not None:  # The state holds scalars: params fix the leaf shapes.
-            trees.check_same_shapes(fn, "updates", updates, "params", params)
-        trees.check_inexact_leaves(fn, "updates", updates)
+            trees.check_same_shapes(caller, "updates", updates, "params", params)
+        trees.check_inexact_leaves(caller, "updates", updates)
         if per_leaf:
             b2 = jax.tree.map(
                 lambda g, s: s + jnp.sum(squared_magnitude(g, s.dtype)),
@@ -232,14 +232,14 @@ def adagrad_norm(
       Ward, Wu and Bottou, "AdaGrad stepsizes: Sharp convergence over
       nonconvex landscapes", ICML 2019 (JMLR 21, 2020).
     """
-    fn = "adagrad_norm"
-    checks.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
-    nonfinite_policy.check(fn, nonfinite)
+    caller = "adagrad_norm"
+    checks.check_number(caller, "learning_rate", learning_rate, allow_schedule=True)
+    nonfinite_policy.check(caller, nonfinite)
     return nonfinite_policy.wrap(
-        fn,
+        caller,
         nonfinite,
         optax.chain(
-            _adagrad_norm(fn, initial_accumulator_value, eps, per_leaf),
+            _adagrad_norm(caller, initial_accumulator_value, eps, per_leaf),
             optax.scale_by_learning_rate(learning_rate),
         ),
         skips_inside=False,

@@ -111,7 +111,7 @@ def _fits(stacks: Any, dims: tuple[int, ...]) -> bool:
     return all(s.shape[0] == lay.num_blocks for s in stacks)
 
 
-def check_statistics(fn: str, updates: Any, statistics: Any, *, flatten: bool) -> None:
+def check_statistics(caller: str, updates: Any, statistics: Any, *, flatten: bool) -> None:
     """Checks each gradient leaf's dtype and that its statistics are blocks covering it.
 
     A leaf's statistics are one (N, b_i, b_i) stack per blocked dimension
@@ -129,7 +129,7 @@ def check_statistics(fn: str, updates: Any, statistics: Any, *, flatten: bool) -
         where = jax.tree_util.keystr(path)
         if not jnp.issubdtype(g.dtype, jnp.floating):
             raise TypeError(
-                f"{fn}: updates{where} has dtype {jnp.dtype(g.dtype).name}; {fn} needs"
+                f"{caller}: updates{where} has dtype {jnp.dtype(g.dtype).name}; {caller} needs"
                 " real floating gradients."
             )
         dims = blocked_dims(tuple(g.shape), flatten=flatten)
@@ -138,7 +138,7 @@ def check_statistics(fn: str, updates: Any, statistics: Any, *, flatten: bool) -
             shapes = [np.shape(s) for s in stacks] if isinstance(stacks, tuple) else stacks
             shown = f"has shape {shapes[0]}" if flatten else f"holds {shapes}"
             raise ValueError(
-                f"{fn}: state.statistics{where} {shown}: not a stack of square (N, b, b)"
+                f"{caller}: state.statistics{where} {shown}: not a stack of square (N, b, b)"
                 f" blocks for each blocked dimension {dims} of updates{where} (shape"
                 f" {tuple(g.shape)}). Pass the state that init returned for these parameters."
             )

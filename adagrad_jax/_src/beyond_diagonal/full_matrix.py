@@ -128,32 +128,34 @@ def scale_by_full_matrix_adagrad(
       Learning and Stochastic Optimization", JMLR 12, 2011 (Figure 2: full
       matrices, H_t = delta I + G_t^(1/2)).
     """
-    fn = "scale_by_full_matrix_adagrad"
-    nonfinite_policy.check(fn, nonfinite)
+    caller = "scale_by_full_matrix_adagrad"
+    nonfinite_policy.check(caller, nonfinite)
     return nonfinite_policy.wrap(
-        fn,
+        caller,
         nonfinite,
         _full_matrix(
-            fn, block_size, initial_accumulator_value, eps, eps_root, preconditioner_every
+            caller, block_size, initial_accumulator_value, eps, eps_root, preconditioner_every
         ),
         skips_inside=False,
     )
 
 
-def _full_matrix(fn, block_size, initial_accumulator_value, eps, eps_root, preconditioner_every):
-    checks.check_integer(fn, "block_size", block_size, low=1)
-    checks.check_integer(fn, "preconditioner_every", preconditioner_every, low=1)
-    checks.check_number(fn, "initial_accumulator_value", initial_accumulator_value)
-    checks.check_number(fn, "eps", eps)
-    checks.check_number(fn, "eps_root", eps_root)
+def _full_matrix(
+    caller, block_size, initial_accumulator_value, eps, eps_root, preconditioner_every
+):
+    checks.check_integer(caller, "block_size", block_size, low=1)
+    checks.check_integer(caller, "preconditioner_every", preconditioner_every, low=1)
+    checks.check_number(caller, "initial_accumulator_value", initial_accumulator_value)
+    checks.check_number(caller, "eps", eps)
+    checks.check_number(caller, "eps_root", eps_root)
 
     def init_fn(params):
-        b_max = preconditioner.shape_argument(fn, "block_size", block_size)
+        b_max = preconditioner.shape_argument(caller, "block_size", block_size)
 
         def leaf(path, p):
             if not hasattr(p, "shape"):
                 p = jnp.asarray(p)
-            dtype = preconditioner.statistics_dtype(fn, path, p.dtype)
+            dtype = preconditioner.statistics_dtype(caller, path, p.dtype)
             lay = blocks.layout(tuple(p.shape), b_max, flatten=True)
             assert lay is not None  # A flattened leaf always has one blocked dimension.
             (b,) = lay.blocks
@@ -169,12 +171,12 @@ def _full_matrix(fn, block_size, initial_accumulator_value, eps, eps_root, preco
         )
 
     def update_fn(updates, state, params=None):
-        preconditioner.check_dense(fn, updates)
-        trees.check_same_structure(fn, "updates", updates, "state.statistics", state.statistics)
+        preconditioner.check_dense(caller, updates)
+        trees.check_same_structure(caller, "updates", updates, "state.statistics", state.statistics)
         updates = jax.tree.map(jnp.asarray, updates)
         if params is not None:  # The blocks fix only each leaf's size; params fix its shape.
-            trees.check_same_shapes(fn, "updates", updates, "params", params)
-        blocks.check_statistics(fn, updates, state.statistics, flatten=True)
+            trees.check_same_shapes(caller, "updates", updates, "params", params)
+        blocks.check_statistics(caller, updates, state.statistics, flatten=True)
 
         def to_blocks(g, s):
             lay = blocks.layout_from_state(tuple(g.shape), (s,), flatten=True)
@@ -290,15 +292,15 @@ def full_matrix_adagrad(
       Duchi, Hazan and Singer, "Adaptive Subgradient Methods for Online
       Learning and Stochastic Optimization", JMLR 12, 2011.
     """
-    fn = "full_matrix_adagrad"
-    checks.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
-    nonfinite_policy.check(fn, nonfinite)
+    caller = "full_matrix_adagrad"
+    checks.check_number(caller, "learning_rate", learning_rate, allow_schedule=True)
+    nonfinite_policy.check(caller, nonfinite)
     return nonfinite_policy.wrap(
-        fn,
+        caller,
         nonfinite,
         optax.chain(
             _full_matrix(
-                fn, block_size, initial_accumulator_value, eps, eps_root, preconditioner_every
+                caller, block_size, initial_accumulator_value, eps, eps_root, preconditioner_every
             ),
             optax.scale_by_learning_rate(learning_rate),
         ),

@@ -24,7 +24,7 @@ from adagrad_jax._src.tables.row_sparse import RowSparse
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def check_dense(fn: str, updates: Any) -> None:
+def check_dense(caller: str, updates: Any) -> None:
     """Raises TypeError naming the first `RowSparse` in `updates`, and how to train its table.
 
     The optimizers of this family compute a leaf's step from all of its
@@ -35,17 +35,17 @@ def check_dense(fn: str, updates: Any) -> None:
     for path, leaf in jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_table)[0]:
         if is_table(leaf):
             raise TypeError(
-                f"{fn}: updates{jax.tree_util.keystr(path)} is a RowSparse (the touched rows"
-                f" of an embedding table), but {fn} takes dense gradients only: its step for"
+                f"{caller}: updates{jax.tree_util.keystr(path)} is a RowSparse (the touched rows"
+                f" of an embedding table), but {caller} takes dense gradients only: its step for"
                 " a leaf depends on every coordinate of the leaf. Train the table beside it"
                 " with adagrad: optax.multi_transform({'dense': "
-                f"{fn}(...), 'table': adagrad_jax.adagrad(...)}}, labels), where labels marks"
+                f"{caller}(...), 'table': adagrad_jax.adagrad(...)}}, labels), where labels marks"
                 " the table's leaf 'table' and the others 'dense', and apply the updates with"
                 " adagrad_jax.apply_updates."
             )
 
 
-def statistics_dtype(fn: str, path: Any, dtype: Any) -> jnp.dtype:
+def statistics_dtype(caller: str, path: Any, dtype: Any) -> jnp.dtype:
     """float64 for float64 parameters, float32 for every other float dtype.
 
     bfloat16 and float16 sums of outer products stall and overflow as sums of
@@ -55,19 +55,19 @@ def statistics_dtype(fn: str, path: Any, dtype: Any) -> jnp.dtype:
     Raises:
       TypeError: for integer, boolean or complex parameters, naming the path.
     """
-    trees.check_param_dtype(fn, path, dtype)
+    trees.check_param_dtype(caller, path, dtype)
     dtype = jnp.dtype(dtype)
     if jnp.issubdtype(dtype, jnp.complexfloating):
         raise TypeError(
-            f"{fn}: parameter {jax.tree_util.keystr(path) or '<root>'} has dtype {dtype.name};"
-            f" {fn} is defined for real parameters only (its statistics are real symmetric"
+            f"{caller}: parameter {jax.tree_util.keystr(path) or '<root>'} has dtype {dtype.name};"
+            f" {caller} is defined for real parameters only (its statistics are real symmetric"
             " matrices). Split the leaf into real and imaginary parts, or give it"
             " adagrad_jax.adagrad through optax.multi_transform."
         )
     return jnp.dtype(jnp.float64) if dtype == jnp.float64 else jnp.dtype(jnp.float32)
 
 
-def shape_argument(fn: str, arg: str, value: Any) -> int:
+def shape_argument(caller: str, arg: str, value: Any) -> int:
     """`value` as a Python int >= 1, for an argument that fixes the state's shapes.
 
     `optax.inject_hyperparams` turns every integer argument into a JAX array.
@@ -76,11 +76,11 @@ def shape_argument(fn: str, arg: str, value: Any) -> int:
     """
     if checks.is_traced(value):
         raise TypeError(
-            f"{fn}({arg}={value!r}): {arg} fixes the shapes of the optimizer state and"
+            f"{caller}({arg}={value!r}): {arg} fixes the shapes of the optimizer state and"
             f" cannot be traced. Under optax.inject_hyperparams pass"
             f" static_args=({arg!r},), or call init outside jax.jit."
         )
-    number = checks.check_integer(fn, arg, value, low=1)
+    number = checks.check_integer(caller, arg, value, low=1)
     assert number is not None
     return number
 

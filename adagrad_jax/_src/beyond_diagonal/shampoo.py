@@ -173,30 +173,30 @@ def scale_by_shampoo(
       Koren and Zhang, "Disentangling Adaptive Gradient Methods from
       Learning Rates", 2020 (grafting).
     """
-    fn = "scale_by_shampoo"
-    nonfinite_policy.check(fn, nonfinite)
+    caller = "scale_by_shampoo"
+    nonfinite_policy.check(caller, nonfinite)
     return nonfinite_policy.wrap(
-        fn,
+        caller,
         nonfinite,
-        _shampoo(fn, block_size, eps, preconditioner_every, start_preconditioning_step, graft),
+        _shampoo(caller, block_size, eps, preconditioner_every, start_preconditioning_step, graft),
         skips_inside=False,
     )
 
 
-def _shampoo(fn, block_size, eps, preconditioner_every, start_preconditioning_step, graft):
-    checks.check_integer(fn, "block_size", block_size, low=1)
-    checks.check_number(fn, "eps", eps)
-    checks.check_integer(fn, "preconditioner_every", preconditioner_every, low=1)
-    checks.check_integer(fn, "start_preconditioning_step", start_preconditioning_step, low=1)
-    checks.check_choice(fn, "graft", graft, GRAFTS)
+def _shampoo(caller, block_size, eps, preconditioner_every, start_preconditioning_step, graft):
+    checks.check_integer(caller, "block_size", block_size, low=1)
+    checks.check_number(caller, "eps", eps)
+    checks.check_integer(caller, "preconditioner_every", preconditioner_every, low=1)
+    checks.check_integer(caller, "start_preconditioning_step", start_preconditioning_step, low=1)
+    checks.check_choice(caller, "graft", graft, GRAFTS)
 
     def init_fn(params):
-        b_max = preconditioner.shape_argument(fn, "block_size", block_size)
+        b_max = preconditioner.shape_argument(caller, "block_size", block_size)
 
         def leaf(path, p):
             if not hasattr(p, "shape"):
                 p = jnp.asarray(p)
-            dtype = preconditioner.statistics_dtype(fn, path, p.dtype)
+            dtype = preconditioner.statistics_dtype(caller, path, p.dtype)
             acc = preconditioner.placed_full(
                 p, tuple(p.shape), 0, accumulator_dtype_for(p.dtype), replicate=False
             )
@@ -223,12 +223,12 @@ def _shampoo(fn, block_size, eps, preconditioner_every, start_preconditioning_st
 
     def update_fn(updates, state, params=None):
         del params
-        preconditioner.check_dense(fn, updates)
+        preconditioner.check_dense(caller, updates)
         updates = jax.tree.map(jnp.asarray, updates)
         trees.check_same_shapes(
-            fn, "updates", updates, "state.sum_of_squares", state.sum_of_squares
+            caller, "updates", updates, "state.sum_of_squares", state.sum_of_squares
         )
-        blocks.check_statistics(fn, updates, state.statistics, flatten=False)
+        blocks.check_statistics(caller, updates, state.statistics, flatten=False)
         treedef = jax.tree.structure(updates)
         gs = treedef.flatten_up_to(updates)
         accs = treedef.flatten_up_to(state.sum_of_squares)
@@ -378,14 +378,16 @@ def shampoo(
       "Scalable Second Order Optimization for Deep Learning", 2020 (blocking,
       grafting).
     """
-    fn = "shampoo"
-    checks.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
-    nonfinite_policy.check(fn, nonfinite)
+    caller = "shampoo"
+    checks.check_number(caller, "learning_rate", learning_rate, allow_schedule=True)
+    nonfinite_policy.check(caller, nonfinite)
     return nonfinite_policy.wrap(
-        fn,
+        caller,
         nonfinite,
         optax.chain(
-            _shampoo(fn, block_size, eps, preconditioner_every, start_preconditioning_step, graft),
+            _shampoo(
+                caller, block_size, eps, preconditioner_every, start_preconditioning_step, graft
+            ),
             optax.scale_by_learning_rate(learning_rate),
         ),
         skips_inside=False,

@@ -73,32 +73,32 @@ def torch_adagrad(
     accumulator per component. PyTorch's `foreach`, `fused` and
     `differentiable` flags choose kernels, not numbers, and are not taken.
     """
-    fn = "torch_adagrad"
-    checks.check_number(fn, "lr", lr, allow_schedule=True)
-    checks.check_number(fn, "lr_decay", lr_decay)
+    caller = "torch_adagrad"
+    checks.check_number(caller, "lr", lr, allow_schedule=True)
+    checks.check_number(caller, "lr_decay", lr_decay)
     if weight_decay is not None:
-        checks.check_number(fn, "weight_decay", weight_decay)
-    checks.check_number(fn, "initial_accumulator_value", initial_accumulator_value)
-    checks.check_number(fn, "eps", eps)
-    maximize = checks.check_bool(fn, "maximize", maximize)
-    nonfinite_policy.check(fn, nonfinite)
+        checks.check_number(caller, "weight_decay", weight_decay)
+    checks.check_number(caller, "initial_accumulator_value", initial_accumulator_value)
+    checks.check_number(caller, "eps", eps)
+    maximize = checks.check_bool(caller, "maximize", maximize)
+    nonfinite_policy.check(caller, nonfinite)
     if checks.is_zero_constant(lr_decay):
         learning_rate = lr
     elif callable(lr):
         raise ValueError(
-            f"{fn}(lr_decay={lr_decay!r}): lr_decay needs a constant lr; fold the"
+            f"{caller}(lr_decay={lr_decay!r}): lr_decay needs a constant lr; fold the"
             " decay into the schedule passed as lr instead."
         )
     else:
         learning_rate = schedules.inverse_time_decay(lr, lr_decay)
     return nonfinite_policy.wrap(
-        fn,
+        caller,
         nonfinite,
         optax.chain(
-            _negate(fn) if maximize else optax.identity(),
-            coupled_weight_decay(weight_decay, fn),
+            _negate(caller) if maximize else optax.identity(),
+            coupled_weight_decay(weight_decay, caller),
             _preconditioner(
-                fn,
+                caller,
                 initial_accumulator_value=initial_accumulator_value,
                 eps=eps,
                 eps_root=0.0,
@@ -161,26 +161,26 @@ def keras_adagrad(
     `optax.clip_by_global_norm` etc. instead) and `exclude_from_weight_decay`
     (use `optax.masked`).
     """
-    fn = "keras_adagrad"
-    checks.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
-    checks.check_number(fn, "initial_accumulator_value", initial_accumulator_value)
-    checks.check_number(fn, "epsilon", epsilon)
+    caller = "keras_adagrad"
+    checks.check_number(caller, "learning_rate", learning_rate, allow_schedule=True)
+    checks.check_number(caller, "initial_accumulator_value", initial_accumulator_value)
+    checks.check_number(caller, "epsilon", epsilon)
     if weight_decay is not None:
-        checks.check_number(fn, "weight_decay", weight_decay)
-    nonfinite_policy.check(fn, nonfinite)
+        checks.check_number(caller, "weight_decay", weight_decay)
+    nonfinite_policy.check(caller, nonfinite)
     return nonfinite_policy.wrap(
-        fn,
+        caller,
         nonfinite,
         optax.chain(
             _preconditioner(
-                fn,
+                caller,
                 initial_accumulator_value=initial_accumulator_value,
                 eps=0.0,
                 eps_root=epsilon,
                 nonfinite=nonfinite,
             ),
             # Decoupled: added after the preconditioner, so it is lr * wd * w.
-            coupled_weight_decay(weight_decay, fn),
+            coupled_weight_decay(weight_decay, caller),
             optax.scale_by_learning_rate(learning_rate),
         ),
         skips_inside=True,
@@ -227,16 +227,18 @@ def tf1_adagrad(
       >>> tx.update(jnp.array([3.0]), state)[0]     # -3 / sqrt(16 + 9)
       Array([-0.6], dtype=float32)
     """
-    fn = "tf1_adagrad"
-    checks.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
-    checks.check_number(fn, "initial_accumulator_value", initial_accumulator_value, positive=True)
-    nonfinite_policy.check(fn, nonfinite)
+    caller = "tf1_adagrad"
+    checks.check_number(caller, "learning_rate", learning_rate, allow_schedule=True)
+    checks.check_number(
+        caller, "initial_accumulator_value", initial_accumulator_value, positive=True
+    )
+    nonfinite_policy.check(caller, nonfinite)
     return nonfinite_policy.wrap(
-        fn,
+        caller,
         nonfinite,
         optax.chain(
             _preconditioner(
-                fn,
+                caller,
                 initial_accumulator_value=initial_accumulator_value,
                 eps=0.0,
                 eps_root=0.0,
@@ -273,7 +275,7 @@ def _preconditioner(
     )
 
 
-def _negate(fn: str) -> optax.GradientTransformation:
+def _negate(caller: str) -> optax.GradientTransformation:
     """`optax.scale(-1.0)` that first refuses integer gradients.
 
     Negating an integer gradient with a Python float would promote it to
@@ -282,7 +284,7 @@ def _negate(fn: str) -> optax.GradientTransformation:
     negate = optax.scale(-1.0)
 
     def update_fn(updates, state, params=None):
-        trees.check_inexact_leaves(fn, "updates", updates)
+        trees.check_inexact_leaves(caller, "updates", updates)
         return negate.update(updates, state, params)
 
     return optax.GradientTransformation(negate.init, update_fn)

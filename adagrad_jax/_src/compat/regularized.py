@@ -62,12 +62,14 @@ def tf1_proximal_adagrad(
       >>> optax.apply_updates(w, u)    # a = 3 / sqrt(0.1 + 0.01); a * g; minus a * 0.001
       Array([0.0864206 , 0.38841462], dtype=float32)
     """
-    fn = "tf1_proximal_adagrad"
-    checks.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
-    checks.check_number(fn, "initial_accumulator_value", initial_accumulator_value, positive=True)
-    checks.check_number(fn, "l1_regularization_strength", l1_regularization_strength)
-    checks.check_number(fn, "l2_regularization_strength", l2_regularization_strength)
-    nonfinite_policy.check(fn, nonfinite)
+    caller = "tf1_proximal_adagrad"
+    checks.check_number(caller, "learning_rate", learning_rate, allow_schedule=True)
+    checks.check_number(
+        caller, "initial_accumulator_value", initial_accumulator_value, positive=True
+    )
+    checks.check_number(caller, "l1_regularization_strength", l1_regularization_strength)
+    checks.check_number(caller, "l2_regularization_strength", l2_regularization_strength)
+    nonfinite_policy.check(caller, nonfinite)
     return proximal_adagrad(
         learning_rate,
         initial_accumulator_value,
@@ -122,17 +124,17 @@ def tf1_adagrad_da(
       >>> optax.apply_updates(w, u)
       Array([-0.9045341, -1.6035676], dtype=float32)
     """
-    fn = "tf1_adagrad_da"
-    checks.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
+    caller = "tf1_adagrad_da"
+    checks.check_number(caller, "learning_rate", learning_rate, allow_schedule=True)
     checks.check_number(
-        fn,
+        caller,
         "initial_gradient_squared_accumulator_value",
         initial_gradient_squared_accumulator_value,
         positive=True,
     )
-    checks.check_number(fn, "l1_regularization_strength", l1_regularization_strength)
-    checks.check_number(fn, "l2_regularization_strength", l2_regularization_strength)
-    nonfinite_policy.check(fn, nonfinite)
+    checks.check_number(caller, "l1_regularization_strength", l1_regularization_strength)
+    checks.check_number(caller, "l2_regularization_strength", l2_regularization_strength)
+    nonfinite_policy.check(caller, nonfinite)
     return adagrad_da(
         learning_rate,
         initial_gradient_squared_accumulator_value,
@@ -200,17 +202,17 @@ def keras_ftrl(
     Not reproduced: Keras' clipnorm / clipvalue / use_ema options (chain
     optax transforms instead).
     """
-    fn = "keras_ftrl"
-    checks.check_number(fn, "learning_rate", learning_rate, positive=True, allow_schedule=True)
-    checks.check_number(fn, "initial_accumulator_value", initial_accumulator_value)
+    caller = "keras_ftrl"
+    checks.check_number(caller, "learning_rate", learning_rate, positive=True, allow_schedule=True)
+    checks.check_number(caller, "initial_accumulator_value", initial_accumulator_value)
     for arg, value in (
         ("l1_regularization_strength", l1_regularization_strength),
         ("l2_regularization_strength", l2_regularization_strength),
         ("l2_shrinkage_regularization_strength", l2_shrinkage_regularization_strength),
         ("beta", beta),
     ):
-        checks.check_number(fn, arg, value)
-    nonfinite_policy.check(fn, nonfinite)
+        checks.check_number(caller, arg, value)
+    nonfinite_policy.check(caller, nonfinite)
     return ftrl(
         learning_rate,
         learning_rate_power=learning_rate_power,

@@ -65,7 +65,7 @@ def python_number(value: Any) -> float | None:
     return None
 
 
-def _real_scalar(fn: str, arg: str, value: Any, kind: str) -> float | None:
+def _real_scalar(caller: str, arg: str, value: Any, kind: str) -> float | None:
     """The value of a real scalar argument as a float; None for a tracer.
 
     Raises TypeError for anything but a Python int or float, or a NumPy or JAX
@@ -79,12 +79,12 @@ def _real_scalar(fn: str, arg: str, value: Any, kind: str) -> float | None:
         if not real or dtype.itemsize > 8:
             hint = f"; pass float({arg})" if real else ""
             raise TypeError(
-                f"{fn}({arg}={shown}): {arg} must be a real scalar (an integer or"
+                f"{caller}({arg}={shown}): {arg} must be a real scalar (an integer or"
                 f" floating dtype of at most 64 bits), got dtype {dtype.name}{hint}."
             )
         if np.shape(value) != ():
             raise ValueError(
-                f"{fn}({arg}={shown}): {arg} must be a scalar, got shape {np.shape(value)}."
+                f"{caller}({arg}={shown}): {arg} must be a scalar, got shape {np.shape(value)}."
             )
         if is_traced(value):
             return None
@@ -92,11 +92,13 @@ def _real_scalar(fn: str, arg: str, value: Any, kind: str) -> float | None:
     elif isinstance(value, numbers.Number) and not isinstance(value, (bool, int, float, complex)):
         # fractions.Fraction, decimal.Decimal, ...: JAX cannot take them.
         raise TypeError(
-            f"{fn}({arg}={shown}): {arg} must be {kind}: a Python int or float or a"
+            f"{caller}({arg}={shown}): {arg} must be {kind}: a Python int or float or a"
             f" NumPy or JAX scalar, got {type(value).__name__}; pass float({arg})."
         )
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{fn}({arg}={shown}): {arg} must be {kind}, got {type(value).__name__}.")
+        raise TypeError(
+            f"{caller}({arg}={shown}): {arg} must be {kind}, got {type(value).__name__}."
+        )
     try:
         return float(value)
     except OverflowError:  # An int beyond float range: reported as not finite.
@@ -104,7 +106,7 @@ def _real_scalar(fn: str, arg: str, value: Any, kind: str) -> float | None:
 
 
 def check_number(
-    fn: str,
+    caller: str,
     arg: str,
     value: Any,
     *,
@@ -142,7 +144,7 @@ def check_number(
             inspect.signature(value).bind(0)
         except TypeError:
             raise TypeError(
-                f"{fn}({arg}={describe(value)}): {arg} is a callable that cannot take the step"
+                f"{caller}({arg}={describe(value)}): {arg} is a callable that cannot take the step"
                 f" count; an optax schedule is called as {arg}(count). Pass a number, or a"
                 " function of one argument (optax.constant_schedule(x) for a constant)."
             ) from None
@@ -150,13 +152,13 @@ def check_number(
             pass  # No signature to read (a builtin): trust it.
         return
     kind = "a number or an optax schedule" if allow_schedule else "a number"
-    number = _real_scalar(fn, arg, value, kind)
+    number = _real_scalar(caller, arg, value, kind)
     if number is None:
         return  # Traced: shape and dtype checked, the value is unknown.
     bound = "> 0" if positive else ">= 0"
     shown = describe(value)
     if not math.isfinite(number) or number < 0 or (positive and number == 0):
-        raise ValueError(f"{fn}({arg}={shown}): {arg} must be finite and {bound}.")
+        raise ValueError(f"{caller}({arg}={shown}): {arg} must be finite and {bound}.")
     default = jnp.dtype(jnp.result_type(float))
     limit = float(jnp.finfo(default).max)
     with np.errstate(over="ignore"):
@@ -164,13 +166,13 @@ def check_number(
     if overflows:
         hint = " or enable 64-bit mode (jax_enable_x64)" if default.itemsize < 8 else ""
         raise ValueError(
-            f"{fn}({arg}={shown}): {arg} must be finite and {bound} in {default.name}, JAX's"
+            f"{caller}({arg}={shown}): {arg} must be finite and {bound} in {default.name}, JAX's"
             f" default float dtype (at most {limit:.8g}). Pass a smaller value{hint}."
         )
 
 
 def check_integer(
-    fn: str, arg: str, value: Any, *, low: int | None = None, high: int | None = None
+    caller: str, arg: str, value: Any, *, low: int | None = None, high: int | None = None
 ) -> int | None:
     """Checks an integer scalar argument (such as a row id) and returns its value.
 
@@ -190,23 +192,23 @@ def check_integer(
         dtype = jnp.dtype(value.dtype)
         if not jnp.issubdtype(dtype, jnp.integer):
             raise TypeError(
-                f"{fn}({arg}={shown}): {arg} must be an integer, got dtype {dtype.name}."
+                f"{caller}({arg}={shown}): {arg} must be an integer, got dtype {dtype.name}."
             )
         if np.shape(value) != ():
             raise ValueError(
-                f"{fn}({arg}={shown}): {arg} must be a scalar, got shape {np.shape(value)}."
+                f"{caller}({arg}={shown}): {arg} must be a scalar, got shape {np.shape(value)}."
             )
         if is_traced(value):
             return None
         value = int(np.asarray(value).item())
     elif isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(
-            f"{fn}({arg}={shown}): {arg} must be an integer, got {type(value).__name__}."
+            f"{caller}({arg}={shown}): {arg} must be an integer, got {type(value).__name__}."
         )
     if (low is not None and value < low) or (high is not None and value > high):
         lo = "-inf" if low is None else low
         hi = "inf" if high is None else high
-        raise ValueError(f"{fn}({arg}={shown}): {arg} must be in [{lo}, {hi}].")
+        raise ValueError(f"{caller}({arg}={shown}): {arg} must be in [{lo}, {hi}].")
     return int(value)
 
 
@@ -231,7 +233,7 @@ def is_zero_constant(value: Any) -> bool:
     return number is not None and number == 0
 
 
-def check_float_dtype(fn: str, arg: str, dtype: Any) -> jnp.dtype | None:
+def check_float_dtype(caller: str, arg: str, dtype: Any) -> jnp.dtype | None:
     """Returns `dtype` as a real floating `jnp.dtype`, or None if it is None.
 
     Raises:
@@ -245,20 +247,20 @@ def check_float_dtype(fn: str, arg: str, dtype: Any) -> jnp.dtype | None:
     try:
         parsed = jnp.dtype(dtype)
     except TypeError as e:
-        raise TypeError(f"{fn}({arg}={dtype!r}): {arg} is not a dtype.") from e
+        raise TypeError(f"{caller}({arg}={dtype!r}): {arg} is not a dtype.") from e
     if not jnp.issubdtype(parsed, jnp.floating):
         raise ValueError(
-            f"{fn}({arg}={dtype!r}): {arg} must be a real floating dtype such as jnp.float32."
+            f"{caller}({arg}={dtype!r}): {arg} must be a real floating dtype such as jnp.float32."
         )
     if jnp.finfo(parsed).bits < 16:
         raise ValueError(
-            f"{fn}({arg}={dtype!r}): {arg} must be at least 16 bits wide (bfloat16,"
+            f"{caller}({arg}={dtype!r}): {arg} must be at least 16 bits wide (bfloat16,"
             f" float16, float32 or float64); {parsed.name} cannot hold a sum of squares."
         )
     return parsed
 
 
-def check_choice(fn: str, arg: str, value: Any, choices: tuple[Any, ...]) -> None:
+def check_choice(caller: str, arg: str, value: Any, choices: tuple[Any, ...]) -> None:
     """Raises ValueError unless `value` is one of `choices` (strings or None), naming them all.
 
     >>> check_choice("f", "mode", "dorp", ("drop", "error"))
@@ -274,7 +276,7 @@ def check_choice(fn: str, arg: str, value: Any, choices: tuple[Any, ...]) -> Non
         )
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(
-            f"{fn}({arg}={value!r}): {arg} must be one of"
+            f"{caller}({arg}={value!r}): {arg} must be one of"
             f" {', '.join(repr(c) for c in choices)}.{hint}"
         )
 
@@ -290,16 +292,16 @@ _ALIASES = {
 }
 
 
-def checked_arguments(fn: _F) -> _F:
+def checked_arguments(constructor: _F) -> _F:
     """Turns a bad call of a constructor into an error that suggests a fix.
 
     Python's own message for an unknown keyword names neither the value nor the
     closest valid name; this wrapper adds both.
     """
-    signature = inspect.signature(fn)
+    signature = inspect.signature(constructor)
     known = list(signature.parameters)
 
-    @functools.wraps(fn)
+    @functools.wraps(constructor)
     def wrapper(*args, **kwargs):
         unknown = [k for k in kwargs if k not in signature.parameters]
         if unknown:
@@ -311,32 +313,32 @@ def checked_arguments(fn: _F) -> _F:
             )
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise TypeError(
-                f"{fn.__name__}({name}={kwargs[name]!r}): unknown argument {name!r}."
+                f"{constructor.__name__}({name}={kwargs[name]!r}): unknown argument {name!r}."
                 f" Valid arguments: {', '.join(known)}.{hint}"
             )
         try:
             signature.bind(*args, **kwargs)
         except TypeError as e:
-            raise TypeError(f"{fn.__name__}: {e}.") from None
-        return fn(*args, **kwargs)
+            raise TypeError(f"{constructor.__name__}: {e}.") from None
+        return constructor(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
 
-def check_real_params(fn: str, params: Any) -> None:
+def check_real_params(constructor: str, params: Any) -> None:
     """TypeError for complex parameter leaves, naming the leaf's path."""
     for path, p in jax.tree_util.tree_flatten_with_path(params)[0]:
         dtype = jnp.dtype(p.dtype if hasattr(p, "dtype") else jnp.result_type(p))
         if jnp.issubdtype(dtype, jnp.complexfloating):
             raise TypeError(
-                f"{fn}: parameter {jax.tree_util.keystr(path) or '<root>'} is"
-                f" {dtype.name}; the L1 and L2 terms of {fn} are defined"
+                f"{constructor}: parameter {jax.tree_util.keystr(path) or '<root>'} is"
+                f" {dtype.name}; the L1 and L2 terms of {constructor} are defined"
                 " for real parameters only. Train complex leaves with"
                 " adagrad_jax.adagrad (split the tree with optax.multi_transform)."
             )
 
 
-def check_bool(fn: str, arg: str, value: Any) -> bool:
+def check_bool(constructor: str, arg: str, value: Any) -> bool:
     """Returns a flag as a Python bool; TypeError for anything but True, False or a NumPy bool.
 
     A NumPy bool (``np.bool_``, what ``np.array(True)[()]`` or a comparison
@@ -352,11 +354,11 @@ def check_bool(fn: str, arg: str, value: Any) -> bool:
     TypeError: f(flag=1): flag must be True or False.
     """
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{fn}({arg}={value!r}): {arg} must be True or False.")
+        raise TypeError(f"{constructor}({arg}={value!r}): {arg} must be True or False.")
     return bool(value)
 
 
-def check_nonnegative(fn: str, **values: Any) -> None:
+def check_nonnegative(constructor: str, **values: Any) -> None:
     """check_number for each keyword: finite and >= 0 (JAX values unchecked)."""
     for arg, value in values.items():
-        check_number(fn, arg, value)
+        check_number(constructor, arg, value)

@@ -66,9 +66,9 @@ class NonfiniteState(NamedTuple):
     inner_state: Any
 
 
-def check(fn: str, nonfinite: Any) -> str:
+def check(caller: str, nonfinite: Any) -> str:
     """Checks the ``nonfinite`` argument; returns it."""
-    checks.check_choice(fn, "nonfinite", nonfinite, NONFINITE_POLICIES)
+    checks.check_choice(caller, "nonfinite", nonfinite, NONFINITE_POLICIES)
     return nonfinite
 
 
@@ -170,7 +170,7 @@ def _map_values(f: Callable[..., Any], tree: Any, *rest: Any) -> Any:
 
 
 def wrap(
-    fn: str,
+    caller: str,
     nonfinite: str,
     inner: optax.GradientTransformation,
     *,
@@ -185,7 +185,7 @@ def wrap(
     and ``nonfinite_steps`` counts the step if it met a non-finite entry.
 
     Args:
-      fn: the public name, for messages.
+      caller: the public name, for messages.
       nonfinite: a checked policy.
       inner: the optimizer's transform, built with the same policy.
       skips_inside: True where `inner` already keeps the state and zeroes the
@@ -205,7 +205,7 @@ def wrap(
     def update_fn(updates, state, params=None):
         if not isinstance(state, NonfiniteState):
             raise TypeError(
-                f"{fn}(nonfinite={nonfinite!r}): the state is a"
+                f"{caller}(nonfinite={nonfinite!r}): the state is a"
                 f" {type(state).__name__}, not the NonfiniteState that init returns with"
                 " this policy. Pass the state that tx.init returned."
             )

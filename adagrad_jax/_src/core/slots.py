@@ -16,7 +16,7 @@ def init_count() -> jax.Array:
 
 
 def init_sum_of_squares(
-    fn: str, params: Any, initial_accumulator_value: Any, accumulator_dtype: Any
+    caller: str, params: Any, initial_accumulator_value: Any, accumulator_dtype: Any
 ) -> Any:
     """A tree like `params` filled with tau, in the accumulator dtype.
 
@@ -32,7 +32,7 @@ def init_sum_of_squares(
     def leaf(path, p):
         if not hasattr(p, "dtype") or not hasattr(p, "shape"):
             p = jnp.asarray(p)  # A Python scalar, as optax accepts them.
-        trees.check_param_dtype(fn, path, p.dtype)
+        trees.check_param_dtype(caller, path, p.dtype)
         dtype = accumulator_dtype_for(p.dtype, accumulator_dtype)
         if isinstance(p, jax.core.Tracer):
             # Under jit on an Explicit mesh the sharding is part of the type:

@@ -20,7 +20,7 @@ def _where(name: str, path: Any) -> str:
     return f"{name}{jax.tree_util.keystr(path)}"
 
 
-def check_inexact(fn: str, where: str, dtype: Any) -> None:
+def check_inexact(caller: str, where: str, dtype: Any) -> None:
     """Raises TypeError unless `dtype` is floating or complex; `where` names the leaf.
 
     The one dtype check of parameter and gradient leaves. Integer and boolean
@@ -37,19 +37,19 @@ def check_inexact(fn: str, where: str, dtype: Any) -> None:
     dtype = jnp.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.inexact):
         raise TypeError(
-            f"{fn}: {where} has dtype {dtype.name}; Adagrad needs floating or complex"
+            f"{caller}: {where} has dtype {dtype.name}; Adagrad needs floating or complex"
             " leaves (an integer step would be truncated). Cast the leaf to a floating"
             " dtype, or exclude it with optax.masked."
         )
 
 
-def check_param_dtype(fn: str, path: Any, dtype: Any) -> None:
+def check_param_dtype(caller: str, path: Any, dtype: Any) -> None:
     """`check_inexact` for the parameter at `path`: "parameter ['w'] has dtype int32"."""
-    check_inexact(fn, f"parameter {jax.tree_util.keystr(path) or '<root>'}", dtype)
+    check_inexact(caller, f"parameter {jax.tree_util.keystr(path) or '<root>'}", dtype)
 
 
 def check_inexact_leaves(
-    fn: str,
+    caller: str,
     name: str,
     tree: Any,
     *,
@@ -62,10 +62,10 @@ def check_inexact_leaves(
     `RowSparse`, together with `is_leaf`).
     """
     for path, x in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]:
-        check_inexact(fn, _where(name, path), dtype_of(x))
+        check_inexact(caller, _where(name, path), dtype_of(x))
 
 
-def check_same_structure(fn: str, name_a: str, tree_a: Any, name_b: str, tree_b: Any) -> None:
+def check_same_structure(caller: str, name_a: str, tree_a: Any, name_b: str, tree_b: Any) -> None:
     """Raises ValueError naming the first path where two trees differ.
 
     `tree_b` is the reference (the state); the message names the first of its
@@ -88,7 +88,7 @@ def check_same_structure(fn: str, name_a: str, tree_a: Any, name_b: str, tree_b:
     else:
         detail = f"same leaf paths, different node types: {treedef_a} vs {treedef_b}"
     raise ValueError(
-        f"{fn}: the tree of {name_a} differs from {name_b}: {detail}. Pass"
+        f"{caller}: the tree of {name_a} differs from {name_b}: {detail}. Pass"
         f" {name_a} with the structure the state was initialised with."
     )
 
@@ -98,7 +98,7 @@ def _shape(x: Any) -> tuple[int, ...]:
 
 
 def check_same_shapes(
-    fn: str,
+    caller: str,
     name_a: str,
     tree_a: Any,
     name_b: str,
@@ -122,25 +122,25 @@ def check_same_shapes(
     row shape of a `RowSparse` gradient with a table's.
     """
     if is_leaf is None:
-        check_same_structure(fn, name_a, tree_a, name_b, tree_b)
+        check_same_structure(caller, name_a, tree_a, name_b, tree_b)
     paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree_a, is_leaf=is_leaf)
     leaves_b = treedef.flatten_up_to(tree_b)  # type: ignore[attr-defined]
     for (path, a), b in zip(paths_and_leaves, leaves_b):
         sa, sb = tuple(shape_a(a)), tuple(shape_b(b))
         if sa != sb:
             raise ValueError(
-                f"{fn}: {_where(name_a, path)} has shape {sa} but {_where(name_b, path)} has"
+                f"{caller}: {_where(name_a, path)} has shape {sa} but {_where(name_b, path)} has"
                 f" shape {sb}. Pass {name_a} with the shapes of {name_b} (no broadcasting)."
             )
 
 
-def check_gradients(fn: str, name: str, tree: Any, ref_name: str, ref_tree: Any) -> None:
+def check_gradients(caller: str, name: str, tree: Any, ref_name: str, ref_tree: Any) -> None:
     """Checks a gradient tree against the state's or the parameters' tree.
 
     In order: the same tree structure (`check_same_structure`), the same leaf
     shapes (`check_same_shapes`), and float or complex leaves
-    (`check_inexact_leaves`). Each error names `fn`, the first offending path
+    (`check_inexact_leaves`). Each error names `caller`, the first offending path
     and what was found there.
     """
-    check_same_shapes(fn, name, tree, ref_name, ref_tree)
-    check_inexact_leaves(fn, name, tree)
+    check_same_shapes(caller, name, tree, ref_name, ref_tree)
+    check_inexact_leaves(caller, name, tree)

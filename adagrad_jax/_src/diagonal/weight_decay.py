@@ -11,7 +11,9 @@ from adagrad_jax._src.core import checks, trees
 from adagrad_jax._src.tables.row_sparse import is_row_sparse, path_name
 
 
-def coupled_weight_decay(weight_decay: Any, fn: str = "adagrad") -> optax.GradientTransformation:
+def coupled_weight_decay(
+    weight_decay: Any, caller: str = "adagrad"
+) -> optax.GradientTransformation:
     """`optax.add_decayed_weights`, or `optax.identity` for None or a constant 0.
 
     Both have an empty state, so the chain's state has the same structure
@@ -19,7 +21,7 @@ def coupled_weight_decay(weight_decay: Any, fn: str = "adagrad") -> optax.Gradie
     Before it adds ``weight_decay * params``, the decay checks the updates
     against `params` with `trees.check_gradients`: an integer gradient
     would be promoted and a (1,) gradient broadcast against a (3,) parameter.
-    An update without `params` raises a ValueError naming `fn` and the decay.
+    An update without `params` raises a ValueError naming `caller` and the decay.
     """
     if weight_decay is None or checks.is_zero_constant(weight_decay):
         return optax.identity()
@@ -28,17 +30,17 @@ def coupled_weight_decay(weight_decay: Any, fn: str = "adagrad") -> optax.Gradie
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError(
-                f"{fn}(weight_decay={checks.describe(weight_decay)}): update(updates, state,"
+                f"{caller}(weight_decay={checks.describe(weight_decay)}): update(updates, state,"
                 " params) needs params: the weight decay adds weight_decay * params to the"
                 " updates. Pass the current parameters: tx.update(grads, state, params)."
             )
-        trees.check_gradients(fn, "updates", updates, "params", params)
+        trees.check_gradients(caller, "updates", updates, "params", params)
         return decay.update(updates, state, params)
 
     return optax.GradientTransformation(decay.init, update_fn)
 
 
-def sparse_coupled_weight_decay(fn: str, weight_decay: Any) -> optax.GradientTransformation:
+def sparse_coupled_weight_decay(caller: str, weight_decay: Any) -> optax.GradientTransformation:
     """`optax.add_decayed_weights` for dense leaves; refuses RowSparse leaves.
 
     None and a Python 0 give `optax.identity()` (both have an empty state). A
@@ -47,13 +49,13 @@ def sparse_coupled_weight_decay(fn: str, weight_decay: Any) -> optax.GradientTra
     """
     if weight_decay is None or checks.is_zero_constant(weight_decay):
         return optax.identity()
-    inner = coupled_weight_decay(weight_decay, fn)  # Checks dense leaves against params.
+    inner = coupled_weight_decay(weight_decay, caller)  # Checks dense leaves against params.
 
     def update_fn(updates, state, params=None):
         for path, leaf in jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_row_sparse)[0]:
             if is_row_sparse(leaf):
                 raise ValueError(
-                    f"{fn}(weight_decay={weight_decay!r}): {path_name(path)} is a"
+                    f"{caller}(weight_decay={weight_decay!r}): {path_name(path)} is a"
                     " RowSparse gradient, but coupled weight decay adds"
                     " weight_decay * w to every row of the table, which a"
                     " row-sparse step cannot do (torch.optim.Adagrad refuses it"

@@ -170,19 +170,19 @@ def adagrad_da(
       global step; `adagrad_jax.compat.tf1_adagrad_da` reproduces it. optax,
       PyTorch and Keras 3 have no dual-averaging Adagrad.
     """
-    fn = "adagrad_da"
-    checks.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
+    caller = "adagrad_da"
+    checks.check_number(caller, "learning_rate", learning_rate, allow_schedule=True)
     checks.check_nonnegative(
-        fn, initial_accumulator_value=initial_accumulator_value, l1=l1, l2=l2, eps=eps
+        caller, initial_accumulator_value=initial_accumulator_value, l1=l1, l2=l2, eps=eps
     )
-    warm_start = checks.check_bool(fn, "warm_start", warm_start)
-    accumulator_dtype = checks.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
-    check_id_flags(fn, pad_id, out_of_range)
-    nonfinite_policy.check(fn, nonfinite)
+    warm_start = checks.check_bool(caller, "warm_start", warm_start)
+    accumulator_dtype = checks.check_float_dtype(caller, "accumulator_dtype", accumulator_dtype)
+    check_id_flags(caller, pad_id, out_of_range)
+    nonfinite_policy.check(caller, nonfinite)
 
     def init_fn(params):
-        checks.check_real_params(fn, params)
-        sums = init_sum_of_squares(fn, params, initial_accumulator_value, accumulator_dtype)
+        checks.check_real_params(caller, params)
+        sums = init_sum_of_squares(caller, params, initial_accumulator_value, accumulator_dtype)
         return AdagradDAState(
             count=slots.init_count(),
             gradient_sum=jax.tree.map(jnp.zeros_like, sums),
@@ -198,7 +198,7 @@ def adagrad_da(
         if warm_start:
             slots += (state.initial_params,)
         updates, new_slots = map_rule(
-            fn,
+            caller,
             rule,
             updates,
             slots,
@@ -216,5 +216,5 @@ def adagrad_da(
         )
 
     return nonfinite_policy.wrap(
-        fn, nonfinite, optax.GradientTransformation(init_fn, update_fn), skips_inside=True
+        caller, nonfinite, optax.GradientTransformation(init_fn, update_fn), skips_inside=True
     )

@@ -50,12 +50,12 @@ def ftrl_rule(lr: Any, p: Any, l1: Any, l2: Any, l2_shrinkage: Any, beta: Any):
         n, z = slots
         dtype = n.dtype
         lr_t = jnp.asarray(lr).astype(dtype)
-        w32 = w.astype(dtype)
-        g32 = g.astype(dtype)
-        g_shrunk = g32 + jnp.asarray(l2_shrinkage, dtype) * w32 if shrinkage else g32
+        w_acc = w.astype(dtype)
+        g_acc = g.astype(dtype)
+        g_shrunk = g_acc + jnp.asarray(l2_shrinkage, dtype) * w_acc if shrinkage else g_acc
         new_n = n + squared_magnitude(g, dtype)
         sigma = (_power(new_n, p) - _power(n, p)) / lr_t
-        z = z + g_shrunk - sigma * w32
+        z = z + g_shrunk - sigma * w_acc
         # The same root again, written so that XLA does not merge the two: merged,
         # XLA:CPU (no multi-output fusion) writes it to a table-sized temporary
         # that both loops read; apart, each loop computes it (maximum(n, 0) is
@@ -66,24 +66,24 @@ def ftrl_rule(lr: Any, p: Any, l1: Any, l2: Any, l2_shrinkage: Any, beta: Any):
         shrunk = jnp.where(jnp.abs(z) > l1_, jnp.sign(z) * l1_ - z, jnp.zeros((), dtype))
         # Where quadratic is 0 (no gradient yet, tau = beta = l2 = 0) w stays. No
         # constant compiles the guard out: a schedule's lr_t = 0 makes it 0/0.
-        new_w = numerics.guarded_divide(shrunk, quadratic, fallback=w32)
-        return (new_w - w32).astype(g.dtype), (new_n, z)
+        new_w = numerics.guarded_divide(shrunk, quadratic, fallback=w_acc)
+        return (new_w - w_acc).astype(g.dtype), (new_n, z)
 
     return rule
 
 
-def _check_power(fn: str, learning_rate_power: Any) -> None:
+def _check_power(caller: str, learning_rate_power: Any) -> None:
     if isinstance(learning_rate_power, jax.Array):
         return  # Possibly traced (inject_hyperparams).
     number = checks.python_number(learning_rate_power)
     if number is None:
         raise TypeError(
-            f"{fn}(learning_rate_power={learning_rate_power!r}): learning_rate_power"
+            f"{caller}(learning_rate_power={learning_rate_power!r}): learning_rate_power"
             " must be a number."
         )
     if not math.isfinite(number) or number > 0:
         raise ValueError(
-            f"{fn}(learning_rate_power={learning_rate_power!r}): learning_rate_power"
+            f"{caller}(learning_rate_power={learning_rate_power!r}): learning_rate_power"
             " must be finite and <= 0 (-0.5 is Adagrad's 1/sqrt(n); 0 is a fixed"
             " learning rate)."
         )
@@ -204,26 +204,26 @@ def ftrl(
       `adagrad_jax.compat.keras_ftrl` takes Keras' names and converts them,
       with ``warm_start=False``.
     """
-    fn = "ftrl"
-    checks.check_number(fn, "learning_rate", learning_rate, positive=True, allow_schedule=True)
-    _check_power(fn, learning_rate_power)
+    caller = "ftrl"
+    checks.check_number(caller, "learning_rate", learning_rate, positive=True, allow_schedule=True)
+    _check_power(caller, learning_rate_power)
     checks.check_nonnegative(
-        fn,
+        caller,
         initial_accumulator_value=initial_accumulator_value,
         l1=l1,
         l2=l2,
         l2_shrinkage=l2_shrinkage,
         beta=beta,
     )
-    warm_start = checks.check_bool(fn, "warm_start", warm_start)
-    accumulator_dtype = checks.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
-    check_id_flags(fn, pad_id, out_of_range)
-    nonfinite_policy.check(fn, nonfinite)
+    warm_start = checks.check_bool(caller, "warm_start", warm_start)
+    accumulator_dtype = checks.check_float_dtype(caller, "accumulator_dtype", accumulator_dtype)
+    check_id_flags(caller, pad_id, out_of_range)
+    nonfinite_policy.check(caller, nonfinite)
     p = -cast(Any, learning_rate_power)  # A number or a JAX scalar (checked above).
 
     def init_fn(params):
-        checks.check_real_params(fn, params)
-        sums = init_sum_of_squares(fn, params, initial_accumulator_value, accumulator_dtype)
+        checks.check_real_params(caller, params)
+        sums = init_sum_of_squares(caller, params, initial_accumulator_value, accumulator_dtype)
         if warm_start:
             lr0 = numerics.learning_rate_at(learning_rate, slots.init_count())
 
@@ -243,7 +243,7 @@ def ftrl(
         lr = numerics.learning_rate_at(learning_rate, state.count)
         rule = ftrl_rule(lr, p, l1, l2, l2_shrinkage, beta)
         updates, (sums, linears) = map_rule(
-            fn,
+            caller,
             rule,
             updates,
             (state.sum_of_squares, state.linear),
@@ -256,5 +256,5 @@ def ftrl(
         return updates, FtrlState(optax.safe_increment(state.count), sums, linears)
 
     return nonfinite_policy.wrap(
-        fn, nonfinite, optax.GradientTransformation(init_fn, update_fn), skips_inside=True
+        caller, nonfinite, optax.GradientTransformation(init_fn, update_fn), skips_inside=True
     )

@@ -37,14 +37,14 @@ def proximal_adagrad_rule(lr: Any, l1: Any, l2: Any, eps: Any, eps_root: Any, ta
         (s,) = slots
         s = s + squared_magnitude(g, s.dtype)
         a = numerics.adagrad_step_size(lr, s, eps, eps_root, tau=tau)
-        g32 = g.astype(s.dtype)
+        g_acc = g.astype(s.dtype)
         if not regularized:  # Plain Adagrad: no parameter read.
-            return (-(a * g32)).astype(g.dtype), (s,)
-        w32 = w.astype(s.dtype)
-        v = w32 - a * g32
+            return (-(a * g_acc)).astype(g.dtype), (s,)
+        w_acc = w.astype(s.dtype)
+        v = w_acc - a * g_acc
         shrunk = numerics.soft_threshold(v, a * jnp.asarray(l1, s.dtype))
         new_w = shrunk / (1 + a * jnp.asarray(l2, s.dtype))
-        return (new_w - w32).astype(g.dtype), (s,)
+        return (new_w - w_acc).astype(g.dtype), (s,)
 
     return rule, regularized
 
@@ -139,26 +139,26 @@ def proximal_adagrad(
       kernel is this rule with eps = 0); `adagrad_jax.compat.tf1_proximal_adagrad`
       reproduces it. optax, PyTorch and Keras have no proximal Adagrad.
     """
-    fn = "proximal_adagrad"
-    checks.check_number(fn, "learning_rate", learning_rate, allow_schedule=True)
+    caller = "proximal_adagrad"
+    checks.check_number(caller, "learning_rate", learning_rate, allow_schedule=True)
     checks.check_nonnegative(
-        fn,
+        caller,
         initial_accumulator_value=initial_accumulator_value,
         eps=eps,
         l1=l1,
         l2=l2,
         eps_root=eps_root,
     )
-    accumulator_dtype = checks.check_float_dtype(fn, "accumulator_dtype", accumulator_dtype)
-    check_id_flags(fn, pad_id, out_of_range)
-    nonfinite_policy.check(fn, nonfinite)
+    accumulator_dtype = checks.check_float_dtype(caller, "accumulator_dtype", accumulator_dtype)
+    check_id_flags(caller, pad_id, out_of_range)
+    nonfinite_policy.check(caller, nonfinite)
 
     def init_fn(params):
-        checks.check_real_params(fn, params)
+        checks.check_real_params(caller, params)
         return ProximalAdagradState(
             count=slots.init_count(),
             sum_of_squares=init_sum_of_squares(
-                fn, params, initial_accumulator_value, accumulator_dtype
+                caller, params, initial_accumulator_value, accumulator_dtype
             ),
         )
 
@@ -168,7 +168,7 @@ def proximal_adagrad(
             lr, l1, l2, eps, eps_root, initial_accumulator_value
         )
         updates, (sums,) = map_rule(
-            fn,
+            caller,
             rule,
             updates,
             (state.sum_of_squares,),
@@ -181,5 +181,5 @@ def proximal_adagrad(
         return updates, ProximalAdagradState(optax.safe_increment(state.count), sums)
 
     return nonfinite_policy.wrap(
-        fn, nonfinite, optax.GradientTransformation(init_fn, update_fn), skips_inside=True
+        caller, nonfinite, optax.GradientTransformation(init_fn, update_fn), skips_inside=True
     )

@@ -119,8 +119,8 @@ def apply_updates(params: optax.Params, updates: optax.Updates) -> optax.Params:
              [0., 0.],
              [1., 1.]], dtype=float32)
     """
-    fn = "apply_updates"
-    trees.check_same_structure(fn, "updates", values_view(updates), "params", params)
+    caller = "apply_updates"
+    trees.check_same_structure(caller, "updates", values_view(updates), "params", params)
 
     def leaf(path, p, u):
         if p is None:
@@ -130,12 +130,12 @@ def apply_updates(params: optax.Params, updates: optax.Updates) -> optax.Params:
         where = path_name(path)
         if jnp.ndim(p) < 1:
             raise ValueError(
-                f"{fn}: {where} is a RowSparse but its parameter is a scalar;"
+                f"{caller}: {where} is a RowSparse but its parameter is a scalar;"
                 " only tables (arrays with a row axis) take row updates."
             )
-        check_row_sparse(fn, where, u, jnp.shape(p)[1:])
+        check_row_sparse(caller, where, u, jnp.shape(p)[1:])
         num_rows = jnp.shape(p)[0]
-        check_row_count(fn, where, num_rows, u.indices.shape[0])
+        check_row_count(caller, where, num_rows, u.indices.shape[0])
         ids = clean_ids(as_int32_ids(u.indices), num_rows)
         # On an Explicit mesh: a masked scatter into each row shard, in place.
         return placement.partitioned(

@@ -80,7 +80,7 @@ def row_like(p: Any) -> Any:
     return jax.ShapeDtypeStruct(p.shape[:1], p.dtype, sharding=_row_sharding(p))
 
 
-def _check_placement(fn, where, state_where, p, slot, row_wise):
+def _check_placement(caller, where, state_where, p, slot, row_wise):
     """Trace-time checks of a table's sharding on an Explicit mesh (types carry it).
 
     The state must be sharded like its parameter (row-wise state like the
@@ -96,7 +96,7 @@ def _check_placement(fn, where, state_where, p, slot, row_wise):
             parts *= sharding.mesh.shape[axis]
         if table.shape[0] % parts:
             raise ValueError(
-                f"{fn}: {where}'s table has {table.shape[0]} rows, sharded over mesh"
+                f"{caller}: {where}'s table has {table.shape[0]} rows, sharded over mesh"
                 f" axes {axes} of {parts} devices; the rows must divide evenly. Pad the"
                 f" table to {-(-table.shape[0] // parts) * parts} rows (ids never reach"
                 " the padding rows) or replicate it."
@@ -109,7 +109,7 @@ def _check_placement(fn, where, state_where, p, slot, row_wise):
         tuple(expected) != tuple(actual)
     ):
         raise ValueError(
-            f"{fn}: {state_where} is sharded {actual} but its parameter"
+            f"{caller}: {state_where} is sharded {actual} but its parameter"
             f" params{where[len('updates') :]} is sharded {expected}"
             f"{' (row-wise: the row axis)' if row_wise else ''}; optimizer state must be"
             " placed like its parameters. Build it with jax.jit(tx.init)(params) or"
@@ -117,7 +117,7 @@ def _check_placement(fn, where, state_where, p, slot, row_wise):
         )
 
 
-def _live_ids(fn, where, g, num_rows, *, pad_id, out_of_range):
+def _live_ids(caller, where, g, num_rows, *, pad_id, out_of_range):
     """int32 ids of `g` with padding and out-of-range ids replaced by `num_rows`.
 
     With ``out_of_range="error"`` an id >= `num_rows` that is not padding
@@ -142,7 +142,7 @@ def _live_ids(fn, where, g, num_rows, *, pad_id, out_of_range):
         valid = f"ids 0 to {num_rows - 1}" if num_rows else "no id is valid"
         runtime.error_if(
             jnp.any(too_big),
-            f"{fn}(out_of_range='error'): {safe_where} holds row id {{}} at position {{}},"
+            f"{caller}(out_of_range='error'): {safe_where} holds row id {{}} at position {{}},"
             f" but the table has {num_rows} rows ({valid}; negative ids"
             f"{'' if pad_id is None else ' and pad_id'} are padding). Fix the ids, or pass"
             " out_of_range='drop' to skip such ids.",
@@ -152,12 +152,12 @@ def _live_ids(fn, where, g, num_rows, *, pad_id, out_of_range):
     return jnp.where(padding | too_big, num_rows, ids)
 
 
-def _rows_update(fn, where, rule, g, slots, param, *, pad_id, out_of_range):
+def _rows_update(caller, where, rule, g, slots, param, *, pad_id, out_of_range):
     """Runs `rule` on the touched rows of one table; see the module docstring."""
     num_rows = slots[0].shape[0]
     k = g.indices.shape[0]
-    check_row_count(fn, where, num_rows, k)
-    ids = _live_ids(fn, where, g, num_rows, pad_id=pad_id, out_of_range=out_of_range)
+    check_row_count(caller, where, num_rows, k)
+    ids = _live_ids(caller, where, g, num_rows, pad_id=pad_id, out_of_range=out_of_range)
     if k == 0 or num_rows == 0:  # No live id: nothing to gather (a 0-row table has no rows).
         return RowSparse(ids, jnp.zeros_like(g.values)), tuple(slots)
 
@@ -223,17 +223,17 @@ def _touched_rows(rule, ids, values, slots, param, num_rows):
     return rows, jnp.where(live, u, jnp.zeros((), u.dtype)), new_slots
 
 
-def _check_dense_shape(fn, where, shape, expected, what):
+def _check_dense_shape(caller, where, shape, expected, what):
     if tuple(shape) != tuple(expected):
         raise ValueError(
-            f"{fn}: {where} has shape {tuple(shape)} but {what} has shape"
+            f"{caller}: {where} has shape {tuple(shape)} but {what} has shape"
             f" {tuple(expected)}. Pass a gradient of the parameter's shape (or a"
             " RowSparse of its rows, for a table)."
         )
 
 
 def map_rule(
-    fn: str,
+    caller: str,
     rule: Rule,
     updates: Any,
     slots: Sequence[Any],
@@ -249,7 +249,7 @@ def map_rule(
     """Applies `rule` to every leaf of `updates`; returns (updates, new slot trees).
 
     Args:
-      fn: the public function's name, for error messages.
+      caller: the public function's name, for error messages.
       rule: ``rule(g, slots, w) -> (u, new_slots)`` (module docstring).
       updates: a tree of gradients: arrays, `RowSparse` at tables, or None.
       slots: trees with the structure of the parameters (the optimizer's
@@ -270,9 +270,9 @@ def map_rule(
         table, or `params` missing when the rule reads them (each naming the
         path).
     """
-    trees.check_same_structure(fn, "updates", values_view(updates), state_name, slots[0])
+    trees.check_same_structure(caller, "updates", values_view(updates), state_name, slots[0])
     trees.check_inexact_leaves(
-        fn,
+        caller,
         "updates",
         updates,
         is_leaf=is_row_sparse,
@@ -280,13 +280,13 @@ def map_rule(
     )
     if read_params and params is None:
         raise ValueError(
-            f"{fn}: update(updates, state, params) needs params: this rule reads the"
+            f"{caller}: update(updates, state, params) needs params: this rule reads the"
             " current parameter values. Pass them as the third argument (as"
             " optax.adamw needs them)."
         )
     if row_wise and params is None:
         raise ValueError(
-            f"{fn}(row_wise=True): update(updates, state, params) needs params: the"
+            f"{caller}(row_wise=True): update(updates, state, params) needs params: the"
             " row-wise state keeps one number per row and does not record the width of"
             " the rows, so the gradients' row shapes are checked against params (before"
             " any state changes). Pass params as the third argument."
@@ -297,7 +297,7 @@ def map_rule(
     leaves, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_row_sparse)
     slot_leaves = [treedef.flatten_up_to(tree) for tree in slots]  # type: ignore[attr-defined]
     if params is not None:
-        trees.check_same_structure(fn, "params", params, state_name, slots[0])
+        trees.check_same_structure(caller, "params", params, state_name, slots[0])
         param_leaves = treedef.flatten_up_to(params)  # type: ignore[attr-defined]
     else:
         param_leaves = [None] * len(leaves)
@@ -313,42 +313,42 @@ def map_rule(
         if is_row_sparse(g):
             if first.ndim < 1:
                 raise ValueError(
-                    f"{fn}: {where} is a RowSparse but its parameter is a scalar;"
+                    f"{caller}: {where} is a RowSparse but its parameter is a scalar;"
                     " only tables (arrays with a row axis) take row gradients."
                 )
             if p is not None:
                 _check_dense_shape(
-                    fn,
+                    caller,
                     f"params{jax.tree_util.keystr(path)}",
                     jnp.shape(p)[:1] if row_wise else jnp.shape(p),
                     first.shape,
                     state_where,
                 )
-            _check_placement(fn, where, state_where, p, first, row_wise)
+            _check_placement(caller, where, state_where, p, first, row_wise)
             row_shape = (None if p is None else jnp.shape(p)[1:]) if row_wise else first.shape[1:]
-            check_row_sparse(fn, where, g, row_shape)
+            check_row_sparse(caller, where, g, row_shape)
             u, leaf_slots = _rows_update(
-                fn, where, rule_fn, g, leaf_slots, w, pad_id=pad_id, out_of_range=out_of_range
+                caller, where, rule_fn, g, leaf_slots, w, pad_id=pad_id, out_of_range=out_of_range
             )
         else:
             if not hasattr(g, "shape") or not hasattr(g, "dtype"):
                 g = jnp.asarray(g)  # A Python float: float32 (integers were refused above).
             if row_wise:
                 _check_dense_shape(
-                    fn, where, g.shape, jnp.shape(p), f"params{jax.tree_util.keystr(path)}"
+                    caller, where, g.shape, jnp.shape(p), f"params{jax.tree_util.keystr(path)}"
                 )
                 _check_dense_shape(
-                    fn,
+                    caller,
                     f"{where}'s row count",
                     jnp.shape(g)[:1],
                     first.shape,
                     f"the row-wise {state_where}",
                 )
             else:
-                _check_dense_shape(fn, where, g.shape, first.shape, state_where)
+                _check_dense_shape(caller, where, g.shape, first.shape, state_where)
             if w is not None:
                 _check_dense_shape(
-                    fn, f"params{jax.tree_util.keystr(path)}", jnp.shape(w), g.shape, where
+                    caller, f"params{jax.tree_util.keystr(path)}", jnp.shape(w), g.shape, where
                 )
             u, new_leaf_slots = rule_fn(g, leaf_slots, w)
             leaf_slots = tuple(new_leaf_slots) + leaf_slots[len(new_leaf_slots) :]

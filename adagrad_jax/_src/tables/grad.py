@@ -127,12 +127,12 @@ def value_and_row_grad(
       >>> grads["emb"].indices, grads["emb"].values[0]
       (Array([1, 3, 1], dtype=int32), Array([10., 10.], dtype=float32))
     """
-    fn = "value_and_row_grad"
+    caller = "value_and_row_grad"
     if not callable(fun):
-        raise TypeError(f"{fn}(fun={fun!r}): fun must be a callable returning a scalar loss.")
+        raise TypeError(f"{caller}(fun={fun!r}): fun must be a callable returning a scalar loss.")
     if not isinstance(has_aux, (bool, np.bool_)):
-        raise TypeError(f"{fn}(has_aux={has_aux!r}): has_aux must be True or False.")
-    check_pad_id(fn, pad_id)
+        raise TypeError(f"{caller}(has_aux={has_aux!r}): has_aux must be True or False.")
+    check_pad_id(caller, pad_id)
     grad_fn = jax.value_and_grad(fun, has_aux=has_aux)
 
     def lookup_ids(path, ids, table):
@@ -141,20 +141,20 @@ def value_and_row_grad(
         table_where = f"params{jax.tree_util.keystr(path)}"
         if _is_subtree(table):
             raise ValueError(
-                f"{fn}: {where} is one id array ({describe_array(ids)}), but"
+                f"{caller}: {where} is one id array ({describe_array(ids)}), but"
                 f" {table_where} is a tree, {_describe_tree(table)}: {_MIRROR_RULE}."
                 f" Pass {_ids_like(table)} in place of {where}."
             )
         if not hasattr(table, "shape") or jnp.ndim(table) < 1:
             raise ValueError(
-                f"{fn}: {where} is an id array, but {table_where}"
+                f"{caller}: {where} is an id array, but {table_where}"
                 f" is {describe_array(table)}, not a table (an array with a row axis)."
             )
         ids = as_array(ids)
         if not is_index_dtype(ids.dtype):
-            raise TypeError(f"{fn}: {where} is {describe_array(ids)}; ids must be integers.")
+            raise TypeError(f"{caller}: {where} is {describe_array(ids)}; ids must be integers.")
         num_rows = table.shape[0]
-        check_row_count(fn, f"params{jax.tree_util.keystr(path)}", num_rows, ids.size)
+        check_row_count(caller, f"params{jax.tree_util.keystr(path)}", num_rows, ids.size)
         given = ids
         ids = as_int32_ids(ids)
         padding = ids < 0
@@ -189,11 +189,11 @@ def value_and_row_grad(
                 is_leaf=lambda x: x is None,
             )
         except ValueError as e:
-            if fn in str(e):
+            if caller in str(e):
                 raise
             # JAX's message: the trees differ (the ids are not a prefix of params).
             raise ValueError(
-                f"{fn}: {_MIRROR_RULE}, e.g. {_ids_like(params)}; got ids"
+                f"{caller}: {_MIRROR_RULE}, e.g. {_ids_like(params)}; got ids"
                 f" {_describe_tree(ids)} for params {_describe_tree(params)}."
             ) from None
         value, row_grads = grad_fn(looked_up, *args, **kwargs)

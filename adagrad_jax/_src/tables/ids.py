@@ -37,10 +37,10 @@ def clean_ids(ids: jax.Array, num_rows: int) -> jax.Array:
     return jnp.where(ids < 0, num_rows, ids)
 
 
-def check_row_count(fn: str, where: str, num_rows: int, k: int) -> None:
+def check_row_count(caller: str, where: str, num_rows: int, k: int) -> None:
     if num_rows + k > INT32_MAX:
         raise ValueError(
-            f"{fn}: {where} has {num_rows} rows and {k} ids; row ids are int32, so"
+            f"{caller}: {where} has {num_rows} rows and {k} ids; row ids are int32, so"
             f" rows + ids must stay below 2**31."
         )
 
@@ -101,22 +101,22 @@ def dedup(
     return rows, slot
 
 
-def check_pad_id(fn: str, pad_id: Any) -> None:
+def check_pad_id(caller: str, pad_id: Any) -> None:
     """None, or an integer row id in [0, 2**31); traced JAX scalars by dtype and shape only."""
     if pad_id is None:
         return
     try:
-        checks.check_integer(fn, "pad_id", pad_id, low=0, high=INT32_MAX)
+        checks.check_integer(caller, "pad_id", pad_id, low=0, high=INT32_MAX)
     except ValueError as e:
         if "scalar" in str(e):
             raise
         raise ValueError(
-            f"{fn}(pad_id={pad_id!r}): pad_id must be a row id in [0, 2**31) or"
+            f"{caller}(pad_id={pad_id!r}): pad_id must be a row id in [0, 2**31) or"
             " None; negative ids are always padding and need no pad_id."
         ) from None
 
 
-def check_id_flags(fn: str, pad_id: Any, out_of_range: Any) -> None:
+def check_id_flags(caller: str, pad_id: Any, out_of_range: Any) -> None:
     """Checks the arguments every row-sparse optimizer takes: pad_id, out_of_range."""
-    check_pad_id(fn, pad_id)
-    checks.check_choice(fn, "out_of_range", out_of_range, _OUT_OF_RANGE_MODES)
+    check_pad_id(caller, pad_id)
+    checks.check_choice(caller, "out_of_range", out_of_range, _OUT_OF_RANGE_MODES)

@@ -28,7 +28,7 @@ def _axes_of(spec: PartitionSpec) -> list[str]:
     return names
 
 
-def _the_mesh(fn: str, leaves: list[tuple[Any, Any]]) -> Any:
+def _the_mesh(caller: str, leaves: list[tuple[Any, Any]]) -> Any:
     meshes = []
     for path, leaf in leaves:
         sharding = getattr(leaf, "sharding", None)
@@ -36,7 +36,7 @@ def _the_mesh(fn: str, leaves: list[tuple[Any, Any]]) -> Any:
             meshes.append((path, sharding.mesh))
     if not meshes:
         raise ValueError(
-            f"{fn}: no parameter has a NamedSharding. Place the parameters on a mesh"
+            f"{caller}: no parameter has a NamedSharding. Place the parameters on a mesh"
             " first (jax.device_put(params, shardings), or jax.ShapeDtypeStructs with"
             " sharding=...), e.g. with adagrad_jax.propose_placement."
         )
@@ -48,7 +48,7 @@ def _the_mesh(fn: str, leaves: list[tuple[Any, Any]]) -> Any:
             or other.devices.tolist() != mesh.devices.tolist()
         ):
             raise ValueError(
-                f"{fn}: params{jax.tree_util.keystr(path)} is on mesh {other}, but"
+                f"{caller}: params{jax.tree_util.keystr(path)} is on mesh {other}, but"
                 f" params{jax.tree_util.keystr(path0)} is on {mesh}; one SPMD program"
                 " needs every parameter on the same mesh."
             )
@@ -95,14 +95,14 @@ def state_shardings(tx: optax.GradientTransformation, params: optax.Params) -> A
       >>> adagrad_jax.state_shardings(tx, {"t": table})[1].sum_of_squares["t"].spec
       P('data',)
     """
-    fn = "state_shardings"
+    caller = "state_shardings"
     if not isinstance(tx, optax.GradientTransformation):
         raise TypeError(
-            f"{fn}(tx={tx!r}): tx must be an optax.GradientTransformation (the optimizer"
+            f"{caller}(tx={tx!r}): tx must be an optax.GradientTransformation (the optimizer"
             " whose state to place), such as adagrad_jax.adagrad(0.1)."
         )
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    mesh = _the_mesh(fn, leaves)
+    mesh = _the_mesh(caller, leaves)
     explicit = Mesh(
         mesh.devices, mesh.axis_names, axis_types=(AxisType.Explicit,) * len(mesh.axis_names)
     )
@@ -113,7 +113,7 @@ def state_shardings(tx: optax.GradientTransformation, params: optax.Params) -> A
         sharding = getattr(leaf, "sharding", None)
         spec = sharding.spec if isinstance(sharding, NamedSharding) else PartitionSpec()
         check_mesh_axes(
-            fn, f"params{jax.tree_util.keystr(path)}'s sharding {spec}", _axes_of(spec), mesh
+            caller, f"params{jax.tree_util.keystr(path)}'s sharding {spec}", _axes_of(spec), mesh
         )
         return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=NamedSharding(explicit, spec))
 
@@ -224,11 +224,11 @@ def propose_placement(
       >>> {name: getattr(s, "spec", s) for name, s in placement.items()}
       {'country': P(), 'shop': TableWise(axis='data'), 'user': P('data', None), 'w': P()}
     """
-    fn = "propose_placement"
-    checks.check_integer(fn, "replicate_below_bytes", replicate_below_bytes, low=0)
-    checks.check_integer(fn, "table_wise_below_bytes", table_wise_below_bytes, low=0)
+    caller = "propose_placement"
+    checks.check_integer(caller, "replicate_below_bytes", replicate_below_bytes, low=0)
+    checks.check_integer(caller, "table_wise_below_bytes", table_wise_below_bytes, low=0)
     axes = axis if isinstance(axis, tuple) else (axis,)
-    check_mesh_axes(fn, f"axis={axis!r}", axes, mesh)
+    check_mesh_axes(caller, f"axis={axis!r}", axes, mesh)
     parts = int(np.prod([mesh.shape[a] for a in axes]))
     overrides = dict(overrides or {})
     paths = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
@@ -237,17 +237,19 @@ def propose_placement(
             close = difflib.get_close_matches(key, sorted(paths), 1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(
-                f"{fn}: overrides names {key!r}, which is not a leaf of params (leaves:"
+                f"{caller}: overrides names {key!r}, which is not a leaf of params (leaves:"
                 f" {sorted(paths)}).{hint}"
             )
         if isinstance(spec, str):
             if spec != TABLE_WISE:
                 raise ValueError(
-                    f"{fn}: overrides[{key!r}] = {spec!r}; give a PartitionSpec or the"
+                    f"{caller}: overrides[{key!r}] = {spec!r}; give a PartitionSpec or the"
                     f" string {TABLE_WISE!r}."
                 )
             continue
-        check_mesh_axes(fn, f"overrides[{key!r}] = {spec}", _axes_of(PartitionSpec(*spec)), mesh)
+        check_mesh_axes(
+            caller, f"overrides[{key!r}] = {spec}", _axes_of(PartitionSpec(*spec)), mesh
+        )
 
     def place(path, leaf):
         key = jax.tree_util.keystr(path)
@@ -255,7 +257,7 @@ def propose_placement(
         if overrides.get(key) == TABLE_WISE:
             if not shape:
                 raise ValueError(
-                    f"{fn}: overrides[{key!r}] = {TABLE_WISE!r}, but params{key} is a"
+                    f"{caller}: overrides[{key!r}] = {TABLE_WISE!r}, but params{key} is a"
                     " scalar; only tables (arrays with a row axis) can be stacked."
                 )
             return TableWise(mesh, axis)
@@ -268,7 +270,7 @@ def propose_placement(
             return TableWise(mesh, axis)
         if shape[0] % parts:
             raise ValueError(
-                f"{fn}: params{key} has {shape[0]} rows, which do not divide evenly over"
+                f"{caller}: params{key} has {shape[0]} rows, which do not divide evenly over"
                 f" mesh axis {axis!r} of {parts} devices. Pad the table to"
                 f" {-(-shape[0] // parts) * parts} rows (ids never reach the padding),"
                 f" place it by hand with overrides={{{key!r}: P()}}, or place it whole"

@@ -280,18 +280,18 @@ def path_name(path: Any, name: str = "updates") -> str:
     return name + jax.tree_util.keystr(path)
 
 
-def check_row_sparse(fn: str, where: str, g: RowSparse, row_shape: Any) -> None:
+def check_row_sparse(caller: str, where: str, g: RowSparse, row_shape: Any) -> None:
     """Trace-time checks of a RowSparse leaf against its table's row shape."""
     if not is_index_dtype(g.indices.dtype) or g.indices.ndim != 1:
         raise TypeError(
-            f"{fn}: {where} is a RowSparse whose indices are"
+            f"{caller}: {where} is a RowSparse whose indices are"
             f" {describe_array(g.indices)}; they must be 1-D integer row ids. A"
             " transform that does not know RowSparse has changed them: wrap it in"
             " adagrad_jax.on_row_values so that it sees the values only."
         )
     if row_shape is not None and tuple(g.values.shape[1:]) != tuple(row_shape):
         raise ValueError(
-            f"{fn}: {where} is a RowSparse with values {describe_array(g.values)}, but"
+            f"{caller}: {where} is a RowSparse with values {describe_array(g.values)}, but"
             f" the table's rows have shape {tuple(row_shape)}: values must have"
             f" shape (k,) + {tuple(row_shape)}."
         )

@@ -21,12 +21,12 @@ from adagrad_jax._src.core import checks, placement
 from adagrad_jax._src.tables.ids import INT32_MAX, as_int32_ids, check_pad_id
 
 
-def check_mesh_axes(fn: str, where: str, axes: Any, mesh: Any) -> None:
+def check_mesh_axes(caller: str, where: str, axes: Any, mesh: Any) -> None:
     """ValueError for a mesh axis name that `mesh` lacks (shared with `sharding`)."""
     for axis in axes:
         if axis not in mesh.axis_names:
             raise ValueError(
-                f"{fn}: {where} names mesh axis {axis!r}, but the mesh has axes"
+                f"{caller}: {where} names mesh axis {axis!r}, but the mesh has axes"
                 f" {tuple(mesh.axis_names)}.{_suggest(axis, mesh.axis_names)}"
             )
 
@@ -77,12 +77,12 @@ class TableLayout:
         """Rows of the stacked array: ``blocks * block_rows``."""
         return self.blocks * self.block_rows
 
-    def _entry(self, fn: str, name: Any) -> tuple[str, int, int, int]:
+    def _entry(self, caller: str, name: Any) -> tuple[str, int, int, int]:
         for entry in self.tables:
             if entry[0] == name:
                 return entry
         raise ValueError(
-            f"TableLayout.{fn}: no table {name!r} in this layout (tables:"
+            f"TableLayout.{caller}: no table {name!r} in this layout (tables:"
             f" {list(self.names)}).{_suggest(name, self.names)}"
         )
 
@@ -225,14 +225,14 @@ class TableLayout:
             )
         return out
 
-    def _check_mapping(self, fn: str, mapping: Any) -> None:
+    def _check_mapping(self, caller: str, mapping: Any) -> None:
         if not isinstance(mapping, Mapping) or not mapping:
             raise TypeError(
-                f"TableLayout.{fn}: expected a non-empty mapping of table name -> ids, got"
+                f"TableLayout.{caller}: expected a non-empty mapping of table name -> ids, got"
                 f" {type(mapping).__name__}."
             )
         for name in mapping:
-            self._entry(fn, name)
+            self._entry(caller, name)
 
     def stack(self, tables: Mapping[str, Any]) -> Any:
         """Per-table arrays (tables, or their optimizer state) as one stacked array.
@@ -249,16 +249,16 @@ class TableLayout:
           ValueError: for a missing or unknown table, or a wrong row count,
             trailing shape or dtype (naming the table).
         """
-        fn = "TableLayout.stack"
+        caller = "TableLayout.stack"
         if not isinstance(tables, Mapping):
             raise TypeError(
-                f"{fn}: expected a mapping of table name -> array, got {type(tables).__name__}."
+                f"{caller}: expected a mapping of table name -> array, got {type(tables).__name__}."
             )
         for name in tables:
             self._entry("stack", name)
         missing = [n for n in self.names if n not in tables]
         if missing:
-            raise ValueError(f"{fn}: tables {missing} of the layout are missing.")
+            raise ValueError(f"{caller}: tables {missing} of the layout are missing.")
         first = self.names[0]
         trailing = tuple(np.shape(tables[first]))[1:]
         dtype = np.dtype(tables[first].dtype)
@@ -270,7 +270,7 @@ class TableLayout:
                 or (np.dtype(tables[name].dtype) != dtype)
             ):
                 raise ValueError(
-                    f"{fn}: table {name!r} is {np.dtype(tables[name].dtype)}{list(shape)},"
+                    f"{caller}: table {name!r} is {np.dtype(tables[name].dtype)}{list(shape)},"
                     f" but the layout needs {rows} rows and every table like table"
                     f" {first!r}: {dtype}[rows, {', '.join(map(str, trailing))}]."
                 )
@@ -391,22 +391,22 @@ def stack_tables(
       ...
       ValueError: stack_tables: table 'shop' has 3 rows, more than a block of 2 rows ...
     """
-    fn = "stack_tables"
+    caller = "stack_tables"
     if not isinstance(tables, Mapping) or not tables:
         raise ValueError(
-            f"{fn}: tables must be a non-empty mapping of name -> table, got {tables!r:.80}."
+            f"{caller}: tables must be a non-empty mapping of name -> table, got {tables!r:.80}."
         )
     axes = axis if isinstance(axis, tuple) else (axis,)
-    check_mesh_axes(fn, f"axis={axis!r}", axes, mesh)
+    check_mesh_axes(caller, f"axis={axis!r}", axes, mesh)
     n = int(np.prod([mesh.shape[a] for a in axes]))
     if block_rows is not None:
-        checks.check_integer(fn, "block_rows", block_rows, low=1)
+        checks.check_integer(caller, "block_rows", block_rows, low=1)
     names = list(tables)
     row_counts = {}
     for name, table in tables.items():
         shape = tuple(np.shape(table))
         if not shape:
-            raise ValueError(f"{fn}: table {name!r} is a scalar; tables need a row axis.")
+            raise ValueError(f"{caller}: table {name!r} is a scalar; tables need a row axis.")
         row_counts[name] = shape[0]
     order = sorted(names, key=lambda nm: (-row_counts[nm], names.index(nm)))
     loads = [0] * n
@@ -419,14 +419,14 @@ def stack_tables(
             if rows > block_rows:
                 first = axes if len(axes) > 1 else axes[0]
                 raise ValueError(
-                    f"{fn}: table {name!r} has {rows} rows, more than a block of"
+                    f"{caller}: table {name!r} has {rows} rows, more than a block of"
                     f" {block_rows} rows (one device's share of the stacked array). Row-shard"
                     f" it instead ({PartitionSpec(first, None)}), or pass a larger block_rows."
                 )
             fits = [b for b in range(n) if loads[b] + rows <= block_rows]
             if not fits:
                 raise ValueError(
-                    f"{fn}: the tables ({sum(row_counts.values())} rows in all) do not fit"
+                    f"{caller}: the tables ({sum(row_counts.values())} rows in all) do not fit"
                     f" {n} blocks of {block_rows} rows: no block has room for table"
                     f" {name!r} ({rows} rows) after the larger ones. Pass a larger block_rows,"
                     " or None to size the blocks to fit."
@@ -438,7 +438,7 @@ def stack_tables(
     total = n * block
     if total > INT32_MAX // 2:
         raise ValueError(
-            f"{fn}: the stacked array would have {total} rows; row ids are int32,"
+            f"{caller}: the stacked array would have {total} rows; row ids are int32,"
             " so keep it below 2**30 rows."
         )
     layout = TableLayout(
