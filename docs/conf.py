@@ -51,11 +51,16 @@ myst_enable_extensions = ["colon_fence", "dollarmath"]  # $...$ in the notebooks
 # to the output folder). Each runs in a temporary directory, so files it writes are not left here.
 # Without the `notebooks` extra (matplotlib, scikit-learn, tqdm) the notebooks cannot run: the
 # pages then show the notebooks as committed, and the build says so (setup() below).
+# The test suite executes the notebooks once for its own checks and for this build
+# (tests/executed_notebooks.py): it names the folder of executed copies in
+# ADAGRAD_JAX_EXECUTED_NOTEBOOKS, and the pages are then read from those copies, with nothing
+# executed here (_read_executed_copy below).
 NOTEBOOK_EXTRA = ["matplotlib", "sklearn", "tqdm", "ipykernel"]
 _missing = [name for name in NOTEBOOK_EXTRA if importlib.util.find_spec(name) is None]
+_executed = os.environ.get("ADAGRAD_JAX_EXECUTED_NOTEBOOKS")
 os.environ.setdefault("ADAGRAD_JAX_NOTEBOOK_QUICK", "1")
 os.environ.pop("MPLBACKEND", None)  # the kernel's inline backend draws the plots as PNGs
-nb_execution_mode = "off" if _missing else "cache"
+nb_execution_mode = "off" if _missing or _executed else "cache"
 nb_execution_in_temp = True
 nb_execution_timeout = 300  # per cell
 nb_execution_raise_on_error = True  # a failing notebook fails the build
@@ -200,7 +205,7 @@ class _NoConfigDump(logging.Filter):
 
 
 def _say_notebooks_are_not_executed(app):
-    if _missing and app.config.nb_execution_mode == "off":
+    if _missing and not _executed:
         logging.getLogger("sphinx.adagrad_jax").info(
             "notebooks are not executed (their pages show no outputs): %s not installed;"
             ' pip install -e ".[notebooks]" to execute them',
@@ -208,8 +213,24 @@ def _say_notebooks_are_not_executed(app):
         )
 
 
+def _read_executed_copy(app, docname, source):
+    """With ADAGRAD_JAX_EXECUTED_NOTEBOOKS set, a notebook page (docs/notebooks/NAME.ipynb, a
+    link to notebooks/NAME.ipynb) is read from the executed copy NAME.ipynb in that folder."""
+    if not _executed or not docname.startswith("notebooks/"):
+        return
+    copy = pathlib.Path(_executed) / (docname.removeprefix("notebooks/") + ".ipynb")
+    if not copy.is_file():
+        raise FileNotFoundError(
+            f"docs/conf.py: ADAGRAD_JAX_EXECUTED_NOTEBOOKS={_executed} has no {copy.name};"
+            " put an executed copy of every notebook there, or unset the variable to execute"
+            " the notebooks in the build"
+        )
+    source[0] = copy.read_text(encoding="utf-8")
+
+
 def setup(app):
     app.connect("builder-inited", _say_notebooks_are_not_executed)
+    app.connect("source-read", _read_executed_copy)
     logging.getLogger("traitlets").addFilter(_NoConfigDump())  # "Executing notebook with kernel"
     for name in ["sphinx.myst_parser.sphinx_ext.main", "sphinx.myst_nb.sphinx_ext"]:
         logging.getLogger(name).addFilter(_NoConfigDump())

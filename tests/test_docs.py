@@ -1,11 +1,18 @@
 """The documentation site builds strictly and documents every public name.
 
 `sphinx-build -W --keep-going`: any warning fails the build, including a broken local link or
-heading anchor (MyST reports them), a docstring that reStructuredText cannot parse, a page
-left out of the table of contents and a notebook that fails when the build executes it. Links
-into this repository (GitHub and Colab addresses, relative links of the Markdown GitHub renders)
-and the built pages' own hrefs are checked here; links to other sites are not (the build runs
-offline).
+heading anchor (MyST reports them), a docstring that reStructuredText cannot parse and a page
+left out of the table of contents. Links into this repository (GitHub and Colab addresses,
+relative links of the Markdown GitHub renders) and the built pages' own hrefs are checked here;
+links to other sites are not (the build runs offline).
+
+The notebook pages show the notebooks executed in their short version, but the build here
+executes none of them: the notebooks run once per test run, for this site and for
+tests/test_notebooks.py, in the session fixture ``executed_notebooks``
+(tests/executed_notebooks.py, loaded through ``pytest_plugins``), which hands the folder of
+executed copies to the build in ``ADAGRAD_JAX_EXECUTED_NOTEBOOKS`` (read by docs/conf.py). A
+notebook that fails there fails the ``site`` fixture, as it failed the build when the build
+executed it. ``sh dev docs`` sets no such variable and the build executes the notebooks itself.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import ast
 import html
 import inspect
+import os
 import pathlib
 import re
 import subprocess
@@ -26,6 +34,11 @@ from adagrad_jax import compat, experimental, schedules
 pytest.importorskip("sphinx")
 pytest.importorskip("myst_nb")
 pytest.importorskip("flax")  # adagrad_jax.nnx is documented too
+
+# After the importorskips: it imports nbclient and nbformat, which myst-nb brings.
+from tests.executed_notebooks import EXECUTED_ENV
+
+pytest_plugins = ["tests.executed_notebooks"]  # the session fixture `executed_notebooks`
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -58,7 +71,8 @@ def public_names() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> pathlib.Path:
+def site(tmp_path_factory, executed_notebooks) -> pathlib.Path:
+    executed = executed_notebooks.folder_with_all()  # runs the notebooks not run yet
     out = tmp_path_factory.mktemp("docs") / "html"
     result = subprocess.run(
         [
@@ -77,6 +91,7 @@ def site(tmp_path_factory) -> pathlib.Path:
         text=True,
         timeout=600,
         cwd=ROOT,
+        env={**os.environ, EXECUTED_ENV: str(executed)},
     )
     assert result.returncode == 0, result.stderr[-6000:]
     return out
@@ -172,8 +187,9 @@ def test_api_signatures_show_every_argument_and_type_aliases_by_name(site):
 
 
 def test_notebook_pages_show_outputs_and_plots(site):
-    """The build executes every notebook (short version), so each page shows its plots as
-    images; the committed notebooks carry no outputs (tests/test_notebooks.py)."""
+    """Each page shows its notebook executed (short version, by the `executed_notebooks`
+    fixture), plots as images; the committed notebooks carry no outputs
+    (tests/test_notebooks.py)."""
     for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
         page = (site / "notebooks" / f"{notebook.stem}.html").read_text()
         images = re.findall(r'<img[^>]+src="([^"]+\.png)"', page)

@@ -7,6 +7,11 @@ the notebooks issue), draws at least one plot, and ends in a cell that asserts w
 notebook showed. Each notebook's runtime is printed to the terminal and recorded as the
 ``runtime_s`` property (visible in ``--junitxml`` reports).
 
+The notebooks run once per test run, for this module and for the site that tests/test_docs.py
+builds: the session fixture ``executed_notebooks`` (tests/executed_notebooks.py, loaded through
+``pytest_plugins``) executes a notebook when the first test asks for it and keeps the result.
+If test_docs ran first, the runtime shown here is the one measured then.
+
 The committed files must carry no outputs, and their "Open in Colab" badges and Colab
 install cells must point at ``[project.urls] Repository`` in pyproject.toml, the one place
 the repository URL is written down.
@@ -14,22 +19,18 @@ the repository URL is written down.
 
 from __future__ import annotations
 
-import os
 import re
-import time
 import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
 from IPython.core.inputtransformer2 import TransformerManager
-from nbclient import NotebookClient
 
-ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOK_DIR = ROOT / "notebooks"
-NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-QUICK_ENV = "ADAGRAD_JAX_NOTEBOOK_QUICK"
-TIMEOUT_S = float(os.environ.get("ADAGRAD_JAX_NOTEBOOK_TIMEOUT", "120"))
+from tests.executed_notebooks import NOTEBOOKS, QUICK_ENV, ROOT, TIMEOUT_S, ExecutedNotebooks
+
+pytest_plugins = ["tests.executed_notebooks"]  # the session fixture `executed_notebooks`
+
 COLAB_CHECK = 'if "google.colab" in sys.modules:'
 
 by_name = pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
@@ -120,24 +121,10 @@ def test_parameter_cell_and_closing_assertion(path):
 
 
 @by_name
-def test_runs_in_short_version(path, monkeypatch, capsys, record_property):
-    # The kernel inherits this process's environment. Leaving MPLBACKEND unset lets the kernel
-    # use matplotlib's inline backend (Agg-based, non-interactive), which emits the PNGs
-    # counted below.
-    monkeypatch.setenv(QUICK_ENV, "1")
-    monkeypatch.delenv("MPLBACKEND", raising=False)
-    nb = read(path)
-    start = time.monotonic()
-    deadline = start + TIMEOUT_S
-    client = NotebookClient(
-        nb,
-        kernel_name="python3",
-        # nbclient's timeout is per cell; give each cell what is left of the notebook's budget.
-        timeout_func=lambda cell: max(1, int(deadline - time.monotonic())),
-        resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
-    )
-    client.execute()
-    runtime = time.monotonic() - start
+def test_runs_in_short_version(path, executed_notebooks, capsys, record_property):
+    # Executed here, or earlier for the site of tests/test_docs.py (same run, same budget).
+    execution = executed_notebooks.run(path)
+    runtime = execution.runtime_s
     record_property("runtime_s", round(runtime, 1))
     with capsys.disabled():
         print(f"\n{path.name}: {runtime:.1f} s (short version)", end="")
@@ -145,8 +132,24 @@ def test_runs_in_short_version(path, monkeypatch, capsys, record_property):
     assert runtime <= TIMEOUT_S, f"{path.name} took {runtime:.0f} s (budget {TIMEOUT_S:.0f} s)"
     images = [
         output
-        for cell in code_cells(nb)
+        for cell in code_cells(execution.notebook)
         for output in cell.outputs
         if "image/png" in output.get("data", {})
     ]
     assert images, f"{path.name}: no plot was rendered"
+
+
+def test_a_failed_notebook_is_run_once_and_fails_every_asker(tmp_path):
+    """The shared executions keep a failure: the second ask raises the very error of the first
+    (the same object, so nothing ran again), and the site's `folder_with_all` fails naming the
+    notebook. A missing file fails in nbformat.read, before any kernel starts."""
+    missing = tmp_path / "missing.ipynb"
+    executions = ExecutedNotebooks(folder=tmp_path, notebooks=[missing])
+    with pytest.raises(FileNotFoundError) as first:
+        executions.run(missing)
+    with pytest.raises(FileNotFoundError) as second:
+        executions.run(missing)
+    assert second.value is first.value
+    with pytest.raises(pytest.fail.Exception, match=r"missing\.ipynb: FileNotFoundError"):
+        executions.folder_with_all()
+    assert list(tmp_path.iterdir()) == []  # no executed copy of a failed notebook
