@@ -4,6 +4,7 @@ Nothing here imports adagrad_jax: each function transcribes one formula.
   * `adagrad_step`: ARCHITECTURE.md, rule 1 (the rule this package documents).
   * `torch_step`, `keras3_step`, `legacy_keras_step`, `tf1_step`,
     `optax_step`: each peer's documented update (ARCHITECTURE.md, rule 2).
+  * `fbgemm_exact_adagrad_step`: FBGEMM's exact (row-wise) Adagrad on a table.
 Arrays are float64 (complex128 for complex); `t` counts steps from 1.
 
 The conformance suite drives every rule through a `Reference`: a rule over the
@@ -227,3 +228,32 @@ def keras_ftrl_step(w, g, state, t, *, lr, lr_power=-0.5, l1=0.0, l2=0.0, l2_shr
     quadratic = new_accum ** -lr_power / lr + 2 * l2_reg
     w_new = (np.clip(linear, -l1, l1) - linear) / quadratic
     return w_new, (new_accum, linear)
+
+
+# --- tables: FBGEMM's exact Adagrad ----------------------------------------------
+
+def fbgemm_exact_adagrad_step(w, rows, g_rows, momentum1, *, lr, eps, row_wise):
+    """One backward pass of FBGEMM's table-batched embeddings with EXACT_ADAGRAD
+    (``row_wise=False``) or EXACT_ROWWISE_ADAGRAD (``row_wise=True``), on one table.
+
+    FBGEMM's CPU backward (fbgemm_gpu/codegen/training/backward/
+    embedding_backward_split_cpu_template.cpp) first sums the gradient of every
+    occurrence of a row in the batch ("exact"), then updates each distinct row r
+    once with that sum g_r (fbgemm_gpu/codegen/genscript/optimizers.py,
+    ``adagrad()`` and ``rowwise_adagrad()``, ``split_weight_update_cpu``; the
+    row-wise CPU kernel is src/RefImplementations.cc ``rowwise_sparse_adagrad_ref``)::
+
+        per coordinate:  m_r += g_r^2;          w_r -= lr * g_r / (sqrt(m_r) + eps)
+        row-wise:        m_r += mean_d(g_r^2);  w_r -= lr * g_r / (sqrt(m_r) + eps)
+
+    momentum1 starts at 0 (shape (V, D), or (V,) row-wise); untouched rows keep
+    theirs. ``rows`` are the distinct touched row ids, ``g_rows`` their summed
+    gradients (one row each). Returns (w, momentum1, u) with u the change of w.
+    """
+    w, m = np.array(w, np.float64), np.array(momentum1, np.float64)
+    sq = np.asarray(g_rows, np.float64) ** 2
+    m[rows] += np.mean(sq, axis=1) if row_wise else sq
+    denom = np.sqrt(m[rows])[:, None] if row_wise else np.sqrt(m[rows])
+    u = np.zeros_like(w)
+    u[rows] = -lr * np.asarray(g_rows, np.float64) / (denom + eps)
+    return w + u, m, u
