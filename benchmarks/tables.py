@@ -11,6 +11,9 @@ timed round-robin in one process (one step of each per round, order rotated):
 - ``ours``: ``jax.jit`` of `adagrad_jax.value_and_row_grad` +
   ``adagrad_jax.adagrad(row_wise=False/True)`` + `adagrad_jax.apply_updates`,
   table and state donated;
+- ``ours_no_loss``: the same step with the loss dropped, on the tables in
+  ``member_vocabs``: XLA then removes the forward gather (and, on the CPU,
+  the two whole-table copies the forward read costs: ``table_copies``);
 - ``fbgemm``: FBGEMM's ``SplitTableBatchedEmbeddingBagsCodegen`` on the CPU,
   ``EXACT_ADAGRAD`` / ``EXACT_ROWWISE_ADAGRAD``, pooling SUM, the update
   fused into the backward pass, when ``fbgemm_gpu`` imports (skipped, with a
@@ -61,6 +64,7 @@ if __package__ in (None, ""):  # run as a script: python benchmarks/tables.py
 import adagrad_jax
 from benchmarks import _timing
 from benchmarks import regularized as regularized_module
+from devtools import hlo
 from devtools.models import EPS, ID_POOL, LR, TAU, draw_ids
 
 MEMBERS = regularized_module.REGULARIZED  # proximal_adagrad, adagrad_da, ftrl
@@ -102,14 +106,25 @@ def pooled_loss(rows: dict[str, jax.Array], upstream: jax.Array) -> jax.Array:
     return jnp.sum(rows["table"].sum(axis=1) * upstream)
 
 
-def table_step(tx) -> Callable:
-    """(params, state, ids, upstream) -> (params, state): the full step of ours."""
+def table_step(tx, *, return_loss: bool = True) -> Callable:
+    """(params, state, ids, upstream) -> (params, state, loss): the full step of ours.
+
+    The loss is returned (as a training step reports it) so that the forward
+    lookup runs. With ``return_loss=False`` the step returns a zero instead
+    and XLA removes the forward gather (the gradient of sum(pooled *
+    upstream) does not read the rows): the ``ours_no_loss`` rows, which is
+    what a step that drops its loss costs. On XLA:CPU the forward read of the
+    donated table, with a scatter whose values do not depend on it, makes XLA
+    copy the whole table twice per step (benchmarks/tables_profile.md).
+    """
     grad_fn = adagrad_jax.value_and_row_grad(pooled_loss)
 
     def step(params, state, ids, upstream):
-        _, grads = grad_fn(params, {"table": ids}, upstream)
+        loss, grads = grad_fn(params, {"table": ids}, upstream)
         updates, state = tx.update(grads, state, params)
-        return adagrad_jax.apply_updates(params, updates), state
+        if not return_loss:
+            loss = jnp.zeros((), loss.dtype)
+        return adagrad_jax.apply_updates(params, updates), state, loss
 
     return step
 
@@ -120,22 +135,24 @@ def optimizer(method: str, row_wise: bool):
     return regularized_module.optimizer(method)
 
 
-def _jax_method(tx, table_np: np.ndarray) -> Callable:
+def _jax_method(tx, table_np: np.ndarray, *, return_loss: bool = True) -> Callable:
     """A builder: case -> (step(i), info), on one donated table and state."""
     params = {"table": jnp.asarray(table_np)}
     box = [params, jax.jit(tx.init)(params)]
-    fn = jax.jit(table_step(tx), donate_argnums=(0, 1))
+    fn = jax.jit(table_step(tx, return_loss=return_loss), donate_argnums=(0, 1))
 
     def build(b: Batches):
         ids = [jnp.asarray(i) for i in b.ids_np]
         upstream = jnp.asarray(b.upstream_np)
         start = time.perf_counter()
         compiled = fn.lower(box[0], box[1], ids[0], upstream).compile()
-        info = {"compile_s": time.perf_counter() - start}
+        info = {"compile_s": time.perf_counter() - start,
+                "table_copies": sum(op == "copy" for op, _ in hlo.loops_over(
+                    compiled.as_text(), int(np.prod(table_np.shape))))}
 
         def step(i: int) -> None:
-            box[0], box[1] = compiled(box[0], box[1], ids[i % len(ids)], upstream)
-            jax.block_until_ready(box[0])
+            box[0], box[1], loss = compiled(box[0], box[1], ids[i % len(ids)], upstream)
+            jax.block_until_ready((box[0], loss))
 
         return step, info
 
@@ -237,58 +254,81 @@ def _table_name(vocab: int, dim: int) -> str:
 def _group(vocab: int, dim: int, row_wise: bool, cases: tuple, rounds: int, *,
            members: bool, fbgemm: bool, torch_device: str | None, seed: int
            ) -> list[dict[str, Any]]:
-    """Every case of one table and accumulator kind, methods built once, timed round-robin."""
+    """Every case of one table and accumulator kind, timed round-robin.
+
+    On the tables with the members (``members``) every method runs in one
+    round-robin. On the others (the 10M table: 2.4 GiB per table-sized array)
+    ours runs with one peer at a time, FBGEMM then PyTorch, each peer built
+    and freed in turn, so that no more than ours, its temporaries and one
+    peer are in memory; each ours row then says which peers shared its rounds.
+    """
     accumulator = "row-wise" if row_wise else "per-coordinate"
     print(f"  tables: {_table_name(vocab, dim)}, {accumulator} ...", flush=True)
     table_np = 0.01 * np.random.default_rng(seed).standard_normal((vocab, dim), dtype=np.float32)
-    builders: dict[str, Callable] = {"ours": _jax_method(optimizer("ours", row_wise), table_np)}
+    own: dict[str, Callable] = {"ours": _jax_method(optimizer("ours", row_wise), table_np)}
+    if members:  # the 10M table has no room for a third copy
+        own["ours_no_loss"] = _jax_method(optimizer("ours", row_wise), table_np,
+                                          return_loss=False)
     if members and not row_wise:
         for m in MEMBERS:
-            builders[m] = _jax_method(optimizer(m, False), table_np)
+            own[m] = _jax_method(optimizer(m, False), table_np)
+    peers: dict[str, Callable[[], Callable]] = {}
     if fbgemm:
-        builders["fbgemm"] = _fbgemm_method(table_np, row_wise)
-    if torch_device is not None and not row_wise:
-        builders["torch"] = _torch_method(table_np, torch_device)
-    del table_np
+        peers["fbgemm"] = lambda: _fbgemm_method(table_np, row_wise)
+    if torch_device is not None and not row_wise:  # last: it takes table_np's memory
+        peers["torch"] = lambda: _torch_method(table_np, torch_device)
+    pairings = [list(peers)] if members or not peers else [[p] for p in peers]
+    batches = [make_batches(name, batch, bag, vocab, dim, seed + 1)
+               for name, batch, bag in cases]
     rows = []
-    for name, batch, bag in cases:
-        b = make_batches(name, batch, bag, vocab, dim, seed + 1)
-        steps, infos = {}, {}
-        for method, build in builders.items():
-            steps[method], infos[method] = build(b)
-        with warnings.catch_warnings():
-            # PyTorch's sparse Adagrad warns once that it builds unchecked sparse tensors.
-            warnings.filterwarnings("ignore", message="Sparse invariant checks")
-            for method in ("fbgemm", "torch"):
-                for i in range(TORCH_WARMUP if method in steps else 0):
-                    steps[method](i)
-            times = _timing.round_robin_tiered(steps, {}, rounds=rounds, slow_every=1)
-        case_rows = []
-        for method in steps:
-            row: dict[str, Any] = {
-                "case": name, "table": _table_name(vocab, dim), "vocab": vocab, "dim": dim,
-                "accumulator": accumulator, "method": method, "label": LABELS[method],
-                "ids": batch * bag, "unique_ids": b.unique_ids,
-                **_timing.stats_ms(times[method]), **infos[method],
-                "times_ms": [1e3 * s for s in times[method]],
-            }
-            case_rows.append(row)
-        medians = {r["method"]: r["median_ms"] for r in case_rows}
-        for r in case_rows:
-            if r["method"] == "ours":
-                r["vs_fbgemm"] = medians["ours"] / medians["fbgemm"] if fbgemm else None
-                r["vs_torch"] = medians["ours"] / medians["torch"] if "torch" in medians else None
-            if r["method"] in MEMBERS:
-                r["vs_adagrad"] = r["median_ms"] / medians["ours"]
-        rows += case_rows
-        del steps
-    del builders
+    for pairing in pairings:
+        builders = dict(own)
+        builders.update({p: peers[p]() for p in pairing})
+        for b in batches:
+            rows += _case_rows(b, builders, rounds, vocab, dim, accumulator, pairing)
+        del builders
+        gc.collect()
+    del table_np, own, peers
     gc.collect()
+    return rows
+
+
+def _case_rows(b: Batches, builders: dict[str, Callable], rounds: int, vocab: int, dim: int,
+               accumulator: str, pairing: list[str]) -> list[dict[str, Any]]:
+    """One case's round-robin of `builders`; rows with the ratios inside these rounds."""
+    steps, infos = {}, {}
+    for method, build in builders.items():
+        steps[method], infos[method] = build(b)
+    with warnings.catch_warnings():
+        # PyTorch's sparse Adagrad warns once that it builds unchecked sparse tensors.
+        warnings.filterwarnings("ignore", message="Sparse invariant checks")
+        for method in ("fbgemm", "torch"):
+            for i in range(TORCH_WARMUP if method in steps else 0):
+                steps[method](i)
+        times = _timing.round_robin_tiered(steps, {}, rounds=rounds, slow_every=1)
+    rows = []
+    for method in steps:
+        rows.append({
+            "case": b.name, "table": _table_name(vocab, dim), "vocab": vocab, "dim": dim,
+            "accumulator": accumulator, "method": method, "label": LABELS[method],
+            "peers": pairing, "ids": b.batch * b.bag, "unique_ids": b.unique_ids,
+            **_timing.stats_ms(times[method]), **infos[method],
+            "times_ms": [1e3 * s for s in times[method]],
+        })
+    medians = {r["method"]: r["median_ms"] for r in rows}
+    for r in rows:
+        if r["method"] in ("ours", "ours_no_loss"):
+            ms = r["median_ms"]
+            r["vs_fbgemm"] = ms / medians["fbgemm"] if "fbgemm" in medians else None
+            r["vs_torch"] = ms / medians["torch"] if "torch" in medians else None
+        if r["method"] in MEMBERS:
+            r["vs_adagrad"] = r["median_ms"] / medians["ours"]
     return rows
 
 
 LABELS = {
     "ours": "adagrad_jax (value_and_row_grad + adagrad + apply_updates)",
+    "ours_no_loss": "adagrad_jax, loss dropped (XLA removes the forward gather)",
     "fbgemm": "FBGEMM CPU TBE (fused)",
     "torch": "torch EmbeddingBag(sum, sparse) + Adagrad",
     "proximal_adagrad": "adagrad_jax.proximal_adagrad(l1, l2)",
@@ -345,11 +385,20 @@ def _x(value: Any) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     """The main table (ours, FBGEMM, PyTorch) and the members' table, in markdown."""
     lines = ["| table | case | accumulator | ours ms | FBGEMM ms | torch ms | ours / FBGEMM"
-             " | ours / torch | distinct ids |", "|---|---|---|---|---|---|---|---|---|"]
+             " | ours / torch | ours, loss dropped ms (/ FBGEMM) | table copies in ours"
+             " | distinct ids |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     keys = list(dict.fromkeys((r["table"], r["case"], r["accumulator"]) for r in rows))
     for key in keys:
-        by = {r["method"]: r for r in rows if (r["table"], r["case"], r["accumulator"]) == key}
-        ours = by["ours"]
+        same = [r for r in rows if (r["table"], r["case"], r["accumulator"]) == key]
+        by = {r["method"]: r for r in reversed(same)}  # the first row of each method
+        ours = dict(by["ours"])
+        for r in same:  # ours ran once per peer where the peers ran apart
+            if r["method"] == "ours":
+                for ratio in ("vs_fbgemm", "vs_torch"):
+                    ours[ratio] = ours.get(ratio) or r.get(ratio)
+        no_loss = by.get("ours_no_loss")
+        dropped = "-" if no_loss is None else (
+            f"{no_loss['median_ms']:.3f} ({_x(no_loss.get('vs_fbgemm'))})")
 
         def ms(m: str) -> str:
             r = by.get(m)
@@ -357,7 +406,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {ms('ours')} | {ms('fbgemm')} |"
                      f" {ms('torch')} | {_x(ours.get('vs_fbgemm'))} | {_x(ours.get('vs_torch'))}"
-                     f" | {ours['unique_ids']:,.0f} of {ours['ids']:,} |")
+                     f" | {dropped} | {ours['table_copies']} | {ours['unique_ids']:,.0f} of"
+                     f" {ours['ids']:,} |")
     member_rows = [r for r in rows if r["method"] in MEMBERS]
     if member_rows:
         lines += ["", "| table | case | adagrad ms | " + " | ".join(

@@ -197,13 +197,15 @@ def test_tables_scenario_times_ours_against_fbgemm_torch_and_the_members(results
         for case, ids in TABLE_CASES.items():
             by = {r["method"]: r for r in rows
                   if r["case"] == case and r["accumulator"] == accumulator}
-            expected = {"ours"} | ({"fbgemm"} if fbgemm else set())
+            expected = {"ours", "ours_no_loss"} | ({"fbgemm"} if fbgemm else set())
             if accumulator == "per-coordinate":
                 expected |= set(REGULARIZED) | ({"torch"} if torch else set())
             assert set(by) == expected, (case, accumulator)
             ours = by["ours"]
             assert ours["ids"] == ids and 0 < ours["unique_ids"] <= ids
-            assert ours["compile_s"] > 0
+            assert ours["compile_s"] > 0 and ours["table_copies"] >= 0
+            # The loss-dropped step has no forward gather, hence no copy of the table.
+            assert by["ours_no_loss"]["table_copies"] == 0
             if fbgemm:
                 assert ours["vs_fbgemm"] == pytest.approx(
                     ours["median_ms"] / by["fbgemm"]["median_ms"])
