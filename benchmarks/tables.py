@@ -11,9 +11,9 @@ timed round-robin in one process (one step of each per round, order rotated):
 - ``ours``: ``jax.jit`` of `adagrad_jax.value_and_row_grad` +
   ``adagrad_jax.adagrad(row_wise=False/True)`` + `adagrad_jax.apply_updates`,
   table and state donated;
-- ``ours_no_loss``: the same step with the loss dropped, on the tables in
-  ``member_vocabs``: XLA then removes the forward gather (and, on the CPU,
-  the two whole-table copies the forward read costs: ``table_copies``);
+- ``ours_no_loss``: the same step with the loss dropped: XLA then removes the
+  forward gather (and, on the CPU, the two whole-table copies the forward
+  read costs: ``table_copies``);
 - ``fbgemm``: FBGEMM's ``SplitTableBatchedEmbeddingBagsCodegen`` on the CPU,
   ``EXACT_ADAGRAD`` / ``EXACT_ROWWISE_ADAGRAD``, pooling SUM, the update
   fused into the backward pass, when ``fbgemm_gpu`` imports (skipped, with a
@@ -22,14 +22,16 @@ timed round-robin in one process (one step of each per round, order rotated):
   ``torch.optim.Adagrad`` (per-coordinate only: PyTorch has no row-wise
   Adagrad). On a GPU backend it runs on the GPU when PyTorch sees one;
 - the regularized members ``proximal_adagrad``, ``adagrad_da`` and ``ftrl``
-  (l1 = l2 = 1e-3, `benchmarks/regularized.py`'s settings) in the same step, on
-  the per-coordinate groups of the tables in ``member_vocabs`` (the 10M table
-  would need up to four 2.4 GiB state arrays per member).
+  (l1 = l2 = 1e-3, `benchmarks/regularized.py`'s settings) in the same step
+  with the loss dropped, against ``ours_no_loss`` (so that the two table
+  copies do not hide the optimizers' costs), on the per-coordinate groups of
+  the tables in ``member_vocabs`` (the 10M table would need up to four 2.4 GiB
+  state arrays per member).
 
 Hyperparameters: lr = 0.01, initial accumulator 0.1, eps = 1e-7 (inside the
 root for ours, outside for FBGEMM and PyTorch, which costs the same). Rows
 carry the ratios of medians: ``vs_fbgemm`` and ``vs_torch`` (ours / peer)
-and ``vs_adagrad`` (member / ours, per-coordinate). JAX arrays live on JAX's
+and ``vs_adagrad`` (member / ours with the loss dropped, per-coordinate). JAX arrays live on JAX's
 default device, so on a GPU the same code times device steps
 (``block_until_ready`` after each).
 
@@ -171,11 +173,10 @@ def _torch_device() -> str | None:
 
 
 def _torch_method(table_np: np.ndarray, device: str) -> Callable:
-    """nn.EmbeddingBag(mode="sum", sparse=True) + torch.optim.Adagrad (takes table_np's memory
-    on the CPU: build it last)."""
+    """nn.EmbeddingBag(mode="sum", sparse=True) + torch.optim.Adagrad."""
     import torch  # optional: the `bench` extra
 
-    weight = torch.from_numpy(table_np).to(device)
+    weight = torch.from_numpy(table_np.copy()).to(device)
     bag = torch.nn.EmbeddingBag.from_pretrained(weight, freeze=False, mode="sum", sparse=True)
     opt = torch.optim.Adagrad(bag.parameters(), lr=LR, initial_accumulator_value=TAU, eps=EPS)
 
@@ -258,37 +259,44 @@ def _group(vocab: int, dim: int, row_wise: bool, cases: tuple, rounds: int, *,
 
     On the tables with the members (``members``) every method runs in one
     round-robin. On the others (the 10M table: 2.4 GiB per table-sized array)
-    ours runs with one peer at a time, FBGEMM then PyTorch, each peer built
-    and freed in turn, so that no more than ours, its temporaries and one
-    peer are in memory; each ours row then says which peers shared its rounds.
+    the methods run in rounds of their own, each built and freed in turn:
+    ours with the loss dropped against FBGEMM, then against PyTorch, then ours
+    against ours with the loss dropped; each row names the peers that shared
+    its rounds (``peers``), and ratios are taken inside those rounds only.
     """
     accumulator = "row-wise" if row_wise else "per-coordinate"
     print(f"  tables: {_table_name(vocab, dim)}, {accumulator} ...", flush=True)
     table_np = 0.01 * np.random.default_rng(seed).standard_normal((vocab, dim), dtype=np.float32)
-    own: dict[str, Callable] = {"ours": _jax_method(optimizer("ours", row_wise), table_np)}
-    if members:  # the 10M table has no room for a third copy
-        own["ours_no_loss"] = _jax_method(optimizer("ours", row_wise), table_np,
-                                          return_loss=False)
-    if members and not row_wise:
+    factories: dict[str, Callable[[], Callable]] = {
+        "ours": lambda: _jax_method(optimizer("ours", row_wise), table_np),
+        "ours_no_loss": lambda: _jax_method(optimizer("ours", row_wise), table_np,
+                                            return_loss=False),
+    }
+    if members and not row_wise:  # compared with ours_no_loss: no table copies in either
         for m in MEMBERS:
-            own[m] = _jax_method(optimizer(m, False), table_np)
-    peers: dict[str, Callable[[], Callable]] = {}
+            factories[m] = lambda m=m: _jax_method(optimizer(m, False), table_np,
+                                                   return_loss=False)
+    peers = []
     if fbgemm:
-        peers["fbgemm"] = lambda: _fbgemm_method(table_np, row_wise)
-    if torch_device is not None and not row_wise:  # last: it takes table_np's memory
-        peers["torch"] = lambda: _torch_method(table_np, torch_device)
-    pairings = [list(peers)] if members or not peers else [[p] for p in peers]
+        peers.append("fbgemm")
+        factories["fbgemm"] = lambda: _fbgemm_method(table_np, row_wise)
+    if torch_device is not None and not row_wise:
+        peers.append("torch")
+        factories["torch"] = lambda: _torch_method(table_np, torch_device)
+    if members:
+        pairings = [list(factories)]
+    else:
+        pairings = [["ours_no_loss", p] for p in peers] + [["ours", "ours_no_loss"]]
     batches = [make_batches(name, batch, bag, vocab, dim, seed + 1)
                for name, batch, bag in cases]
     rows = []
     for pairing in pairings:
-        builders = dict(own)
-        builders.update({p: peers[p]() for p in pairing})
+        builders = {m: factories[m]() for m in pairing}
         for b in batches:
             rows += _case_rows(b, builders, rounds, vocab, dim, accumulator, pairing)
         del builders
         gc.collect()
-    del table_np, own, peers
+    del table_np, factories
     gc.collect()
     return rows
 
@@ -322,7 +330,7 @@ def _case_rows(b: Batches, builders: dict[str, Callable], rounds: int, vocab: in
             r["vs_fbgemm"] = ms / medians["fbgemm"] if "fbgemm" in medians else None
             r["vs_torch"] = ms / medians["torch"] if "torch" in medians else None
         if r["method"] in MEMBERS:
-            r["vs_adagrad"] = r["median_ms"] / medians["ours"]
+            r["vs_adagrad"] = r["median_ms"] / medians["ours_no_loss"]
     return rows
 
 
@@ -385,20 +393,21 @@ def _x(value: Any) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     """The main table (ours, FBGEMM, PyTorch) and the members' table, in markdown."""
     lines = ["| table | case | accumulator | ours ms | FBGEMM ms | torch ms | ours / FBGEMM"
-             " | ours / torch | ours, loss dropped ms (/ FBGEMM) | table copies in ours"
-             " | distinct ids |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             " | ours / torch | ours, loss dropped ms | loss dropped / FBGEMM | loss dropped"
+             " / torch | table copies in ours | distinct ids |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     keys = list(dict.fromkeys((r["table"], r["case"], r["accumulator"]) for r in rows))
     for key in keys:
         same = [r for r in rows if (r["table"], r["case"], r["accumulator"]) == key]
-        by = {r["method"]: r for r in reversed(same)}  # the first row of each method
-        ours = dict(by["ours"])
+        by = {r["method"]: dict(r) for r in reversed(same)}  # the first row of each method
         for r in same:  # ours ran once per peer where the peers ran apart
-            if r["method"] == "ours":
+            if r["method"] in ("ours", "ours_no_loss"):
                 for ratio in ("vs_fbgemm", "vs_torch"):
-                    ours[ratio] = ours.get(ratio) or r.get(ratio)
-        no_loss = by.get("ours_no_loss")
-        dropped = "-" if no_loss is None else (
-            f"{no_loss['median_ms']:.3f} ({_x(no_loss.get('vs_fbgemm'))})")
+                    by[r["method"]][ratio] = by[r["method"]].get(ratio) or r.get(ratio)
+        ours, no_loss = by["ours"], by.get("ours_no_loss")
+        dropped = "- | - | -" if no_loss is None else (
+            f"{no_loss['median_ms']:.3f} | {_x(no_loss.get('vs_fbgemm'))} |"
+            f" {_x(no_loss.get('vs_torch'))}")
 
         def ms(m: str) -> str:
             r = by.get(m)
@@ -410,13 +419,13 @@ def table(rows: list[dict[str, Any]]) -> str:
                      f" {ours['ids']:,} |")
     member_rows = [r for r in rows if r["method"] in MEMBERS]
     if member_rows:
-        lines += ["", "| table | case | adagrad ms | " + " | ".join(
+        lines += ["", "| table | case | adagrad ms (loss dropped) | " + " | ".join(
             f"{m} ms (vs adagrad)" for m in MEMBERS) + " |", "|---|---|---|---|---|---|"]
         for key in dict.fromkeys((r["table"], r["case"]) for r in member_rows):
             by = {r["method"]: r for r in rows if (r["table"], r["case"]) == key
                   and r["accumulator"] == "per-coordinate"}
             cells = [f"{by[m]['median_ms']:.3f} ({_x(by[m]['vs_adagrad'])})" for m in MEMBERS]
-            lines.append(f"| {key[0]} | {key[1]} | {by['ours']['median_ms']:.3f} | "
+            lines.append(f"| {key[0]} | {key[1]} | {by['ours_no_loss']['median_ms']:.3f} | "
                          + " | ".join(cells) + " |")
     return "\n".join(lines)
 
