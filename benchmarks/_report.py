@@ -158,6 +158,22 @@ def markdown(results: dict[str, Any]) -> str:
             " dense-gradient steps run on every 10th round only."
         )
 
+    tables = [r for r in rows if r["scenario"] == "tables"]
+    if tables:
+        from benchmarks.tables import table as tables_table
+
+        out.append("\n### Table steps on lookups and bags: ours, FBGEMM's TBE, PyTorch"
+                   " (benchmarks/tables.py)\n")
+        out.append(tables_table(tables))
+        out.append(
+            "\nA full step: pooled (sum) lookup of Zipf ids (exponent 1.2), loss ="
+            " sum(pooled * upstream), gradient, Adagrad update of the touched rows. Median"
+            " (min-max) ms over the scenario's own round-robin rounds; ratios of medians"
+            " (ours / peer; member / adagrad, per-coordinate). Goals (issue 17): ours at"
+            " most FBGEMM CPU's time; per-coordinate at least 2x faster than PyTorch"
+            " (ours / torch <= 0.5x); members at most 1.3x adagrad's."
+        )
+
     beyond = [r for r in rows if r["scenario"] == "beyond"]
     if beyond:
         from benchmarks.beyond_diagonal import table as beyond_table

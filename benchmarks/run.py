@@ -22,7 +22,9 @@ when that file exists; and the regularized family (`proximal_adagrad`,
 table, from `benchmarks/regularized.py`; and beyond the diagonal
 (`full_matrix_adagrad` against its block size, `shampoo` on 1024 x 1024 and
 4096 x 1024 layers, ordinary and preconditioner steps, against `adagrad` and
-`optax.adam`) from `benchmarks/beyond_diagonal.py`. Each compares `optax.adagrad`, `adagrad_jax.adagrad`
+`optax.adam`) from `benchmarks/beyond_diagonal.py`; table steps on lookups and
+bags (pooled lookup, gradient, Adagrad) against FBGEMM's CPU TBE and the
+PyTorch twin, from `benchmarks/tables.py`. Each compares `optax.adagrad`, `adagrad_jax.adagrad`
 (per leaf), `adagrad_jax.packed_adagrad` (interleaved, and split into two
 buffers) and, when PyTorch is installed, `torch.optim.Adagrad` with `foreach`
 and with `fused`.
@@ -63,6 +65,7 @@ from benchmarks import (
 from benchmarks import beyond_diagonal as beyond_module
 from benchmarks import regularized as regularized_module
 from benchmarks import scaling as _scaling
+from benchmarks import tables as tables_module
 from benchmarks import whole_step as whole_step_module
 
 MI = 2**20
@@ -82,6 +85,7 @@ class Config:
     regularized: dict[str, int]
     beyond: dict[str, Any]
     whole_step: dict[str, Any]
+    tables: dict[str, Any]
 
 
 FULL = Config(
@@ -95,6 +99,7 @@ FULL = Config(
     regularized=regularized_module.FULL,
     beyond=beyond_module.FULL,
     whole_step=whole_step_module.FULL,
+    tables=tables_module.FULL,
 )
 QUICK = Config(
     dense_sizes=(1 * MI, 16 * MI),
@@ -107,6 +112,7 @@ QUICK = Config(
     regularized=regularized_module.QUICK,
     beyond=beyond_module.QUICK,
     whole_step=whole_step_module.QUICK,
+    tables=tables_module.QUICK,
 )
 TINY = Config(  # for the smoke test: exercises every code path in seconds
     dense_sizes=(4096,),
@@ -119,9 +125,10 @@ TINY = Config(  # for the smoke test: exercises every code path in seconds
     regularized=regularized_module.TINY,
     beyond=beyond_module.TINY,
     whole_step=whole_step_module.TINY,
+    tables=tables_module.TINY,
 )
-SCENARIOS = ("whole_step", "dense", "leaves", "compile", "sparse", "regularized", "beyond",
-             "scaling")
+SCENARIOS = ("whole_step", "dense", "leaves", "compile", "sparse", "regularized", "tables",
+             "beyond", "scaling")
 
 
 def size_label(n: int) -> str:
@@ -285,6 +292,16 @@ def regularized(config: Config) -> tuple[list[dict[str, Any]], str | None]:
     return rows, None
 
 
+def tables(config: Config, torch: bool) -> tuple[list[dict[str, Any]], str | None]:
+    """Rows from benchmarks/tables.py (ours against FBGEMM's TBE and PyTorch), or why none."""
+    try:
+        out, notes = tables_module.run(**config.tables, torch=torch)
+    except Exception:  # noqa: BLE001 - one scenario must not sink the run
+        return [], "tables.run failed:\n" + traceback.format_exc()
+    rows = [{"scenario": "tables", **{k: _jsonable(v) for k, v in r.items()}} for r in out]
+    return rows, "\n".join(notes) or None
+
+
 def whole_step(config: Config, torch: bool) -> tuple[list[dict[str, Any]], str | None]:
     """Rows from benchmarks/whole_step.py (whole training steps), or why there are none."""
     try:
@@ -417,6 +434,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "compile": lambda: compile_times(config, methods),
         "sparse": lambda: sparse(config),
         "regularized": lambda: regularized(config),
+        "tables": lambda: tables(config, "torch_fused" in methods),
         "beyond": lambda: beyond(config),
         "whole_step": lambda: whole_step(config, "torch_fused" in methods),
         # benchmarks/scaling.py: a row-sharded table on 1-8 simulated devices (a note).
@@ -427,7 +445,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if name not in args.only:
             continue
         out, seconds = _timing.timed(scenarios[name])
-        rows, note = (out if name in ("sparse", "regularized", "beyond", "whole_step", "scaling")
+        rows, note = (out if name in ("sparse", "regularized", "tables", "beyond", "whole_step",
+                                     "scaling")
                       else (out, None))
         results["rows"] += rows
         if note:

@@ -180,3 +180,57 @@ def test_whole_step_scenario_reports_every_model_ratio_share_and_goal(results):
     assert by[("recsys", "adagrad_jax")]["x_faster_than_optax_dense"] > 0
     markdown = (out / "latest.md").read_text()
     assert markdown.index("### Whole training steps") < markdown.index("### Dense single leaf")
+
+
+# benchmarks/tables.py, tiny mode: the cases (bags x ids per bag) and the members.
+TABLE_CASES = {"16 lookups": 16, "8 bags of 4": 32}
+
+
+def test_tables_scenario_times_ours_against_fbgemm_torch_and_the_members(results):
+    """benchmarks/tables.py: every case and accumulator, its peers where installed, ratios."""
+    data, out = results
+    assert not [n for n in data["notes"] if n.startswith("tables.run failed")]
+    rows = [r for r in data["rows"] if r["scenario"] == "tables"]
+    fbgemm = _available("fbgemm_gpu") and jax.default_backend() == "cpu"
+    torch = _available("torch") and jax.default_backend() == "cpu"
+    for accumulator in ("per-coordinate", "row-wise"):
+        for case, ids in TABLE_CASES.items():
+            by = {r["method"]: r for r in rows
+                  if r["case"] == case and r["accumulator"] == accumulator}
+            expected = {"ours", "ours_no_loss"} | ({"fbgemm"} if fbgemm else set())
+            if accumulator == "per-coordinate":
+                expected |= set(REGULARIZED) | ({"torch"} if torch else set())
+            assert set(by) == expected, (case, accumulator)
+            ours = by["ours"]
+            assert ours["ids"] == ids and 0 < ours["unique_ids"] <= ids
+            assert ours["compile_s"] > 0 and ours["table_copies"] >= 0
+            # The loss-dropped step has no forward gather, hence no copy of the table.
+            assert by["ours_no_loss"]["table_copies"] == 0
+            if fbgemm:
+                assert ours["vs_fbgemm"] == pytest.approx(
+                    ours["median_ms"] / by["fbgemm"]["median_ms"])
+            else:
+                assert ours["vs_fbgemm"] is None
+                assert any("FBGEMM rows left out" in n for n in data["notes"])
+            if "torch" in by:
+                assert ours["vs_torch"] == pytest.approx(
+                    ours["median_ms"] / by["torch"]["median_ms"])
+            for m in REGULARIZED:
+                if m in by:
+                    assert by[m]["vs_adagrad"] == pytest.approx(  # both without the loss
+                        by[m]["median_ms"] / by["ours_no_loss"]["median_ms"])
+            for r in by.values():
+                assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+                assert len(r["times_ms"]) == r["rounds"] > 0
+    assert "### Table steps on lookups and bags" in (out / "latest.md").read_text()
+
+
+def test_tables_script_writes_its_report_with_machine_and_load(tmp_path):
+    """python -m benchmarks.tables --tiny --markdown FILE: the record tables_latest.md keeps."""
+    report = tmp_path / "tables.md"
+    _benchmark("benchmarks.tables", "--tiny", "--no-torch", "--rounds", "2",
+               "--markdown", str(report))
+    text = report.read_text()
+    assert text.startswith("Start: ") and "load average" in text and "\nEnd: " in text
+    assert "| 1,000 x 8 | 8 bags of 4 | row-wise |" in text
+    assert "adagrad_da ms (vs adagrad)" in text
