@@ -296,8 +296,6 @@ def _group(vocab: int, dim: int, row_wise: bool, cases: tuple, rounds: int, *,
             rows += _case_rows(b, builders, rounds, vocab, dim, accumulator, pairing)
         del builders
         gc.collect()
-    del table_np, factories
-    gc.collect()
     return rows
 
 
@@ -409,9 +407,10 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{no_loss['median_ms']:.3f} | {_x(no_loss.get('vs_fbgemm'))} |"
             f" {_x(no_loss.get('vs_torch'))}")
 
-        def ms(m: str) -> str:
+        def ms(m: str, by: dict = by) -> str:
             r = by.get(m)
-            return "-" if r is None else f"{r['median_ms']:.3f} ({r['min_ms']:.2f}-{r['max_ms']:.2f})"
+            return "-" if r is None else (
+                f"{r['median_ms']:.3f} ({r['min_ms']:.2f}-{r['max_ms']:.2f})")
 
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {ms('ours')} | {ms('fbgemm')} |"
                      f" {ms('torch')} | {_x(ours.get('vs_fbgemm'))} | {_x(ours.get('vs_torch'))}"
