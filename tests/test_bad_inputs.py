@@ -234,6 +234,14 @@ def _flag_cases() -> list[Bad]:
         add(fn, ValueError, pad_id=jnp.array([1]))
         add(fn, TypeError, pad_id="0")
         add(fn, TypeError, pad_id=True)
+        add(fn, ValueError, unique_rows=0)
+        add(fn, ValueError, unique_rows=-3)
+        add(fn, ValueError, unique_rows=2**31)
+        add(fn, ValueError, unique_rows=jnp.array([4]))
+        add(fn, TypeError, unique_rows=2.5)
+        add(fn, TypeError, unique_rows=jnp.array(2.0))
+        add(fn, TypeError, unique_rows=True)
+        add(fn, TypeError, unique_rows="8")
         add(fn, ValueError, accumulator_dtype=jnp.int32)
         add(fn, ValueError, accumulator_dtype=jnp.float8_e4m3fn)
         add(fn, ValueError, accumulator_dtype=jnp.complex64)
@@ -623,6 +631,23 @@ def _update_cases() -> list[Bad]:
             )(adagrad_jax.adagrad(0.1, out_of_range="error")),
             ValueError,
             ("adagrad(out_of_range='error')", "updates['t']", "row id 7", "position 1"),
+        )
+    )
+    c.append(
+        Bad(
+            "adagrad-unique_rows-overflow",
+            lambda: (
+                lambda tx: tx.update(
+                    {
+                        "t": RowSparse(jnp.array([0, 4, 2, 4, 1]), jnp.ones((5, 3))),
+                        "s": jnp.ones(()),
+                    },
+                    tx.init(table),
+                    table,
+                )
+            )(adagrad_jax.adagrad(0.1, unique_rows=3)),
+            ValueError,
+            ("adagrad(unique_rows=3)", "updates['t']", "4 distinct row ids", "no row was updated"),
         )
     )
     c.append(

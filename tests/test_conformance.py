@@ -7,6 +7,8 @@ every spec. Numbers are compared against the NumPy references in
 
 from __future__ import annotations
 
+import inspect
+
 import io
 
 import jax
@@ -508,6 +510,39 @@ def test_row_sparse_untouched_rows_keep_their_values_and_state(spec):
     if spec.lazy_matches_dense:
         dense, _ = _train_rows(spec.build(), params, [p[1] for p in pairs], optax.apply_updates)
         assert_trees_close(sparse, dense, rtol=1e-5, atol=1e-6)
+
+
+BOUNDED = [s for s in ROW_SPARSE if "unique_rows" in inspect.signature(s.make).parameters]
+
+
+@pytest.mark.parametrize("spec", BOUNDED, ids=[s.name for s in BOUNDED])
+@pytest.mark.parametrize("slack", [0, 3])
+def test_row_sparse_unique_rows_bound_trains_bit_for_bit_as_no_bound(spec, slack):
+    """unique_rows=U compacts a step's distinct live ids into U entries (padding
+    and out-of-range ids take none); with U the exact distinct count of the
+    largest table (slack 0) or more, training is bit for bit the unbounded one,
+    and the update has U entries per table (fewer ids than U: one per id)."""
+    touched = {"t": np.array([1, 4, 5, 9]), "v": np.array([0, 7])}
+    params = _tables()
+    grads = []
+    for sparse, _ in _row_grads(touched):
+        extended = dict(sparse)
+        for name in TABLES:
+            g = sparse[name]
+            ids = jnp.concatenate([g.indices, jnp.array([-1, 99], g.indices.dtype)])
+            values = jnp.concatenate([g.values, jnp.ones((2,) + g.values.shape[1:])])
+            extended[name] = adagrad_jax.RowSparse(ids, values)
+        grads.append(extended)
+    bound = len(touched["t"]) + slack
+    bounded, b_state = _train_rows(
+        spec.build(unique_rows=bound), params, grads, adagrad_jax.apply_updates
+    )
+    free, f_state = _train_rows(spec.build(), params, grads, adagrad_jax.apply_updates)
+    for new, old in zip(jax.tree.leaves((bounded, b_state)), jax.tree.leaves((free, f_state))):
+        np.testing.assert_array_equal(new, old)
+    updates, _ = spec.build(unique_rows=bound).update(grads[0], spec.build().init(params), params)
+    assert updates["t"].indices.shape == (bound,)  # t: 7 ids, at least `bound`
+    assert updates["v"].indices.shape == (min(bound, 5),)  # v: 5 ids
 
 
 @parametrize_row_sparse

@@ -453,6 +453,43 @@ def test_out_of_range_error_mode_names_the_bad_id():
         jax.block_until_ready(jax.jit(tx.update)(bad, state, params))
 
 
+@pytest.mark.parametrize("row_wise", [False, True])
+def test_unique_rows_bound_exceeded_raises_and_never_drops(row_wise):
+    """A step with more distinct ids than unique_rows raises, eagerly and in a jitted
+    step, naming the count; the same step with a large enough bound trains as dense
+    Adagrad (dense Adagrad, the file's reference)."""
+    tx = adagrad_jax.adagrad(LR, TAU, eps=EPS, row_wise=row_wise, unique_rows=3)
+    params = {"emb": jnp.zeros((10, 2))}
+    state = tx.init(params)
+    step = _plain_jit_step(tx)
+    fits = {"emb": RowSparse(jnp.array([4, 1, 4, -1, 12, 1, 8]), jnp.ones((7, 2)))}
+    new_params, _ = step(params, state, fits)  # 3 distinct live ids: 4, 1, 8
+    dense = adagrad_jax.adagrad(LR, TAU, eps=EPS, row_wise=row_wise)
+    reference = optax.apply_updates(
+        params, dense.update({"emb": fits["emb"].todense(10)}, dense.init(params), params)[0]
+    )
+    np.testing.assert_array_equal(new_params["emb"], reference["emb"])
+
+    over = {"emb": RowSparse(jnp.array([4, 1, 4, 2, 8]), jnp.ones((5, 2)))}
+    message = re.escape(
+        "adagrad(unique_rows=3): updates['emb'] holds 4 distinct row ids, more than"
+        " unique_rows=3; no row was updated."
+    )
+    with pytest.raises(jax.errors.JaxRuntimeError, match=message):
+        jax.block_until_ready(step(params, state, over))
+    with pytest.raises(ValueError, match=message):
+        tx.update(over, state, params)  # eager: raised at once
+    np.testing.assert_array_equal(params["emb"], np.zeros((10, 2)))  # not donated: unchanged
+    # The next good step runs normally.
+    again, _ = step(params, state, fits)
+    np.testing.assert_array_equal(again["emb"], reference["emb"])
+
+
+def test_unique_rows_must_be_a_python_int_not_a_traced_value():
+    with pytest.raises(TypeError, match=r"adagrad\(unique_rows=.*must be a Python int"):
+        jax.jit(lambda n: adagrad_jax.adagrad(0.1, unique_rows=n).init(jnp.zeros(2)))(3)
+
+
 def test_out_of_range_error_mode_reports_wide_ids_unclipped():
     tx = adagrad_jax.scale_by_sparse_adagrad(out_of_range="error")
     state = tx.init(jnp.zeros((4, 1)))

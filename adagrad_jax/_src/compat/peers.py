@@ -270,6 +270,7 @@ def _preconditioner(
             row_wise=False,
             pad_id=None,
             out_of_range="drop",
+            unique_rows=None,
             nonfinite=nonfinite,
         ),
     )

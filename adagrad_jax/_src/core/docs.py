@@ -60,6 +60,19 @@ OUT_OF_RANGE = (
     " collective)."
 )
 
+UNIQUE_ROWS = (
+    "unique_rows: the most distinct live row ids a `RowSparse` gradient of a"
+    " step may hold, or None (default: as many as it has ids). A step's"
+    " gathers, rule and scatters run over that many rows and its update"
+    " `RowSparse` has that many entries, instead of one per id: a bag batch"
+    " of 40,960 ids with about 9,000 distinct rows runs faster with"
+    " ``unique_rows=10_240``. A step whose batch holds more distinct ids raises"
+    " (eagerly a ``ValueError``; under `jax.jit` a ``jax.errors.JaxRuntimeError``"
+    ' carrying the message, as ``out_of_range="error"`` does), naming the count,'
+    " and updates no row: ids are never dropped silently. A bound of k or more"
+    " for k ids is the same as None."
+)
+
 INITIAL_ACCUMULATOR_VALUE = (
     "initial_accumulator_value: tau, the value the sum of squared gradients"
     " holds at `init`, before the first step adds to it."
@@ -74,6 +87,7 @@ PAD_ID = (
 ENTRIES = {
     "nonfinite": NONFINITE,
     "out_of_range": OUT_OF_RANGE,
+    "unique_rows": UNIQUE_ROWS,
     "initial_accumulator_value": INITIAL_ACCUMULATOR_VALUE,
     "pad_id": PAD_ID,
 }

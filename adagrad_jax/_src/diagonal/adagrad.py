@@ -58,6 +58,7 @@ class AdagradHyperparameters:
     row_wise: bool
     pad_id: int | None
     out_of_range: str
+    unique_rows: int | None
     nonfinite: str
 
 
@@ -74,7 +75,7 @@ def check_hyperparameters(
     checks.check_number(caller, "eps_root", h.eps_root)
     accumulator_dtype = checks.check_float_dtype(caller, "accumulator_dtype", h.accumulator_dtype)
     row_wise = checks.check_bool(caller, "row_wise", h.row_wise)
-    check_id_flags(caller, h.pad_id, h.out_of_range)
+    check_id_flags(caller, h.pad_id, h.out_of_range, h.unique_rows)
     nonfinite_policy.check(caller, h.nonfinite)
     return dataclasses.replace(h, accumulator_dtype=accumulator_dtype, row_wise=row_wise)
 
@@ -126,6 +127,7 @@ def adagrad_preconditioner(
             row_wise=hyperparameters.row_wise,
             pad_id=hyperparameters.pad_id,
             out_of_range=hyperparameters.out_of_range,
+            unique_rows=hyperparameters.unique_rows,
             nonfinite=hyperparameters.nonfinite,
             state_name="state.sum_of_squares",
         )
@@ -176,6 +178,7 @@ def scale_by_adagrad(
     row_wise: bool = False,
     pad_id: int | None = None,
     out_of_range: str = "drop",
+    unique_rows: int | None = None,
     nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     r"""Scales updates by the inverse root of the sum of all squared gradients.
@@ -234,6 +237,7 @@ def scale_by_adagrad(
         before any state changes).
       {pad_id}
       {out_of_range}
+      {unique_rows}
       {nonfinite}
 
     Returns:
@@ -307,6 +311,7 @@ def scale_by_adagrad(
             row_wise=row_wise,
             pad_id=pad_id,
             out_of_range=out_of_range,
+            unique_rows=unique_rows,
             nonfinite=nonfinite,
         ),
     )
@@ -325,6 +330,7 @@ def adagrad(
     row_wise: bool = False,
     pad_id: int | None = None,
     out_of_range: str = "drop",
+    unique_rows: int | None = None,
     nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     r"""Adagrad: per-coordinate steps of lr over the root of summed squared gradients.
@@ -387,6 +393,7 @@ def adagrad(
         `params` (see `scale_by_adagrad`).
       {pad_id}
       {out_of_range}
+      {unique_rows}
       {nonfinite}
         With ``row_wise``, ``"skip_coordinate"`` skips the whole row, whose G
         is shared. Tables keep their O(k * D) in-place step with every policy.
@@ -454,6 +461,7 @@ def adagrad(
             row_wise=row_wise,
             pad_id=pad_id,
             out_of_range=out_of_range,
+            unique_rows=unique_rows,
             nonfinite=nonfinite,
         ),
     )

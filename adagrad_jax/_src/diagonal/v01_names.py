@@ -29,6 +29,7 @@ def scale_by_sparse_adagrad(
     row_wise: bool = False,
     pad_id: int | None = None,
     out_of_range: str = "drop",
+    unique_rows: int | None = None,
     nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     """`adagrad_jax.scale_by_adagrad` under its v0.1 name (the rule, for tables too, is there).
@@ -50,6 +51,7 @@ def scale_by_sparse_adagrad(
             row_wise=row_wise,
             pad_id=pad_id,
             out_of_range=out_of_range,
+            unique_rows=unique_rows,
             nonfinite=nonfinite,
         ),
     )
@@ -67,6 +69,7 @@ def sparse_adagrad(
     row_wise: bool = False,
     pad_id: int | None = None,
     out_of_range: str = "drop",
+    unique_rows: int | None = None,
     nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     """`adagrad_jax.adagrad` under its v0.1 name (the rule, for tables too, is there).
@@ -90,6 +93,7 @@ def sparse_adagrad(
             row_wise=row_wise,
             pad_id=pad_id,
             out_of_range=out_of_range,
+            unique_rows=unique_rows,
             nonfinite=nonfinite,
         ),
     )

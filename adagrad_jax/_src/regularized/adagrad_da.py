@@ -83,6 +83,7 @@ def adagrad_da(
     accumulator_dtype: Any = None,
     pad_id: int | None = None,
     out_of_range: str = "drop",
+    unique_rows: int | None = None,
     nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     r"""Adagrad dual averaging: w is recomputed from the sum of all gradients.
@@ -137,6 +138,7 @@ def adagrad_da(
         parameter's dtype otherwise.
       {pad_id}
       {out_of_range}
+      {unique_rows}
       {nonfinite}
 
     Returns:
@@ -177,7 +179,7 @@ def adagrad_da(
     )
     warm_start = checks.check_bool(caller, "warm_start", warm_start)
     accumulator_dtype = checks.check_float_dtype(caller, "accumulator_dtype", accumulator_dtype)
-    check_id_flags(caller, pad_id, out_of_range)
+    check_id_flags(caller, pad_id, out_of_range, unique_rows)
     nonfinite_policy.check(caller, nonfinite)
 
     def init_fn(params):
@@ -206,6 +208,7 @@ def adagrad_da(
             read_params=True,
             pad_id=pad_id,
             out_of_range=out_of_range,
+            unique_rows=unique_rows,
             nonfinite=nonfinite,
         )
         return updates, AdagradDAState(

@@ -104,6 +104,7 @@ def ftrl(
     accumulator_dtype: Any = None,
     pad_id: int | None = None,
     out_of_range: str = "drop",
+    unique_rows: int | None = None,
     nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     r"""FTRL-Proximal: follow the regularized leader with Adagrad's per-coordinate rates.
@@ -167,6 +168,7 @@ def ftrl(
         parameter's dtype otherwise.
       {pad_id}
       {out_of_range}
+      {unique_rows}
       {nonfinite}
 
     Returns:
@@ -217,7 +219,7 @@ def ftrl(
     )
     warm_start = checks.check_bool(caller, "warm_start", warm_start)
     accumulator_dtype = checks.check_float_dtype(caller, "accumulator_dtype", accumulator_dtype)
-    check_id_flags(caller, pad_id, out_of_range)
+    check_id_flags(caller, pad_id, out_of_range, unique_rows)
     nonfinite_policy.check(caller, nonfinite)
     p = -cast(Any, learning_rate_power)  # A number or a JAX scalar (checked above).
 
@@ -251,6 +253,7 @@ def ftrl(
             read_params=True,
             pad_id=pad_id,
             out_of_range=out_of_range,
+            unique_rows=unique_rows,
             nonfinite=nonfinite,
         )
         return updates, FtrlState(optax.safe_increment(state.count), sums, linears)

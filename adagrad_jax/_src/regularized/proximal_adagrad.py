@@ -62,6 +62,7 @@ def proximal_adagrad(
     accumulator_dtype: Any = None,
     pad_id: int | None = None,
     out_of_range: str = "drop",
+    unique_rows: int | None = None,
     nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     r"""Proximal Adagrad: an Adagrad step, then the L1 and L2 proximal maps.
@@ -106,6 +107,7 @@ def proximal_adagrad(
         parameter's dtype otherwise.
       {pad_id}
       {out_of_range}
+      {unique_rows}
       {nonfinite}
 
     Returns:
@@ -150,7 +152,7 @@ def proximal_adagrad(
         eps_root=eps_root,
     )
     accumulator_dtype = checks.check_float_dtype(caller, "accumulator_dtype", accumulator_dtype)
-    check_id_flags(caller, pad_id, out_of_range)
+    check_id_flags(caller, pad_id, out_of_range, unique_rows)
     nonfinite_policy.check(caller, nonfinite)
 
     def init_fn(params):
@@ -176,6 +178,7 @@ def proximal_adagrad(
             read_params=regularized,
             pad_id=pad_id,
             out_of_range=out_of_range,
+            unique_rows=unique_rows,
             nonfinite=nonfinite,
         )
         return updates, ProximalAdagradState(optax.safe_increment(state.count), sums)

@@ -22,6 +22,9 @@ through as it is. For a `RowSparse` leaf of a table with V rows it:
 2. deduplicates the live ids (`dedup`: fixed size, no sort) and sums the
    values of each id, in the wider of the gradient's and the state's dtypes,
    rounded once to the gradient's dtype;
+   With ``unique_rows=U`` the distinct live ids are compacted into U
+   entries (in order of first appearance) and the sum goes straight into
+   them; every later step runs over U rows, not k;
 3. gathers the touched rows of every slot (and of the parameter), runs the
    rule on them, scatters the new slot rows back and returns
    ``RowSparse(rows, u)``, with u = 0 in the dead entries.
@@ -152,21 +155,38 @@ def _live_ids(caller, where, g, num_rows, *, pad_id, out_of_range):
     return jnp.where(padding | too_big, num_rows, ids)
 
 
-def _rows_update(caller, where, rule, g, slots, param, *, pad_id, out_of_range):
+def _rows_update(caller, where, rule, g, slots, param, *, pad_id, out_of_range, unique_rows):
     """Runs `rule` on the touched rows of one table; see the module docstring."""
     num_rows = slots[0].shape[0]
     k = g.indices.shape[0]
     check_row_count(caller, where, num_rows, k)
     ids = _live_ids(caller, where, g, num_rows, pad_id=pad_id, out_of_range=out_of_range)
+    bound = k if unique_rows is None else min(unique_rows, k)
     if k == 0 or num_rows == 0:  # No live id: nothing to gather (a 0-row table has no rows).
-        return RowSparse(ids, jnp.zeros_like(g.values)), tuple(slots)
+        return RowSparse(ids[:bound], jnp.zeros_like(g.values[:bound])), tuple(slots)
 
-    rows, u, new_slots = _touched_rows(rule, ids, g.values, tuple(slots), param, num_rows)
+    rows, u, new_slots, count = _touched_rows(
+        rule, ids, g.values, tuple(slots), param, num_rows, bound
+    )
+    if bound < k:
+        safe_where = where.replace("{", "{{").replace("}", "}}")
+        runtime.error_if(
+            count > bound,
+            f"{caller}(unique_rows={unique_rows}): {safe_where} holds {{}} distinct row ids,"
+            f" more than unique_rows={unique_rows}; no row was updated. Raise unique_rows"
+            f" (at most the {k} ids of the step) or pass unique_rows=None (no bound).",
+            count,
+        )
     return RowSparse(rows, u), new_slots
 
 
-def _touched_rows(rule, ids, values, slots, param, num_rows):
-    """Dedup, gather, rule, scatter: (rows, u, new slots) for live int32 `ids`.
+def _touched_rows(rule, ids, values, slots, param, num_rows, bound):
+    """Dedup, gather, rule, scatter: (rows, u, new slots, distinct ids) for live int32 `ids`.
+
+    The distinct live ids are compacted into the first entries of `bound`
+    (<= k) rows, in order of first appearance; the gathers, the rule and the
+    scatters run over those `bound` rows. With more than `bound` distinct ids
+    the scatters write nothing (every entry is dead) and the caller raises.
 
     On an Explicit mesh the deduplication, each gather and each scatter run
     under `placement.partitioned`: XLA's partitioner makes every device read and
@@ -186,10 +206,29 @@ def _touched_rows(rule, ids, values, slots, param, num_rows):
 
     def dedup_and_sum(ids, values):
         rows, slot = dedup(ids, num_rows)
-        return rows, jax.ops.segment_sum(values.astype(compute_dtype), slot, num_segments=k)
+        first = rows < num_rows  # the first position of each distinct live id
+        count = jnp.sum(first, dtype=jnp.int32)
+        if bound == k:
+            segment = slot
+        else:
+            # Entry j of the compacted rows holds the (j+1)-th distinct id; all
+            # entries are dead (distinct ids >= num_rows) when they overflow.
+            position = jnp.cumsum(first, dtype=jnp.int32) - 1
+            target = jnp.where(first & (count <= bound), position, bound)
+            rows = (
+                (num_rows + lax.iota(jnp.int32, bound))
+                .at[target]
+                .set(rows, mode="drop", unique_indices=True)
+            )
+            segment = jnp.where(ids < num_rows, position.at[slot].get(), bound)
+        summed = jax.ops.segment_sum(values.astype(compute_dtype), segment, num_segments=bound)
+        return rows, summed, count
 
-    rows, summed = placement.partitioned(
-        dedup_and_sum, (ids, values), (placement.spec_of(ids, 1), row_spec), like=like
+    rows, summed, count = placement.partitioned(
+        dedup_and_sum,
+        (ids, values),
+        (placement.spec_of(ids, 1), row_spec, jax.sharding.PartitionSpec()),
+        like=like,
     )
     live = per_row(rows < num_rows, values.ndim)
     zero = jnp.zeros((), values.dtype)
@@ -220,7 +259,7 @@ def _touched_rows(rule, ids, values, slots, param, num_rows):
     new_slots = tuple(scatter(s, r) for s, r in zip(slots, new_slot_rows)) + tuple(
         slots[len(new_slot_rows) :]
     )
-    return rows, jnp.where(live, u, jnp.zeros((), u.dtype)), new_slots
+    return rows, jnp.where(live, u, jnp.zeros((), u.dtype)), new_slots, count
 
 
 def _check_dense_shape(caller, where, shape, expected, what):
@@ -243,6 +282,7 @@ def map_rule(
     row_wise: bool = False,
     pad_id: Any = None,
     out_of_range: str = "drop",
+    unique_rows: int | None = None,
     nonfinite: str = "propagate",
     state_name: str = "state",
 ) -> tuple[Any, tuple]:
@@ -259,6 +299,10 @@ def map_rule(
       row_wise: whether the slots hold one entry per row (shape ``p.shape[:1]``)
         instead of one per coordinate.
       pad_id, out_of_range: the id rules of `RowSparse` leaves.
+      unique_rows: None, or the most distinct live ids a `RowSparse` leaf may
+        hold: its touched rows are compacted into that many entries (the
+        gathers, the rule, the scatters and the returned update are that size),
+        and a step with more raises (`runtime.error_if`) and updates no row.
       nonfinite: "propagate" (the rule as written), "skip_coordinate" or
         "skip_step" (`nonfinite_policy.skipping_rule`): where the diagonal
         family applies the policy, to summed rows. "propagate" adds no operation.
@@ -328,7 +372,15 @@ def map_rule(
             row_shape = (None if p is None else jnp.shape(p)[1:]) if row_wise else first.shape[1:]
             check_row_sparse(caller, where, g, row_shape)
             u, leaf_slots = _rows_update(
-                caller, where, rule_fn, g, leaf_slots, w, pad_id=pad_id, out_of_range=out_of_range
+                caller,
+                where,
+                rule_fn,
+                g,
+                leaf_slots,
+                w,
+                pad_id=pad_id,
+                out_of_range=out_of_range,
+                unique_rows=unique_rows,
             )
         else:
             if not hasattr(g, "shape") or not hasattr(g, "dtype"):

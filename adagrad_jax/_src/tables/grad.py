@@ -68,20 +68,23 @@ def _ids_like(params: Any) -> str:
     return _describe_tree(jax.tree.unflatten(treedef, marked))
 
 
-def _after_lookup(row_grads: jax.Array, rows: jax.Array) -> jax.Array:
-    """`row_grads`, unchanged, made to depend on the looked-up `rows`.
+def _after_lookup(row_grads: jax.Array, loss: jax.Array) -> jax.Array:
+    """`row_grads`, unchanged, made to depend on the loss (and so on the lookup).
 
     The gradient of a loss such as sum(pooled * upstream) does not read the
     rows, so nothing in the compiled step orders the lookup (a read of the
     table) before the optimizer's in-place writes into the donated table.
     XLA:CPU then copies the whole table, twice, to keep the read valid: about
-    80 ms of a 100 ms step on a 1M x 64 table. Adding -0.0 (+0.0 where a row
-    holds NaN) is exact for every gradient and makes every write wait for the
-    lookup, so the table is updated in place. `tests/test_sparse.py` counts
-    the table copies of a compiled step that returns its loss.
+    80 ms of a 100 ms step on a 1M x 64 table. Adding -0.0 (+0.0 when the
+    loss is NaN) is exact for every gradient and makes every write wait for
+    the loss, which waits for the lookup, so the table is updated in place.
+    (An `optimization_barrier` does not order them; an arithmetic dependency
+    does.) `tests/test_whole_step_structure.py` counts the table copies of a
+    compiled step that returns its loss.
     """
     negative_zero = jnp.full((), -0.0, row_grads.dtype)
-    return row_grads + jnp.where(jnp.isnan(rows), jnp.zeros_like(negative_zero), negative_zero)
+    tie = jnp.where(jnp.isnan(loss), jnp.zeros_like(negative_zero), negative_zero)
+    return row_grads + tie
 
 
 _MIRROR_RULE = (
@@ -213,13 +216,14 @@ def value_and_row_grad(
                 f" {_describe_tree(ids)} for params {_describe_tree(params)}."
             ) from None
         value, row_grads = grad_fn(looked_up, *args, **kwargs)
+        loss = value[0] if has_aux else value
         grads = jax.tree.map(
             lambda i, g, pair: (
                 g
                 if i is None
                 else RowSparse(
                     pair[0].reshape(-1),
-                    _after_lookup(g, pair[1]).reshape((-1,) + g.shape[pair[0].ndim :]),
+                    _after_lookup(g, loss).reshape((-1,) + g.shape[pair[0].ndim :]),
                 )
             ),
             ids,

@@ -116,7 +116,20 @@ def check_pad_id(caller: str, pad_id: Any) -> None:
         ) from None
 
 
-def check_id_flags(caller: str, pad_id: Any, out_of_range: Any) -> None:
-    """Checks the arguments every row-sparse optimizer takes: pad_id, out_of_range."""
+def check_unique_rows(caller: str, unique_rows: Any) -> None:
+    """None, or a concrete integer in [1, 2**31): the size of a step's compacted rows."""
+    if unique_rows is None:
+        return
+    if checks.is_traced(unique_rows):
+        raise TypeError(
+            f"{caller}(unique_rows={unique_rows!r}): unique_rows sets array sizes, so it"
+            " must be a Python int, not a traced value."
+        )
+    checks.check_integer(caller, "unique_rows", unique_rows, low=1, high=INT32_MAX)
+
+
+def check_id_flags(caller: str, pad_id: Any, out_of_range: Any, unique_rows: Any) -> None:
+    """Checks the arguments every row-sparse optimizer takes: pad_id, out_of_range, unique_rows."""
     check_pad_id(caller, pad_id)
     checks.check_choice(caller, "out_of_range", out_of_range, _OUT_OF_RANGE_MODES)
+    check_unique_rows(caller, unique_rows)
