@@ -59,18 +59,23 @@ TINY = {"dense_n": 4096, "vocab": 1000, "dim": 8, "k": 16,
         "dense_rounds": 2, "sparse_rounds": 3}
 
 
-def optimizer(method: str) -> optax.GradientTransformation:
-    """The optimizer a method name stands for (same lr and tau throughout)."""
+def optimizer(method: str, unique_rows: int | None = None) -> optax.GradientTransformation:
+    """The optimizer a method name stands for (same lr and tau throughout); `unique_rows`
+    for the table members (benchmarks/tables.py)."""
     if method == "adagrad":
         return adagrad_jax.adagrad(LR, TAU, eps=0.0, eps_root=EPS)
     if method == "sparse_adagrad":
         return adagrad_jax.sparse_adagrad(LR, TAU, eps=0.0, eps_root=EPS)
     if method == "proximal_adagrad":
-        return adagrad_jax.proximal_adagrad(LR, TAU, eps=0.0, eps_root=EPS, l1=L1, l2=L2)
+        return adagrad_jax.proximal_adagrad(
+            LR, TAU, eps=0.0, eps_root=EPS, l1=L1, l2=L2, unique_rows=unique_rows
+        )
     if method == "adagrad_da":
-        return adagrad_jax.adagrad_da(LR, TAU, l1=L1, l2=L2)
+        return adagrad_jax.adagrad_da(LR, TAU, l1=L1, l2=L2, unique_rows=unique_rows)
     if method == "ftrl":
-        return adagrad_jax.ftrl(LR, initial_accumulator_value=TAU, l1=L1, l2=L2)
+        return adagrad_jax.ftrl(
+            LR, initial_accumulator_value=TAU, l1=L1, l2=L2, unique_rows=unique_rows
+        )
     if method == "optax_dense":
         return optax.adagrad(LR, initial_accumulator_value=TAU, eps=EPS)
     raise ValueError(f"unknown method {method!r}")

@@ -10,7 +10,9 @@ timed round-robin in one process (one step of each per round, order rotated):
 
 - ``ours``: ``jax.jit`` of `adagrad_jax.value_and_row_grad` +
   ``adagrad_jax.adagrad(row_wise=False/True)`` + `adagrad_jax.apply_updates`,
-  table and state donated;
+  table and state donated; every JAX method runs with ``unique_rows`` set to
+  the case's largest distinct count + 10%, rounded up to 1,024
+  (`unique_rows_bound`);
 - ``ours_no_loss``: the same step with the loss dropped: XLA then removes the
   forward gather (and, on the CPU, the two whole-table copies the forward
   read costs: ``table_copies``);
@@ -131,24 +133,38 @@ def table_step(tx, *, return_loss: bool = True) -> Callable:
     return step
 
 
-def optimizer(method: str, row_wise: bool):
+def unique_rows_bound(b: Batches) -> int:
+    """The `unique_rows` bound of a case: its largest distinct count plus 10%, rounded up
+    to a multiple of 1,024 (at most the ids of a step)."""
+    largest = max(len(np.unique(i)) for i in b.ids_np)
+    return min(-(-int(1.1 * largest) // 1024) * 1024, b.batch * b.bag)
+
+
+def optimizer(method: str, row_wise: bool, unique_rows: int | None = None):
     if method == "ours":
-        return adagrad_jax.adagrad(LR, TAU, eps=0.0, eps_root=EPS, row_wise=row_wise)
-    return regularized_module.optimizer(method)
+        return adagrad_jax.adagrad(LR, TAU, eps=0.0, eps_root=EPS, row_wise=row_wise,
+                                   unique_rows=unique_rows)
+    return regularized_module.optimizer(method, unique_rows=unique_rows)
 
 
-def _jax_method(tx, table_np: np.ndarray, *, return_loss: bool = True) -> Callable:
-    """A builder: case -> (step(i), info), on one donated table and state."""
+def _jax_method(make_tx: Callable, table_np: np.ndarray, *, return_loss: bool = True
+                ) -> Callable:
+    """A builder: case -> (step(i), info), on one donated table and state.
+
+    ``make_tx(unique_rows)`` builds the optimizer; each case's step uses the
+    case's `unique_rows_bound` (the state does not depend on it).
+    """
     params = {"table": jnp.asarray(table_np)}
-    box = [params, jax.jit(tx.init)(params)]
-    fn = jax.jit(table_step(tx, return_loss=return_loss), donate_argnums=(0, 1))
+    box = [params, jax.jit(make_tx(None).init)(params)]
 
     def build(b: Batches):
+        bound = unique_rows_bound(b)
+        fn = jax.jit(table_step(make_tx(bound), return_loss=return_loss), donate_argnums=(0, 1))
         ids = [jnp.asarray(i) for i in b.ids_np]
         upstream = jnp.asarray(b.upstream_np)
         start = time.perf_counter()
         compiled = fn.lower(box[0], box[1], ids[0], upstream).compile()
-        info = {"compile_s": time.perf_counter() - start,
+        info = {"compile_s": time.perf_counter() - start, "unique_rows": bound,
                 "table_copies": sum(op == "copy" for op, _ in hlo.loops_over(
                     compiled.as_text(), int(np.prod(table_np.shape))))}
 
@@ -268,14 +284,14 @@ def _group(vocab: int, dim: int, row_wise: bool, cases: tuple, rounds: int, *,
     print(f"  tables: {_table_name(vocab, dim)}, {accumulator} ...", flush=True)
     table_np = 0.01 * np.random.default_rng(seed).standard_normal((vocab, dim), dtype=np.float32)
     factories: dict[str, Callable[[], Callable]] = {
-        "ours": lambda: _jax_method(optimizer("ours", row_wise), table_np),
-        "ours_no_loss": lambda: _jax_method(optimizer("ours", row_wise), table_np,
+        "ours": lambda: _jax_method(lambda u: optimizer("ours", row_wise, u), table_np),
+        "ours_no_loss": lambda: _jax_method(lambda u: optimizer("ours", row_wise, u), table_np,
                                             return_loss=False),
     }
     if members and not row_wise:  # compared with ours_no_loss: no table copies in either
         for m in MEMBERS:
-            factories[m] = lambda m=m: _jax_method(optimizer(m, False), table_np,
-                                                   return_loss=False)
+            factories[m] = lambda m=m: _jax_method(lambda u, m=m: optimizer(m, False, u),
+                                                   table_np, return_loss=False)
     peers = []
     if fbgemm:
         peers.append("fbgemm")
