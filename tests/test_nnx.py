@@ -276,3 +276,33 @@ def test_id_equal_to_vocab_is_reported_with_out_of_range_error():
     with pytest.raises(jax.errors.JaxRuntimeError, match=f"row id {VOCAB} at position 1"):
         step(model, optimizer, ids, Y)
         jax.block_until_ready(model.embed.embedding[...])
+
+
+def test_donated_nnx_step_that_returns_its_loss_copies_no_table():
+    """Source: the compiled HLO. A loss whose gradient does not read the looked-up rows
+    (sum(pooled * upstream)) used to cost two whole-table copies on XLA:CPU, as in
+    adagrad_jax.value_and_row_grad; the row gradients are tied to the loss, so the only
+    passes over the table are the in-place scatters (accumulator and table)."""
+    from devtools import hlo
+
+    vocab, dim = 50_000, 16
+
+    class Model(nnx.Module):
+        def __init__(self):
+            self.emb = adagrad_jax.nnx.Embed(vocab, dim, rngs=nnx.Rngs(0))
+
+    def loss_fn(model, ids, upstream):
+        return jnp.sum(model.emb(ids).sum(axis=1) * upstream)
+
+    model = Model()
+    optimizer = adagrad_jax.nnx.Optimizer(model, adagrad_jax.adagrad(0.1), wrt=nnx.Param)
+
+    @nnx.jit(donate_argnums=(0, 1))
+    def step(model, optimizer, ids, upstream):
+        loss, grads = adagrad_jax.nnx.value_and_row_grad(loss_fn)(model, ids, upstream)
+        optimizer.update(model, grads)
+        return loss
+
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, vocab, (64, 20)), jnp.int32)
+    text = step.lower(model, optimizer, ids, jnp.ones((64, dim))).compile().as_text()
+    assert [op for op, _ in hlo.loops_over(text, vocab * dim)] == ["fusion", "fusion"]

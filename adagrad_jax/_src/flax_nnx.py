@@ -29,6 +29,7 @@ from flax import nnx
 from flax.nnx import filterlib
 
 from adagrad_jax._src.tables.apply import apply_updates
+from adagrad_jax._src.tables.grad import after_loss
 from adagrad_jax._src.tables.ids import as_int32_ids
 from adagrad_jax._src.tables.row_sparse import RowSparse, is_row_sparse
 
@@ -216,7 +217,8 @@ def value_and_row_grad(
                 table = embed.embedding[...]
                 indices = jnp.zeros((0,), jnp.int32)
                 values = jnp.zeros((0, features), table.dtype)
-            by_path[path + ("embedding",)] = RowSparse(indices, values)
+            # Tied to the loss, so the optimizer's writes wait for the lookups (grad.after_loss).
+            by_path[path + ("embedding",)] = RowSparse(indices, after_loss(values, loss))
 
         table_grads = nnx.from_flat_state(
             [

@@ -68,7 +68,7 @@ def _ids_like(params: Any) -> str:
     return _describe_tree(jax.tree.unflatten(treedef, marked))
 
 
-def _after_lookup(row_grads: jax.Array, loss: jax.Array) -> jax.Array:
+def after_loss(row_grads: jax.Array, loss: jax.Array) -> jax.Array:
     """`row_grads`, unchanged, made to depend on the loss (and so on the lookup).
 
     The gradient of a loss such as sum(pooled * upstream) does not read the
@@ -223,7 +223,7 @@ def value_and_row_grad(
                 if i is None
                 else RowSparse(
                     pair[0].reshape(-1),
-                    _after_lookup(g, loss).reshape((-1,) + g.shape[pair[0].ndim :]),
+                    after_loss(g, loss).reshape((-1,) + g.shape[pair[0].ndim :]),
                 )
             ),
             ids,
