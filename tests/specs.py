@@ -61,6 +61,10 @@ class Spec:
       param_shaped_state: whether the state holds arrays shaped like the
         parameters (which must keep their sharding); False for rules whose
         statistics are matrix blocks or scalars.
+      stacked_slots: how many slots each such array holds on a last axis
+        (`ftrl`'s n and z, `adagrad_da`'s z and G: 2; shape ``p.shape + (2,)``,
+        sharded like the parameter with the slot axis unsplit), or 0 where
+        each slot is its own array of the parameter's shape.
       jit_init_follows_params: whether plain ``jax.jit(tx.init)(params)`` on a
         mesh with Explicit axes places the state like the parameters. False
         where no state leaf is computed from a parameter (matrix blocks,
@@ -85,6 +89,7 @@ class Spec:
     row_sparse: bool = False
     lazy_matches_dense: bool = False
     param_shaped_state: bool = True
+    stacked_slots: int = 0
     jit_init_follows_params: bool = True
     coordinatewise: bool = True
 
@@ -242,6 +247,7 @@ SPECS += [
         ),
         converge={"learning_rate": 0.5, "l1": 0.0, "l2": 0.0},
         **REGULARIZED,
+        stacked_slots=2,
     ),
     Spec(
         name="ftrl",
@@ -267,6 +273,7 @@ SPECS += [
         ),
         converge={"learning_rate": 0.5, "l1": 0.0, "l2": 0.0, "l2_shrinkage": 0.0, "beta": 0.0},
         **REGULARIZED,
+        stacked_slots=2,
     ),
     Spec(
         name="ftrl-power",
@@ -284,6 +291,7 @@ SPECS += [
         ),
         converge=None,
         **REGULARIZED,
+        stacked_slots=2,
     ),
     Spec(
         name="compat.tf1_proximal_adagrad",
@@ -323,6 +331,7 @@ SPECS += [
         ),
         converge=None,
         **REGULARIZED,
+        stacked_slots=2,
     ),
     Spec(
         name="compat.keras_ftrl",
@@ -348,6 +357,7 @@ SPECS += [
         ),
         converge=None,
         **REGULARIZED,
+        stacked_slots=2,
     ),
 ]
 

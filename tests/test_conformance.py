@@ -255,9 +255,11 @@ def test_init_keeps_sharding(spec):
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     params = {"w": jax.device_put(jnp.ones((4, 2)), sharding)}
     leaves = jax.tree.leaves(spec.build().init(params))
-    like_params = [x for x in leaves if x.shape == (4, 2)]
+    stacked = (spec.stacked_slots,) if spec.stacked_slots else ()
+    like_params = [x for x in leaves if x.shape in ((4, 2), (4, 2, *stacked))]
     assert bool(like_params) == spec.param_shaped_state
-    assert all(x.sharding.is_equivalent_to(sharding, 2) for x in like_params)
+    assert any(x.shape == (4, 2, *stacked) for x in like_params) == spec.param_shaped_state
+    assert all(x.sharding.is_equivalent_to(sharding, x.ndim) for x in like_params)
     # Statistics of other shapes (counters, scalars, matrix blocks): on the same devices.
     assert all(x.sharding.device_set == sharding.device_set for x in leaves)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -176,3 +178,43 @@ def test_restore_structure_names_the_path_of_a_mismatch():
     target = jax.eval_shape(tx.init, {"w": PARAMS["w"], "b": jnp.zeros(3)})
     with pytest.raises(ValueError, match=r"\['b'\] has shape \(2,\)"):
         adagrad_jax.restore_structure(target, plain)
+
+
+def test_a_v02_checkpoint_migrates_into_the_stacked_slots_and_trains_on():
+    """tests/data/v02_checkpoint was written by 0.2 (n, z and z, G as separate fields).
+
+    Restored without a target and migrated by `restore_structure`, it must
+    train on exactly as a run that never stopped: 3 steps by 0.2, saved, 3
+    more by this version == 6 steps by this version, bit for bit.
+    """
+    ocp = pytest.importorskip("orbax.checkpoint")
+    from tests.data import make_v02_checkpoint as v02
+
+    path = os.path.join(os.path.dirname(__file__), "data", "v02_checkpoint")
+    restored = ocp.StandardCheckpointer().restore(os.path.abspath(path))
+    fields = {
+        "ftrl": ("sum_of_squares", "linear"),
+        "adagrad_da": ("gradient_sum", "sum_of_squares"),
+    }
+    for name, tx in v02.optimizers().items():
+        saved = restored[name]["opt_state"]
+        assert "slots" not in saved and set(fields[name]) <= set(saved)  # 0.2's layout
+        state = adagrad_jax.restore_structure(jax.eval_shape(tx.init, v02.params()), saved)
+        for field in fields[name]:  # the views read 0.2's arrays back
+            jax.tree.map(np.testing.assert_array_equal, getattr(state, field), saved[field])
+        jax.tree.map(
+            np.testing.assert_array_equal,
+            adagrad_jax.accumulators(state),
+            saved["sum_of_squares"],
+        )
+        resumed = v02.train(tx, restored[name]["params"], state, range(v02.STEPS, 2 * v02.STEPS))
+        straight = v02.train(tx, v02.params(), tx.init(v02.params()), range(2 * v02.STEPS))
+        assert jax.tree.structure(resumed) == jax.tree.structure(straight)
+        jax.tree.map(np.testing.assert_array_equal, resumed, straight)
+
+
+def test_restore_structure_names_a_missing_v02_field():
+    tx = adagrad_jax.ftrl(0.1)
+    v02 = {"count": jnp.array(1), "sum_of_squares": {"w": jnp.ones(2)}}  # no "linear"
+    with pytest.raises(ValueError, match=r"no entry at \.linear \(target leaf \.linear\['w'\]\)"):
+        adagrad_jax.restore_structure(jax.eval_shape(tx.init, {"w": jnp.ones(2)}), v02)

@@ -11,6 +11,8 @@ a TypeError pointing to `adagrad_jax.adagrad` at their first update.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -257,3 +259,94 @@ def test_table_step_that_returns_its_loss_copies_no_table(row_wise):
     assert "copy" not in ops, ops
     assert len(ops) == (1 if row_wise else 2), ops
     assert hlo.aliased_outputs(text) >= 2
+
+
+_HEADER = re.compile(r"^(?:ENTRY\s+)?%[\w.\-]+\s*\((?P<params>.*)\)\s*->")
+_PARAM = re.compile(r"(?P<name>[\w.\-]+):\s*[a-z]+\d*\[(?P<dims>[\d,]*)\]")
+_DEFINED = re.compile(r"^\s*(?:ROOT\s+)?%(?P<name>[\w.\-]+)\s*=\s*[a-z]+\d*\[(?P<dims>[\d,]*)\]")
+_ROW_OP = re.compile(r"\s(?P<op>gather|scatter)\(%(?P<operand>[\w.\-]+), %(?P<indices>[\w.\-]+)")
+
+
+def _dims(text):
+    return tuple(int(d) for d in text.split(",") if d)
+
+
+def _row_traffic(text, num_rows):
+    """(op, operand shape, index count) of each gather from / scatter into an array of
+    `num_rows` rows, anywhere in a compiled module (fusions included)."""
+    found, shapes = [], {}
+    for line in text.splitlines():
+        header = _HEADER.match(line)
+        if header:  # a new computation: its parameters' shapes
+            shapes = {m["name"]: _dims(m["dims"]) for m in _PARAM.finditer(header["params"])}
+            continue
+        defined = _DEFINED.match(line)
+        if defined:
+            shapes[defined["name"]] = _dims(defined["dims"])
+        op = _ROW_OP.search(line)
+        if op and shapes.get(op["operand"], (None,))[0] == num_rows:
+            found.append((op["op"], shapes[op["operand"]], shapes[op["indices"]][0]))
+    return found
+
+
+@pytest.mark.parametrize(
+    "make, gathers, scatters",
+    [
+        # (table shape -> how many gathers from / scatters into arrays of that shape)
+        (lambda u: adagrad_jax.adagrad(0.1, unique_rows=u), {"VD": 1}, {"VD": 2}),
+        (lambda u: adagrad_jax.proximal_adagrad(0.1, l1=0.01, unique_rows=u), {"VD": 2}, {"VD": 2}),
+        (
+            lambda u: adagrad_jax.ftrl(0.1, l1=0.01, unique_rows=u),
+            {"VD2": 1, "VD": 1},
+            {"VD2": 1, "VD": 1},
+        ),
+        (
+            lambda u: adagrad_jax.adagrad_da(0.1, l1=0.01, unique_rows=u),
+            {"VD2": 1, "VD": 2},
+            {"VD2": 1, "VD": 1},
+        ),
+    ],
+    ids=["adagrad", "proximal_adagrad", "ftrl", "adagrad_da"],
+)
+def test_table_step_row_traffic_is_one_state_gather_and_scatter_bounded_by_unique_rows(
+    make, gathers, scatters
+):
+    """Read from the compiled step: every gather from and scatter into the table or
+    its state moves `unique_rows` rows (not the 1,280 ids), and a row's whole
+    optimizer state moves in one gather and one scatter: ftrl's (n, z) and
+    adagrad_da's (z, G) are stacked in one (V, D, 2) array. The other gathers read
+    the parameter (rules that read w; adagrad_da's w_0 too), the other scatter is
+    apply_updates'."""
+    vocab, dim, bound = 50_000, 16, 300
+    tx = make(bound)
+
+    def loss(rows, upstream):
+        return jnp.sum(rows["table"].sum(axis=1) * upstream)
+
+    grad_fn = adagrad_jax.value_and_row_grad(loss)
+
+    def step(params, state, ids, upstream):
+        value, grads = grad_fn(params, {"table": ids}, upstream)
+        updates, state = tx.update(grads, state, params)
+        return value, adagrad_jax.apply_updates(params, updates), state
+
+    params = {"table": jnp.ones((vocab, dim))}
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 256, (64, 20)), jnp.int32)
+    compiled = (
+        jax.jit(step, donate_argnums=(0, 1))
+        .lower(params, tx.init(params), ids, jnp.ones((64, dim)))
+        .compile()
+    )
+    traffic = _row_traffic(compiled.as_text(), vocab)
+    # The forward lookup gathers the 1,280 ids; every other row op moves `bound` rows.
+    forward = [t for t in traffic if t == ("gather", (vocab, dim), 64 * 20)]
+    optimizer = [t for t in traffic if t not in forward]
+    assert len(forward) == 1, traffic
+    assert all(count == bound for _, _, count in optimizer), traffic
+    shapes = {"VD": (vocab, dim), "VD2": (vocab, dim, 2)}
+    for op, want in (("gather", gathers), ("scatter", scatters)):
+        got = {
+            name: sum(1 for o, shape_, _ in optimizer if o == op and shape_ == shape)
+            for name, shape in shapes.items()
+        }
+        assert got == {name: want.get(name, 0) for name in shapes}, (op, traffic)

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from adagrad_jax._src.beyond_diagonal.adagrad_norm import ScaleByAdagradNormState
@@ -81,7 +82,9 @@ def accumulators(opt_state: Any) -> Any:
 
     Leaves that no optimizer of this package trains (masked out, or given to
     another optimizer by ``multi_transform``) are ``None``. The arrays are the
-    state's own, not copies.
+    state's own, not copies, except for `ftrl` and `adagrad_da`, which stack two
+    slots in one array per parameter: there they are slices of it (`ftrl`'s n
+    is ``slots[..., 0]``, `adagrad_da`'s G is ``slots[..., 1]``).
 
     Args:
       opt_state: the state returned by ``tx.init`` or ``tx.update`` (any
@@ -186,6 +189,48 @@ def _child(restored: Any, key: Any) -> Any:
     raise KeyError(key)
 
 
+# 0.2 kept the slots of these states as separate fields; 0.3 stacks them in
+# `slots` (`core.slots.stack_slots`). `restore_structure` reads either layout.
+_V02_SLOT_FIELDS = {
+    FtrlState: ("sum_of_squares", "linear"),
+    AdagradDAState: ("gradient_sum", "sum_of_squares"),
+}
+
+
+def _entry(node: Any, path: Sequence[Any], start: int, stop: int | None = None) -> Any:
+    """The entry of `node` at ``path[start:stop]``; a ValueError naming `path` if there is none."""
+    for depth in range(start, len(path) if stop is None else stop):
+        try:
+            node = _child(node, path[depth])
+        except (KeyError, IndexError, AttributeError, TypeError):
+            raise ValueError(
+                f"adagrad_jax.restore_structure: the restored tree has no entry at"
+                f" {jax.tree_util.keystr(tuple(path[: depth + 1]))} (target leaf"
+                f" {jax.tree_util.keystr(tuple(path))}): it was saved from other parameters or"
+                " another optimizer."
+            ) from None
+    return node
+
+
+def _restored_leaf(target: Any, restored: Any, path: Sequence[Any]) -> Any:
+    """The restored array for the target leaf at `path` (0.2's separate slots stacked)."""
+    node, want = restored, target
+    for depth, key in enumerate(path):
+        fields = _V02_SLOT_FIELDS.get(type(want), ())
+        v02 = isinstance(node, Mapping) and "slots" not in node
+        if fields and v02 and key == jax.tree_util.GetAttrKey("slots"):
+            old = [
+                _entry(
+                    node, (*path[:depth], jax.tree_util.GetAttrKey(f), *path[depth + 1 :]), depth
+                )
+                for f in fields
+            ]
+            return jnp.stack([jnp.asarray(x) for x in old], axis=-1)
+        node = _entry(node, path, depth, depth + 1)
+        want = _child(want, key)
+    return node
+
+
 def restore_structure(target: Any, restored: Any) -> Any:
     """Gives a tree restored without a target the structure of ``target``.
 
@@ -198,11 +243,19 @@ def restore_structure(target: Any, restored: Any) -> Any:
     their order), so the result can go straight back into ``tx.update``.
     The restored arrays are used as they are (no copy, no cast).
 
+    It also migrates states saved by adagrad_jax 0.2: there `FtrlState` held
+    n and z as two trees (``sum_of_squares``, ``linear``) and `AdagradDAState`
+    z and G (``gradient_sum``, ``sum_of_squares``); since 0.3 each keeps them
+    stacked on a last axis of one ``slots`` tree. Where ``target`` has such a
+    state and the restored tree has the 0.2 fields instead of ``slots``, the
+    two arrays of each leaf are stacked (a new array; the numbers are not
+    changed). Restore a 0.2 checkpoint without a target, then call this.
+
     Args:
       target: a tree of the wanted structure: the state itself, or abstractly
         ``jax.eval_shape(tx.init, params)`` (only structure, shapes and dtypes
         are read).
-      restored: the plain tree Orbax returned for it.
+      restored: the plain tree Orbax returned for it (0.3's layout or 0.2's).
 
     Returns:
       ``target``'s structure holding ``restored``'s arrays.
@@ -222,21 +275,21 @@ def restore_structure(target: Any, restored: Any) -> Any:
       >>> state[1].sum_of_squares["w"]
       Array([4., 4.], dtype=float32)
       >>> updates, state = tx.update({"w": jnp.ones(2)}, state, params)
+
+      A 0.2 `ftrl` state (n and z apart) goes into 0.3's stacked slots:
+
+      >>> tx = adagrad_jax.ftrl(0.1)
+      >>> v02 = {"count": jnp.array(1), "sum_of_squares": {"w": jnp.array([4.0, 4.0])},
+      ...        "linear": {"w": jnp.array([-2.0, 1.0])}}
+      >>> state = adagrad_jax.restore_structure(jax.eval_shape(tx.init, params), v02)
+      >>> state.slots["w"]
+      Array([[ 4., -2.],
+             [ 4.,  1.]], dtype=float32)
     """
     paths, treedef = jax.tree_util.tree_flatten_with_path(target)
     leaves = []
     for path, want in paths:
-        node = restored
-        for depth, key in enumerate(path):
-            try:
-                node = _child(node, key)
-            except (KeyError, IndexError, AttributeError, TypeError):
-                where = jax.tree_util.keystr(path[: depth + 1])
-                raise ValueError(
-                    f"adagrad_jax.restore_structure: the restored tree has no entry at"
-                    f" {where} (target leaf {jax.tree_util.keystr(path)}): it was saved from"
-                    " other parameters or another optimizer."
-                ) from None
+        node = _restored_leaf(target, restored, path)
         shape, dtype = getattr(node, "shape", None), getattr(node, "dtype", None)
         if hasattr(want, "shape") and (shape != want.shape or dtype != want.dtype):
             raise ValueError(

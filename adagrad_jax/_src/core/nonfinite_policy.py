@@ -131,7 +131,7 @@ def count_nonfinite(nonfinite_steps: jax.Array, step_ok: jax.Array) -> jax.Array
 
 
 def skipping_rule(
-    rule: Callable[..., Any], nonfinite: str, *, row_wise: bool, step_ok: Any
+    rule: Callable[..., Any], nonfinite: str, *, row_wise: bool, step_ok: Any, stacked: bool = False
 ) -> Callable[..., Any]:
     """`rule` under a non-finite policy (`map_rule`'s ``nonfinite``).
 
@@ -139,7 +139,9 @@ def skipping_rule(
     coordinate (with ``row_wise``, that row: its accumulator is shared) keeps
     its state and gets a zero update. "skip_step": every coordinate does, if
     any entry of the step's gradient tree is not finite (`step_ok` False).
-    The rule sees the gradient with the skipped entries set to 0.
+    The rule sees the gradient with the skipped entries set to 0. With
+    `stacked` the written slots hold their slots on a last axis, which the
+    keep-mask covers too.
     """
     if nonfinite == "propagate":
         return rule
@@ -149,7 +151,8 @@ def skipping_rule(
         # Row-wise, the state's mask has one entry per row: (k,) -> (k, 1, ...) covers g.
         keep = per_row(keep_slot, g.ndim) if row_wise else keep_slot
         u, new_slots = rule(keep_or_zero(keep, g), slots, w)
-        new_slots = tuple(keep_or_old(keep_slot, new, old) for new, old in zip(new_slots, slots))
+        keep_state = keep_slot[..., None] if stacked else keep_slot
+        new_slots = tuple(keep_or_old(keep_state, new, old) for new, old in zip(new_slots, slots))
         return keep_or_zero(keep, u), new_slots
 
     return guarded

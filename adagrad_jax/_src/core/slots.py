@@ -48,3 +48,21 @@ def init_sum_of_squares(
         return jnp.full_like(p, initial_accumulator_value, dtype=dtype)
 
     return jax.tree_util.tree_map_with_path(leaf, params)
+
+
+def stack_slots(*trees: Any) -> Any:
+    """One array per parameter holding several slots: ``stack([s0, s1, ...], axis=-1)``.
+
+    The optimizers with more than one per-coordinate slot (`ftrl`'s n and z,
+    `adagrad_da`'s z and G) keep them in one array per parameter,
+    with the slots on a last axis: a table row's whole state is then one
+    contiguous run of memory, read by one gather and written by one scatter.
+    The trees must have one structure, and their leaves one shape and dtype
+    each; the result keeps their sharding (with the slot axis unsplit).
+    """
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves, axis=-1), *trees)
+
+
+def slot(stacked: Any, index: int) -> Any:
+    """Slot `index` of a tree made by `stack_slots`: each leaf's ``[..., index]``."""
+    return jax.tree.map(lambda leaf: leaf[..., index], stacked)

@@ -11,7 +11,7 @@ import optax
 from adagrad_jax._src.core import checks, nonfinite_policy, numerics, slots
 from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import squared_magnitude
-from adagrad_jax._src.core.slots import init_sum_of_squares
+from adagrad_jax._src.core.slots import init_sum_of_squares, slot, stack_slots
 from adagrad_jax._src.tables.engine import map_rule
 from adagrad_jax._src.tables.ids import check_id_flags
 
@@ -21,30 +21,45 @@ class AdagradDAState(NamedTuple):
 
     Attributes:
       count: int32 number of steps taken; t = count + 1 at the next step.
-      gradient_sum: z, the sum of all gradients, a tree like the parameters.
-      sum_of_squares: G, the sum of squared gradients (started at tau).
+      slots: a tree like the parameters whose leaves have one more, last axis
+        of 2: ``[..., 0]`` is z, ``[..., 1]`` is G. Stacked so that a table
+        row's state is one contiguous run (one gather, one scatter per step).
       initial_params: w_0, the parameters given to `init` (in their own dtype),
-        the centre of the proximal term; None with ``warm_start=False``.
+        the centre of the proximal term, read but never written; None with
+        ``warm_start=False``.
+      gradient_sum: (read-only view) z, the sum of all gradients.
+      sum_of_squares: (read-only view) G, the sum of squared gradients
+        (started at tau).
+
+    0.2 kept z and G as two fields, ``gradient_sum`` and ``sum_of_squares``;
+    `adagrad_jax.restore_structure` reads a checkpoint of that layout.
     """
 
     count: jax.Array  # type: ignore[assignment]  # (shadows tuple.count, as in optax)
-    gradient_sum: optax.Updates
-    sum_of_squares: optax.Updates
+    slots: optax.Updates
     initial_params: optax.Params | None
+
+    @property
+    def gradient_sum(self) -> optax.Updates:
+        return slot(self.slots, 0)
+
+    @property
+    def sum_of_squares(self) -> optax.Updates:
+        return slot(self.slots, 1)
 
 
 def adagrad_da_rule(lr: Any, t: jax.Array, l1: Any, l2: Any, eps: Any, tau: Any, warm_start: bool):
     """The leaf rule of `adagrad_da` (see `adagrad_jax._rows._engine`)."""
 
-    def rule(g, slots, w):
-        z, s = slots[0], slots[1]
+    def rule(g, state, w):
+        z, s = state[0][..., 0], state[0][..., 1]
         dtype = s.dtype
         z = z + g.astype(dtype)
         s = s + squared_magnitude(g, dtype)
         h = jnp.sqrt(s) + jnp.asarray(eps, dtype)
         lr_t = jnp.asarray(lr).astype(dtype)
         t_ = t.astype(dtype)
-        centre = slots[2].astype(dtype) if warm_start else jnp.zeros((), dtype)
+        centre = state[1].astype(dtype) if warm_start else jnp.zeros((), dtype)
         numerator = h * centre - lr_t * z
         denominator = h + lr_t * jnp.asarray(l2, dtype) * t_
         shrunk = numerics.soft_threshold(numerator, lr_t * jnp.asarray(l1, dtype) * t_)
@@ -54,7 +69,7 @@ def adagrad_da_rule(lr: Any, t: jax.Array, l1: Any, l2: Any, eps: Any, tau: Any,
             shrunk, denominator, keeps_normal=(tau, eps), fallback=centre
         )
         update = (new_w - w.astype(dtype)).astype(g.dtype)
-        return update, (z, s)  # w_0 (slots[2]) is read only.
+        return update, (jnp.stack([z, s], axis=-1),)  # w_0 (state[1]) is read only.
 
     return rule
 
@@ -187,8 +202,7 @@ def adagrad_da(
         sums = init_sum_of_squares(caller, params, initial_accumulator_value, accumulator_dtype)
         return AdagradDAState(
             count=slots.init_count(),
-            gradient_sum=jax.tree.map(jnp.zeros_like, sums),
-            sum_of_squares=sums,
+            slots=stack_slots(jax.tree.map(jnp.zeros_like, sums), sums),
             initial_params=_copy_params(params) if warm_start else None,
         )
 
@@ -196,26 +210,23 @@ def adagrad_da(
         lr = numerics.learning_rate_at(learning_rate, state.count)
         t = optax.safe_increment(state.count)
         rule = adagrad_da_rule(lr, t, l1, l2, eps, initial_accumulator_value, warm_start)
-        slots = (state.gradient_sum, state.sum_of_squares)
-        if warm_start:
-            slots += (state.initial_params,)
+        read = (state.slots, state.initial_params) if warm_start else (state.slots,)
         updates, new_slots = map_rule(
             caller,
             rule,
             updates,
-            slots,
+            read,
             params,
             read_params=True,
             pad_id=pad_id,
             out_of_range=out_of_range,
             unique_rows=unique_rows,
             nonfinite=nonfinite,
+            state_name="state.slots",
+            stacked=True,
         )
         return updates, AdagradDAState(
-            count=t,
-            gradient_sum=new_slots[0],
-            sum_of_squares=new_slots[1],
-            initial_params=state.initial_params,
+            count=t, slots=new_slots[0], initial_params=state.initial_params
         )
 
     return nonfinite_policy.wrap(

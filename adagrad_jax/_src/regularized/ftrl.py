@@ -12,7 +12,7 @@ import optax
 from adagrad_jax._src.core import checks, nonfinite_policy, numerics, slots
 from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import squared_magnitude
-from adagrad_jax._src.core.slots import init_sum_of_squares
+from adagrad_jax._src.core.slots import init_sum_of_squares, slot, stack_slots
 from adagrad_jax._src.tables.engine import map_rule
 from adagrad_jax._src.tables.ids import check_id_flags
 
@@ -22,14 +22,28 @@ class FtrlState(NamedTuple):
 
     Attributes:
       count: int32 number of steps taken (the schedule's argument).
-      sum_of_squares: n, the sum of squared gradients (started at tau), a tree
-        like the parameters; Keras calls it the accumulator.
-      linear: z, the "linear" term: gradients minus sigma-weighted parameters.
+      slots: a tree like the parameters whose leaves have one more, last axis
+        of 2: ``[..., 0]`` is n, ``[..., 1]`` is z. Stacked so that a table
+        row's state is one contiguous run (one gather, one scatter per step).
+      sum_of_squares: (read-only view) n, the sum of squared gradients
+        (started at tau); Keras calls it the accumulator.
+      linear: (read-only view) z, the "linear" term: gradients minus
+        sigma-weighted parameters.
+
+    0.2 kept n and z as two fields, ``sum_of_squares`` and ``linear``;
+    `adagrad_jax.restore_structure` reads a checkpoint of that layout.
     """
 
     count: jax.Array  # type: ignore[assignment]  # (shadows tuple.count, as in optax)
-    sum_of_squares: optax.Updates
-    linear: optax.Updates
+    slots: optax.Updates
+
+    @property
+    def sum_of_squares(self) -> optax.Updates:
+        return slot(self.slots, 0)
+
+    @property
+    def linear(self) -> optax.Updates:
+        return slot(self.slots, 1)
 
 
 def _power(x: jax.Array, p: Any) -> jax.Array:
@@ -46,8 +60,9 @@ def ftrl_rule(lr: Any, p: Any, l1: Any, l2: Any, l2_shrinkage: Any, beta: Any):
     """The leaf rule of `ftrl` (see `adagrad_jax._rows._engine`)."""
     shrinkage = not checks.is_zero_constant(l2_shrinkage)
 
-    def rule(g, slots, w):
-        n, z = slots
+    def rule(g, state, w):
+        (stacked,) = state
+        n, z = stacked[..., 0], stacked[..., 1]
         dtype = n.dtype
         lr_t = jnp.asarray(lr).astype(dtype)
         w_acc = w.astype(dtype)
@@ -67,7 +82,7 @@ def ftrl_rule(lr: Any, p: Any, l1: Any, l2: Any, l2_shrinkage: Any, beta: Any):
         # Where quadratic is 0 (no gradient yet, tau = beta = l2 = 0) w stays. No
         # constant compiles the guard out: a schedule's lr_t = 0 makes it 0/0.
         new_w = numerics.guarded_divide(shrunk, quadratic, fallback=w_acc)
-        return (new_w - w_acc).astype(g.dtype), (new_n, z)
+        return (new_w - w_acc).astype(g.dtype), (jnp.stack([new_n, z], axis=-1),)
 
     return rule
 
@@ -239,24 +254,26 @@ def ftrl(
             linears = jax.tree.map(linear, sums, params)
         else:
             linears = jax.tree.map(jnp.zeros_like, sums)
-        return FtrlState(count=slots.init_count(), sum_of_squares=sums, linear=linears)
+        return FtrlState(count=slots.init_count(), slots=stack_slots(sums, linears))
 
     def update_fn(updates, state, params=None):
         lr = numerics.learning_rate_at(learning_rate, state.count)
         rule = ftrl_rule(lr, p, l1, l2, l2_shrinkage, beta)
-        updates, (sums, linears) = map_rule(
+        updates, (stacked,) = map_rule(
             caller,
             rule,
             updates,
-            (state.sum_of_squares, state.linear),
+            (state.slots,),
             params,
             read_params=True,
             pad_id=pad_id,
             out_of_range=out_of_range,
             unique_rows=unique_rows,
             nonfinite=nonfinite,
+            state_name="state.slots",
+            stacked=True,
         )
-        return updates, FtrlState(optax.safe_increment(state.count), sums, linears)
+        return updates, FtrlState(optax.safe_increment(state.count), stacked)
 
     return nonfinite_policy.wrap(
         caller, nonfinite, optax.GradientTransformation(init_fn, update_fn), skips_inside=True

@@ -83,12 +83,13 @@ def row_like(p: Any) -> Any:
     return jax.ShapeDtypeStruct(p.shape[:1], p.dtype, sharding=_row_sharding(p))
 
 
-def _check_placement(caller, where, state_where, p, slot, row_wise):
+def _check_placement(caller, where, state_where, p, slot, row_wise, stacked):
     """Trace-time checks of a table's sharding on an Explicit mesh (types carry it).
 
     The state must be sharded like its parameter (row-wise state like the
-    parameter's row axis), and a row-sharded table's rows must divide evenly
-    over the mesh axes that split them.
+    parameter's row axis; stacked slots with their slot axis unsplit), and a
+    row-sharded table's rows must divide evenly over the mesh axes that split
+    them.
     """
     table = slot if p is None else p
     sharding = placement.typed_sharding(table)
@@ -107,6 +108,8 @@ def _check_placement(caller, where, state_where, p, slot, row_wise):
     if p is None:
         return
     expected = placement.spec_of(p, 1 if row_wise else jnp.ndim(p))
+    if stacked:
+        expected = jax.sharding.PartitionSpec(*expected, None)
     actual = placement.spec_of(slot, jnp.ndim(slot))
     if (placement.typed_sharding(p) is not None or placement.typed_sharding(slot) is not None) and (
         tuple(expected) != tuple(actual)
@@ -285,6 +288,7 @@ def map_rule(
     unique_rows: int | None = None,
     nonfinite: str = "propagate",
     state_name: str = "state",
+    stacked: bool = False,
 ) -> tuple[Any, tuple]:
     """Applies `rule` to every leaf of `updates`; returns (updates, new slot trees).
 
@@ -307,6 +311,11 @@ def map_rule(
         "skip_step" (`nonfinite_policy.skipping_rule`): where the diagonal
         family applies the policy, to summed rows. "propagate" adds no operation.
       state_name: how messages name the first slot tree.
+      stacked: whether each leaf of ``slots[0]`` holds several slots on a last
+        axis (`core.slots.stack_slots`): a leaf's shape is then its
+        parameter's plus that axis, the rule reads and writes the stacked
+        rows, and a table row's whole state moves in one gather and one
+        scatter.
 
     Raises:
       ValueError: for trees that differ from the state's, gradients whose shape
@@ -337,7 +346,9 @@ def map_rule(
         )
     # "skip_step" judges the whole step's gradients; the other policies read each leaf only.
     step_ok = nonfinite_policy.all_finite(updates) if nonfinite == "skip_step" else None
-    rule_fn = nonfinite_policy.skipping_rule(rule, nonfinite, row_wise=row_wise, step_ok=step_ok)
+    rule_fn = nonfinite_policy.skipping_rule(
+        rule, nonfinite, row_wise=row_wise, step_ok=step_ok, stacked=stacked
+    )
     leaves, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_row_sparse)
     slot_leaves = [treedef.flatten_up_to(tree) for tree in slots]  # type: ignore[attr-defined]
     if params is not None:
@@ -353,9 +364,10 @@ def map_rule(
         state_where = state_name + jax.tree_util.keystr(path)
         leaf_slots = tuple(s[i] for s in slot_leaves)
         first = leaf_slots[0]
+        shape = first.shape[:-1] if stacked else first.shape  # the parameter's (its rows')
         w = p if read_params else None
         if is_row_sparse(g):
-            if first.ndim < 1:
+            if len(shape) < 1:
                 raise ValueError(
                     f"{caller}: {where} is a RowSparse but its parameter is a scalar;"
                     " only tables (arrays with a row axis) take row gradients."
@@ -365,11 +377,11 @@ def map_rule(
                     caller,
                     f"params{jax.tree_util.keystr(path)}",
                     jnp.shape(p)[:1] if row_wise else jnp.shape(p),
-                    first.shape,
+                    shape,
                     state_where,
                 )
-            _check_placement(caller, where, state_where, p, first, row_wise)
-            row_shape = (None if p is None else jnp.shape(p)[1:]) if row_wise else first.shape[1:]
+            _check_placement(caller, where, state_where, p, first, row_wise, stacked)
+            row_shape = (None if p is None else jnp.shape(p)[1:]) if row_wise else shape[1:]
             check_row_sparse(caller, where, g, row_shape)
             u, leaf_slots = _rows_update(
                 caller,
@@ -393,11 +405,11 @@ def map_rule(
                     caller,
                     f"{where}'s row count",
                     jnp.shape(g)[:1],
-                    first.shape,
+                    shape,
                     f"the row-wise {state_where}",
                 )
             else:
-                _check_dense_shape(caller, where, g.shape, first.shape, state_where)
+                _check_dense_shape(caller, where, g.shape, shape, state_where)
             if w is not None:
                 _check_dense_shape(
                     caller, f"params{jax.tree_util.keystr(path)}", jnp.shape(w), g.shape, where
