@@ -361,6 +361,18 @@ SPECS += [
     ),
 ]
 
+# ftrl and adagrad_da in their other state layout (two trees, 0.2's): every clause again.
+SPECS += [
+    dataclasses.replace(
+        spec,
+        name=f"{spec.name}-separate_slots",
+        hyperparams={**spec.hyperparams, "stack_slots": False},
+        converge=None,
+        stacked_slots=0,
+    )
+    for spec in SPECS
+    if spec.name in ("adagrad_da", "ftrl")
+]
 
 # --- beyond the diagonal: full-matrix Adagrad, Shampoo, AdaGrad-Norm ------------
 # Hyperparameters keep every statistic's inverse root bounded (tau, eps_root or eps

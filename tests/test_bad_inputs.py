@@ -257,6 +257,9 @@ def _flag_cases() -> list[Bad]:
     for fn in (adagrad_jax.adagrad_da, adagrad_jax.ftrl):
         add(fn, TypeError, warm_start=1)
         add(fn, TypeError, warm_start="no")
+        add(fn, TypeError, stack_slots=1)
+        add(fn, TypeError, stack_slots="no")
+        add(fn, TypeError, stack_slots=None)
     for fn in (
         adagrad_jax.full_matrix_adagrad,
         adagrad_jax.scale_by_full_matrix_adagrad,

@@ -180,12 +180,13 @@ def test_restore_structure_names_the_path_of_a_mismatch():
         adagrad_jax.restore_structure(target, plain)
 
 
-def test_a_v02_checkpoint_migrates_into_the_stacked_slots_and_trains_on():
+@pytest.mark.parametrize("stack_slots", [True, False])
+def test_a_v02_checkpoint_migrates_into_the_new_slots_and_trains_on(stack_slots):
     """tests/data/v02_checkpoint was written by 0.2 (n, z and z, G as separate fields).
 
-    Restored without a target and migrated by `restore_structure`, it must
-    train on exactly as a run that never stopped: 3 steps by 0.2, saved, 3
-    more by this version == 6 steps by this version, bit for bit.
+    Restored without a target and migrated by `restore_structure`, into either
+    layout, it must train on exactly as a run that never stopped: 3 steps by
+    0.2, saved, 3 more by this version == 6 steps by this version, bit for bit.
     """
     ocp = pytest.importorskip("orbax.checkpoint")
     from tests.data import make_v02_checkpoint as v02
@@ -196,10 +197,11 @@ def test_a_v02_checkpoint_migrates_into_the_stacked_slots_and_trains_on():
         "ftrl": ("sum_of_squares", "linear"),
         "adagrad_da": ("gradient_sum", "sum_of_squares"),
     }
-    for name, tx in v02.optimizers().items():
+    for name, tx in v02.optimizers(stack_slots=stack_slots).items():
         saved = restored[name]["opt_state"]
         assert "slots" not in saved and set(fields[name]) <= set(saved)  # 0.2's layout
         state = adagrad_jax.restore_structure(jax.eval_shape(tx.init, v02.params()), saved)
+        assert len(state.slots) == (1 if stack_slots else 2)
         for field in fields[name]:  # the views read 0.2's arrays back
             jax.tree.map(np.testing.assert_array_equal, getattr(state, field), saved[field])
         jax.tree.map(

@@ -305,8 +305,14 @@ def _row_traffic(text, num_rows):
             {"VD2": 1, "VD": 2},
             {"VD2": 1, "VD": 1},
         ),
+        # 0.2's layout: a gather and a scatter per slot (n, z), and the parameter's.
+        (
+            lambda u: adagrad_jax.ftrl(0.1, l1=0.01, unique_rows=u, stack_slots=False),
+            {"VD": 3},
+            {"VD": 3},
+        ),
     ],
-    ids=["adagrad", "proximal_adagrad", "ftrl", "adagrad_da"],
+    ids=["adagrad", "proximal_adagrad", "ftrl", "adagrad_da", "ftrl-separate_slots"],
 )
 def test_table_step_row_traffic_is_one_state_gather_and_scatter_bounded_by_unique_rows(
     make, gathers, scatters

@@ -82,9 +82,10 @@ def accumulators(opt_state: Any) -> Any:
 
     Leaves that no optimizer of this package trains (masked out, or given to
     another optimizer by ``multi_transform``) are ``None``. The arrays are the
-    state's own, not copies, except for `ftrl` and `adagrad_da`, which stack two
-    slots in one array per parameter: there they are slices of it (`ftrl`'s n
-    is ``slots[..., 0]``, `adagrad_da`'s G is ``slots[..., 1]``).
+    state's own, not copies, except for `ftrl` and `adagrad_da` with their
+    default ``stack_slots=True``, which keep two slots in one array per
+    parameter: there they are slices of it (`ftrl`'s n is
+    ``state.slots[0][..., 0]``, `adagrad_da`'s G ``state.slots[0][..., 1]``).
 
     Args:
       opt_state: the state returned by ``tx.init`` or ``tx.update`` (any
@@ -213,19 +214,23 @@ def _entry(node: Any, path: Sequence[Any], start: int, stop: int | None = None) 
 
 
 def _restored_leaf(target: Any, restored: Any, path: Sequence[Any]) -> Any:
-    """The restored array for the target leaf at `path` (0.2's separate slots stacked)."""
+    """The restored array for the target leaf at `path` (0.2's separate slots read in)."""
     node, want = restored, target
     for depth, key in enumerate(path):
         fields = _V02_SLOT_FIELDS.get(type(want), ())
         v02 = isinstance(node, Mapping) and "slots" not in node
         if fields and v02 and key == jax.tree_util.GetAttrKey("slots"):
+            # path[depth + 1] picks a tree of the tuple `slots`: the one stacked
+            # tree (1-tuple), or slot i of the separate layout.
+            position, rest = path[depth + 1].idx, path[depth + 2 :]
+            wanted = fields if len(want.slots) == 1 else fields[position : position + 1]
             old = [
-                _entry(
-                    node, (*path[:depth], jax.tree_util.GetAttrKey(f), *path[depth + 1 :]), depth
-                )
-                for f in fields
+                _entry(node, (*path[:depth], jax.tree_util.GetAttrKey(f), *rest), depth)
+                for f in wanted
             ]
-            return jnp.stack([jnp.asarray(x) for x in old], axis=-1)
+            if len(want.slots) == 1:
+                return jnp.stack([jnp.asarray(x) for x in old], axis=-1)
+            return old[0]
         node = _entry(node, path, depth, depth + 1)
         want = _child(want, key)
     return node
@@ -246,10 +251,12 @@ def restore_structure(target: Any, restored: Any) -> Any:
     It also migrates states saved by adagrad_jax 0.2: there `FtrlState` held
     n and z as two trees (``sum_of_squares``, ``linear``) and `AdagradDAState`
     z and G (``gradient_sum``, ``sum_of_squares``); since 0.3 each keeps them
-    stacked on a last axis of one ``slots`` tree. Where ``target`` has such a
-    state and the restored tree has the 0.2 fields instead of ``slots``, the
-    two arrays of each leaf are stacked (a new array; the numbers are not
-    changed). Restore a 0.2 checkpoint without a target, then call this.
+    in ``slots``, stacked on a last axis of one tree (``stack_slots=True``,
+    the default) or as a tuple of the two trees (``stack_slots=False``).
+    Where ``target`` has such a state and the restored tree has the 0.2
+    fields instead of ``slots``, the two arrays of each leaf are stacked (a
+    new array) or put in place; the numbers are not changed. Restore a 0.2
+    checkpoint without a target, then call this.
 
     Args:
       target: a tree of the wanted structure: the state itself, or abstractly
@@ -282,7 +289,7 @@ def restore_structure(target: Any, restored: Any) -> Any:
       >>> v02 = {"count": jnp.array(1), "sum_of_squares": {"w": jnp.array([4.0, 4.0])},
       ...        "linear": {"w": jnp.array([-2.0, 1.0])}}
       >>> state = adagrad_jax.restore_structure(jax.eval_shape(tx.init, params), v02)
-      >>> state.slots["w"]
+      >>> state.slots[0]["w"]
       Array([[ 4., -2.],
              [ 4.,  1.]], dtype=float32)
     """

@@ -37,10 +37,11 @@ def params():
     }
 
 
-def optimizers():
+def optimizers(**options):
+    """The two optimizers (`options`: arguments added later, for the test; none in 0.2)."""
     return {
-        "ftrl": adagrad_jax.ftrl(0.2, l1=0.01, l2=0.02, beta=0.1),
-        "adagrad_da": adagrad_jax.adagrad_da(0.2, l1=0.01),
+        "ftrl": adagrad_jax.ftrl(0.2, l1=0.01, l2=0.02, beta=0.1, **options),
+        "adagrad_da": adagrad_jax.adagrad_da(0.2, l1=0.01, **options),
     }
 
 

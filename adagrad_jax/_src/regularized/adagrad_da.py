@@ -11,7 +11,7 @@ import optax
 from adagrad_jax._src.core import checks, nonfinite_policy, numerics, slots
 from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import squared_magnitude
-from adagrad_jax._src.core.slots import init_sum_of_squares, slot, stack_slots
+from adagrad_jax._src.core.slots import init_sum_of_squares
 from adagrad_jax._src.tables.engine import map_rule
 from adagrad_jax._src.tables.ids import check_id_flags
 
@@ -21,9 +21,11 @@ class AdagradDAState(NamedTuple):
 
     Attributes:
       count: int32 number of steps taken; t = count + 1 at the next step.
-      slots: a tree like the parameters whose leaves have one more, last axis
-        of 2: ``[..., 0]`` is z, ``[..., 1]`` is G. Stacked so that a table
-        row's state is one contiguous run (one gather, one scatter per step).
+      slots: z and G. With ``stack_slots=True`` (default) a 1-tuple holding
+        one tree like the parameters whose leaves have one more, last axis of
+        2 (``[..., 0]`` is z, ``[..., 1]`` is G): a table row's state is one
+        contiguous run. With ``stack_slots=False`` the tuple ``(z, G)`` of two
+        trees like the parameters.
       initial_params: w_0, the parameters given to `init` (in their own dtype),
         the centre of the proximal term, read but never written; None with
         ``warm_start=False``.
@@ -36,30 +38,39 @@ class AdagradDAState(NamedTuple):
     """
 
     count: jax.Array  # type: ignore[assignment]  # (shadows tuple.count, as in optax)
-    slots: optax.Updates
+    slots: tuple
     initial_params: optax.Params | None
 
     @property
     def gradient_sum(self) -> optax.Updates:
-        return slot(self.slots, 0)
+        return slots.slot_tree(self.slots, 0)
 
     @property
     def sum_of_squares(self) -> optax.Updates:
-        return slot(self.slots, 1)
+        return slots.slot_tree(self.slots, 1)
 
 
-def adagrad_da_rule(lr: Any, t: jax.Array, l1: Any, l2: Any, eps: Any, tau: Any, warm_start: bool):
-    """The leaf rule of `adagrad_da` (see `adagrad_jax._rows._engine`)."""
+def adagrad_da_rule(
+    lr: Any,
+    t: jax.Array,
+    l1: Any,
+    l2: Any,
+    eps: Any,
+    tau: Any,
+    warm_start: bool,
+    stacked: bool = True,
+):
+    """The leaf rule of `adagrad_da` (see `tables/engine.py`); `stacked`: the slots' layout."""
 
     def rule(g, state, w):
-        z, s = state[0][..., 0], state[0][..., 1]
+        z, s = slots.unpack(state, 2, stacked)
         dtype = s.dtype
         z = z + g.astype(dtype)
         s = s + squared_magnitude(g, dtype)
         h = jnp.sqrt(s) + jnp.asarray(eps, dtype)
         lr_t = jnp.asarray(lr).astype(dtype)
         t_ = t.astype(dtype)
-        centre = state[1].astype(dtype) if warm_start else jnp.zeros((), dtype)
+        centre = state[-1].astype(dtype) if warm_start else jnp.zeros((), dtype)
         numerator = h * centre - lr_t * z
         denominator = h + lr_t * jnp.asarray(l2, dtype) * t_
         shrunk = numerics.soft_threshold(numerator, lr_t * jnp.asarray(l1, dtype) * t_)
@@ -69,7 +80,7 @@ def adagrad_da_rule(lr: Any, t: jax.Array, l1: Any, l2: Any, eps: Any, tau: Any,
             shrunk, denominator, keeps_normal=(tau, eps), fallback=centre
         )
         update = (new_w - w.astype(dtype)).astype(g.dtype)
-        return update, (jnp.stack([z, s], axis=-1),)  # w_0 (state[1]) is read only.
+        return update, slots.pack((z, s), stacked)  # w_0 (state[-1]) is read only.
 
     return rule
 
@@ -96,6 +107,7 @@ def adagrad_da(
     eps: jax.typing.ArrayLike = 0.0,
     warm_start: bool = True,
     accumulator_dtype: Any = None,
+    stack_slots: bool = True,
     pad_id: int | None = None,
     out_of_range: str = "drop",
     unique_rows: int | None = None,
@@ -151,6 +163,7 @@ def adagrad_da(
       accumulator_dtype: real floating dtype of z, G and the arithmetic.
         Default None: float32 for bfloat16/float16 parameters, the
         parameter's dtype otherwise.
+      {stack_slots}
       {pad_id}
       {out_of_range}
       {unique_rows}
@@ -193,6 +206,7 @@ def adagrad_da(
         caller, initial_accumulator_value=initial_accumulator_value, l1=l1, l2=l2, eps=eps
     )
     warm_start = checks.check_bool(caller, "warm_start", warm_start)
+    stack_slots = checks.check_bool(caller, "stack_slots", stack_slots)
     accumulator_dtype = checks.check_float_dtype(caller, "accumulator_dtype", accumulator_dtype)
     check_id_flags(caller, pad_id, out_of_range, unique_rows)
     nonfinite_policy.check(caller, nonfinite)
@@ -202,15 +216,17 @@ def adagrad_da(
         sums = init_sum_of_squares(caller, params, initial_accumulator_value, accumulator_dtype)
         return AdagradDAState(
             count=slots.init_count(),
-            slots=stack_slots(jax.tree.map(jnp.zeros_like, sums), sums),
+            slots=slots.layout_slots((jax.tree.map(jnp.zeros_like, sums), sums), stack_slots),
             initial_params=_copy_params(params) if warm_start else None,
         )
 
     def update_fn(updates, state, params=None):
         lr = numerics.learning_rate_at(learning_rate, state.count)
         t = optax.safe_increment(state.count)
-        rule = adagrad_da_rule(lr, t, l1, l2, eps, initial_accumulator_value, warm_start)
-        read = (state.slots, state.initial_params) if warm_start else (state.slots,)
+        rule = adagrad_da_rule(
+            lr, t, l1, l2, eps, initial_accumulator_value, warm_start, stack_slots
+        )
+        read = (*state.slots, state.initial_params) if warm_start else state.slots
         updates, new_slots = map_rule(
             caller,
             rule,
@@ -222,11 +238,13 @@ def adagrad_da(
             out_of_range=out_of_range,
             unique_rows=unique_rows,
             nonfinite=nonfinite,
-            state_name="state.slots",
-            stacked=True,
+            state_name="state.slots[0]",
+            stacked=stack_slots,
         )
         return updates, AdagradDAState(
-            count=t, slots=new_slots[0], initial_params=state.initial_params
+            count=t,
+            slots=tuple(new_slots[: len(state.slots)]),
+            initial_params=state.initial_params,
         )
 
     return nonfinite_policy.wrap(

@@ -12,7 +12,7 @@ import optax
 from adagrad_jax._src.core import checks, nonfinite_policy, numerics, slots
 from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import squared_magnitude
-from adagrad_jax._src.core.slots import init_sum_of_squares, slot, stack_slots
+from adagrad_jax._src.core.slots import init_sum_of_squares
 from adagrad_jax._src.tables.engine import map_rule
 from adagrad_jax._src.tables.ids import check_id_flags
 
@@ -22,9 +22,11 @@ class FtrlState(NamedTuple):
 
     Attributes:
       count: int32 number of steps taken (the schedule's argument).
-      slots: a tree like the parameters whose leaves have one more, last axis
-        of 2: ``[..., 0]`` is n, ``[..., 1]`` is z. Stacked so that a table
-        row's state is one contiguous run (one gather, one scatter per step).
+      slots: n and z. With ``stack_slots=True`` (default) a 1-tuple holding
+        one tree like the parameters whose leaves have one more, last axis of
+        2 (``[..., 0]`` is n, ``[..., 1]`` is z): a table row's state is one
+        contiguous run. With ``stack_slots=False`` the tuple ``(n, z)`` of two
+        trees like the parameters.
       sum_of_squares: (read-only view) n, the sum of squared gradients
         (started at tau); Keras calls it the accumulator.
       linear: (read-only view) z, the "linear" term: gradients minus
@@ -35,15 +37,15 @@ class FtrlState(NamedTuple):
     """
 
     count: jax.Array  # type: ignore[assignment]  # (shadows tuple.count, as in optax)
-    slots: optax.Updates
+    slots: tuple
 
     @property
     def sum_of_squares(self) -> optax.Updates:
-        return slot(self.slots, 0)
+        return slots.slot_tree(self.slots, 0)
 
     @property
     def linear(self) -> optax.Updates:
-        return slot(self.slots, 1)
+        return slots.slot_tree(self.slots, 1)
 
 
 def _power(x: jax.Array, p: Any) -> jax.Array:
@@ -56,13 +58,14 @@ def _power(x: jax.Array, p: Any) -> jax.Array:
     return jnp.power(x, jnp.asarray(p, x.dtype))
 
 
-def ftrl_rule(lr: Any, p: Any, l1: Any, l2: Any, l2_shrinkage: Any, beta: Any):
-    """The leaf rule of `ftrl` (see `adagrad_jax._rows._engine`)."""
+def ftrl_rule(
+    lr: Any, p: Any, l1: Any, l2: Any, l2_shrinkage: Any, beta: Any, stacked: bool = True
+):
+    """The leaf rule of `ftrl` (see `tables/engine.py`); `stacked`: the slots' layout."""
     shrinkage = not checks.is_zero_constant(l2_shrinkage)
 
     def rule(g, state, w):
-        (stacked,) = state
-        n, z = stacked[..., 0], stacked[..., 1]
+        n, z = slots.unpack(state, 2, stacked)
         dtype = n.dtype
         lr_t = jnp.asarray(lr).astype(dtype)
         w_acc = w.astype(dtype)
@@ -82,7 +85,7 @@ def ftrl_rule(lr: Any, p: Any, l1: Any, l2: Any, l2_shrinkage: Any, beta: Any):
         # Where quadratic is 0 (no gradient yet, tau = beta = l2 = 0) w stays. No
         # constant compiles the guard out: a schedule's lr_t = 0 makes it 0/0.
         new_w = numerics.guarded_divide(shrunk, quadratic, fallback=w_acc)
-        return (new_w - w_acc).astype(g.dtype), (jnp.stack([new_n, z], axis=-1),)
+        return (new_w - w_acc).astype(g.dtype), slots.pack((new_n, z), stacked)
 
     return rule
 
@@ -117,6 +120,7 @@ def ftrl(
     beta: jax.typing.ArrayLike = 0.0,
     warm_start: bool = True,
     accumulator_dtype: Any = None,
+    stack_slots: bool = True,
     pad_id: int | None = None,
     out_of_range: str = "drop",
     unique_rows: int | None = None,
@@ -181,6 +185,7 @@ def ftrl(
       accumulator_dtype: real floating dtype of n, z and the arithmetic.
         Default None: float32 for bfloat16/float16 parameters, the
         parameter's dtype otherwise.
+      {stack_slots}
       {pad_id}
       {out_of_range}
       {unique_rows}
@@ -233,6 +238,7 @@ def ftrl(
         beta=beta,
     )
     warm_start = checks.check_bool(caller, "warm_start", warm_start)
+    stack_slots = checks.check_bool(caller, "stack_slots", stack_slots)
     accumulator_dtype = checks.check_float_dtype(caller, "accumulator_dtype", accumulator_dtype)
     check_id_flags(caller, pad_id, out_of_range, unique_rows)
     nonfinite_policy.check(caller, nonfinite)
@@ -254,26 +260,26 @@ def ftrl(
             linears = jax.tree.map(linear, sums, params)
         else:
             linears = jax.tree.map(jnp.zeros_like, sums)
-        return FtrlState(count=slots.init_count(), slots=stack_slots(sums, linears))
+        return FtrlState(slots.init_count(), slots.layout_slots((sums, linears), stack_slots))
 
     def update_fn(updates, state, params=None):
         lr = numerics.learning_rate_at(learning_rate, state.count)
-        rule = ftrl_rule(lr, p, l1, l2, l2_shrinkage, beta)
-        updates, (stacked,) = map_rule(
+        rule = ftrl_rule(lr, p, l1, l2, l2_shrinkage, beta, stack_slots)
+        updates, new_slots = map_rule(
             caller,
             rule,
             updates,
-            (state.slots,),
+            state.slots,
             params,
             read_params=True,
             pad_id=pad_id,
             out_of_range=out_of_range,
             unique_rows=unique_rows,
             nonfinite=nonfinite,
-            state_name="state.slots",
-            stacked=True,
+            state_name="state.slots[0]",
+            stacked=stack_slots,
         )
-        return updates, FtrlState(optax.safe_increment(state.count), stacked)
+        return updates, FtrlState(optax.safe_increment(state.count), new_slots)
 
     return nonfinite_policy.wrap(
         caller, nonfinite, optax.GradientTransformation(init_fn, update_fn), skips_inside=True
