@@ -23,6 +23,7 @@ JAX_METHODS = ("optax", "adagrad_jax", "packed", "packed_split")
 TORCH_METHODS = ("torch_foreach", "torch_fused")
 # benchmarks/regularized.py: the family timed against adagrad.
 REGULARIZED = ("proximal_adagrad", "adagrad_da", "ftrl")
+APART = ("adagrad_da[stack_slots=False]", "ftrl[stack_slots=False]")  # the slots apart
 # benchmarks/beyond_diagonal.py, tiny mode: the block sizes timed.
 SHAMPOO_BLOCKS, FULL_MATRIX_BLOCKS = (16,), (1, 8)
 
@@ -111,14 +112,14 @@ def test_regularized_scenario_compares_the_family_against_adagrad(results):
     rows = [r for r in data["rows"] if r["scenario"] == "regularized"]
     dense = [r for r in rows if r["case"].startswith("dense")]
     table = [r for r in rows if r["case"].startswith("sparse")]
-    assert [r["method"] for r in dense] == ["adagrad", *REGULARIZED]
+    assert [r["method"] for r in dense] == ["adagrad", *REGULARIZED, *APART]
     assert {r["method"] for r in table} == {
-        "sparse_adagrad", *REGULARIZED, "optax_dense", "optax_dense_with_grad"}
+        "sparse_adagrad", *REGULARIZED, *APART, "optax_dense", "optax_dense_with_grad"}
     for r in rows:
         assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
         assert len(r["times_ms"]) == r["rounds"] > 0
     for r in dense + table:
-        if r["method"] in REGULARIZED:
+        if r["method"] in REGULARIZED + APART:
             assert r["vs_baseline"] > 0 and isinstance(r["goal_met"], bool)
     assert dense[0]["vs_baseline"] == 1.0 and dense[0]["loops"] >= 1
     for r in table:
