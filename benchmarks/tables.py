@@ -71,7 +71,8 @@ from benchmarks import regularized as regularized_module
 from devtools import hlo
 from devtools.models import EPS, ID_POOL, LR, TAU, draw_ids
 
-MEMBERS = regularized_module.REGULARIZED  # proximal_adagrad, adagrad_da, ftrl
+# proximal_adagrad, adagrad_da, ftrl, and the two-slot members with stack_slots=True
+MEMBERS = regularized_module.REGULARIZED + regularized_module.STACKED_MEMBERS
 TORCH_WARMUP = 5  # PyTorch's first CPU steps are 10 to 100 times slower
 
 # (name, bags per batch, ids per bag)
@@ -356,6 +357,8 @@ LABELS = {
     "proximal_adagrad": "adagrad_jax.proximal_adagrad(l1, l2)",
     "adagrad_da": "adagrad_jax.adagrad_da(l1, l2)",
     "ftrl": "adagrad_jax.ftrl(l1, l2)",
+    "adagrad_da[stack_slots=True]": "adagrad_jax.adagrad_da(l1, l2, stack_slots=True)",
+    "ftrl[stack_slots=True]": "adagrad_jax.ftrl(l1, l2, stack_slots=True)",
 }
 
 
@@ -435,7 +438,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     member_rows = [r for r in rows if r["method"] in MEMBERS]
     if member_rows:
         lines += ["", "| table | case | adagrad ms (loss dropped) | " + " | ".join(
-            f"{m} ms (vs adagrad)" for m in MEMBERS) + " |", "|---|---|---|---|---|---|"]
+            f"{m} ms (vs adagrad)" for m in MEMBERS) + " |", "|---" * (3 + len(MEMBERS)) + "|"]
         for key in dict.fromkeys((r["table"], r["case"]) for r in member_rows):
             by = {r["method"]: r for r in rows if (r["table"], r["case"]) == key
                   and r["accumulator"] == "per-coordinate"}

@@ -247,7 +247,6 @@ SPECS += [
         ),
         converge={"learning_rate": 0.5, "l1": 0.0, "l2": 0.0},
         **REGULARIZED,
-        stacked_slots=2,
     ),
     Spec(
         name="ftrl",
@@ -273,7 +272,6 @@ SPECS += [
         ),
         converge={"learning_rate": 0.5, "l1": 0.0, "l2": 0.0, "l2_shrinkage": 0.0, "beta": 0.0},
         **REGULARIZED,
-        stacked_slots=2,
     ),
     Spec(
         name="ftrl-power",
@@ -291,7 +289,6 @@ SPECS += [
         ),
         converge=None,
         **REGULARIZED,
-        stacked_slots=2,
     ),
     Spec(
         name="compat.tf1_proximal_adagrad",
@@ -331,7 +328,6 @@ SPECS += [
         ),
         converge=None,
         **REGULARIZED,
-        stacked_slots=2,
     ),
     Spec(
         name="compat.keras_ftrl",
@@ -357,18 +353,17 @@ SPECS += [
         ),
         converge=None,
         **REGULARIZED,
-        stacked_slots=2,
     ),
 ]
 
-# ftrl and adagrad_da in their other state layout (two trees, 0.2's): every clause again.
+# ftrl and adagrad_da with their slots stacked (one array per parameter): every clause again.
 SPECS += [
     dataclasses.replace(
         spec,
-        name=f"{spec.name}-separate_slots",
-        hyperparams={**spec.hyperparams, "stack_slots": False},
+        name=f"{spec.name}-stacked_slots",
+        hyperparams={**spec.hyperparams, "stack_slots": True},
         converge=None,
-        stacked_slots=0,
+        stacked_slots=2,
     )
     for spec in SPECS
     if spec.name in ("adagrad_da", "ftrl")

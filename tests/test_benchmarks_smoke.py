@@ -23,7 +23,7 @@ JAX_METHODS = ("optax", "adagrad_jax", "packed", "packed_split")
 TORCH_METHODS = ("torch_foreach", "torch_fused")
 # benchmarks/regularized.py: the family timed against adagrad.
 REGULARIZED = ("proximal_adagrad", "adagrad_da", "ftrl")
-APART = ("adagrad_da[stack_slots=False]", "ftrl[stack_slots=False]")  # the slots apart
+STACKED = ("adagrad_da[stack_slots=True]", "ftrl[stack_slots=True]")  # slots stacked
 # benchmarks/beyond_diagonal.py, tiny mode: the block sizes timed.
 SHAMPOO_BLOCKS, FULL_MATRIX_BLOCKS = (16,), (1, 8)
 
@@ -112,14 +112,14 @@ def test_regularized_scenario_compares_the_family_against_adagrad(results):
     rows = [r for r in data["rows"] if r["scenario"] == "regularized"]
     dense = [r for r in rows if r["case"].startswith("dense")]
     table = [r for r in rows if r["case"].startswith("sparse")]
-    assert [r["method"] for r in dense] == ["adagrad", *REGULARIZED, *APART]
+    assert [r["method"] for r in dense] == ["adagrad", *REGULARIZED, *STACKED]
     assert {r["method"] for r in table} == {
-        "sparse_adagrad", *REGULARIZED, *APART, "optax_dense", "optax_dense_with_grad"}
+        "sparse_adagrad", *REGULARIZED, *STACKED, "optax_dense", "optax_dense_with_grad"}
     for r in rows:
         assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
         assert len(r["times_ms"]) == r["rounds"] > 0
     for r in dense + table:
-        if r["method"] in REGULARIZED + APART:
+        if r["method"] in REGULARIZED + STACKED:
             assert r["vs_baseline"] > 0 and isinstance(r["goal_met"], bool)
     assert dense[0]["vs_baseline"] == 1.0 and dense[0]["loops"] >= 1
     for r in table:
@@ -200,7 +200,7 @@ def test_tables_scenario_times_ours_against_fbgemm_torch_and_the_members(results
                   if r["case"] == case and r["accumulator"] == accumulator}
             expected = {"ours", "ours_no_loss"} | ({"fbgemm"} if fbgemm else set())
             if accumulator == "per-coordinate":
-                expected |= set(REGULARIZED) | ({"torch"} if torch else set())
+                expected |= {*REGULARIZED, *STACKED} | ({"torch"} if torch else set())
             assert set(by) == expected, (case, accumulator)
             ours = by["ours"]
             assert ours["ids"] == ids and 0 < ours["unique_ids"] <= ids
@@ -216,7 +216,7 @@ def test_tables_scenario_times_ours_against_fbgemm_torch_and_the_members(results
             if "torch" in by:
                 assert ours["vs_torch"] == pytest.approx(
                     ours["median_ms"] / by["torch"]["median_ms"])
-            for m in REGULARIZED:
+            for m in REGULARIZED + STACKED:
                 if m in by:
                     assert by[m]["vs_adagrad"] == pytest.approx(  # both without the loss
                         by[m]["median_ms"] / by["ours_no_loss"]["median_ms"])
@@ -235,3 +235,4 @@ def test_tables_script_writes_its_report_with_machine_and_load(tmp_path):
     assert text.startswith("Start: ") and "load average" in text and "\nEnd: " in text
     assert "| 1,000 x 8 | 8 bags of 4 | row-wise |" in text
     assert "adagrad_da ms (vs adagrad)" in text
+    assert "ftrl[stack_slots=True] ms (vs adagrad)" in text

@@ -295,32 +295,30 @@ def _row_traffic(text, num_rows):
         # (table shape -> how many gathers from / scatters into arrays of that shape)
         (lambda u: adagrad_jax.adagrad(0.1, unique_rows=u), {"VD": 1}, {"VD": 2}),
         (lambda u: adagrad_jax.proximal_adagrad(0.1, l1=0.01, unique_rows=u), {"VD": 2}, {"VD": 2}),
+        # stack_slots=True: a row's two slots in one gather and one scatter.
         (
-            lambda u: adagrad_jax.ftrl(0.1, l1=0.01, unique_rows=u),
+            lambda u: adagrad_jax.ftrl(0.1, l1=0.01, unique_rows=u, stack_slots=True),
             {"VD2": 1, "VD": 1},
             {"VD2": 1, "VD": 1},
         ),
         (
-            lambda u: adagrad_jax.adagrad_da(0.1, l1=0.01, unique_rows=u),
+            lambda u: adagrad_jax.adagrad_da(0.1, l1=0.01, unique_rows=u, stack_slots=True),
             {"VD2": 1, "VD": 2},
             {"VD2": 1, "VD": 1},
         ),
-        # 0.2's layout: a gather and a scatter per slot (n, z), and the parameter's.
-        (
-            lambda u: adagrad_jax.ftrl(0.1, l1=0.01, unique_rows=u, stack_slots=False),
-            {"VD": 3},
-            {"VD": 3},
-        ),
+        # The default, 0.2's layout: a gather and a scatter per slot, and the parameter's.
+        (lambda u: adagrad_jax.ftrl(0.1, l1=0.01, unique_rows=u), {"VD": 3}, {"VD": 3}),
+        (lambda u: adagrad_jax.adagrad_da(0.1, l1=0.01, unique_rows=u), {"VD": 4}, {"VD": 3}),
     ],
-    ids=["adagrad", "proximal_adagrad", "ftrl", "adagrad_da", "ftrl-separate_slots"],
+    ids=["adagrad", "proximal_adagrad", "ftrl-stacked", "adagrad_da-stacked", "ftrl", "adagrad_da"],
 )
 def test_table_step_row_traffic_is_one_state_gather_and_scatter_bounded_by_unique_rows(
     make, gathers, scatters
 ):
     """Read from the compiled step: every gather from and scatter into the table or
     its state moves `unique_rows` rows (not the 1,280 ids), and a row's whole
-    optimizer state moves in one gather and one scatter: ftrl's (n, z) and
-    adagrad_da's (z, G) are stacked in one (V, D, 2) array. The other gathers read
+    optimizer state moves in one gather and one scatter with stack_slots=True:
+    ftrl's (n, z) and adagrad_da's (z, G) are stacked in one (V, D, 2) array. The other gathers read
     the parameter (rules that read w; adagrad_da's w_0 too), the other scatter is
     apply_updates'."""
     vocab, dim, bound = 50_000, 16, 300

@@ -82,8 +82,8 @@ def accumulators(opt_state: Any) -> Any:
 
     Leaves that no optimizer of this package trains (masked out, or given to
     another optimizer by ``multi_transform``) are ``None``. The arrays are the
-    state's own, not copies, except for `ftrl` and `adagrad_da` with their
-    default ``stack_slots=True``, which keep two slots in one array per
+    state's own, not copies, except for `ftrl` and `adagrad_da` with
+    ``stack_slots=True``, which keep two slots in one array per
     parameter: there they are slices of it (`ftrl`'s n is
     ``state.slots[0][..., 0]``, `adagrad_da`'s G ``state.slots[0][..., 1]``).
 
@@ -251,8 +251,8 @@ def restore_structure(target: Any, restored: Any) -> Any:
     It also migrates states saved by adagrad_jax 0.2: there `FtrlState` held
     n and z as two trees (``sum_of_squares``, ``linear``) and `AdagradDAState`
     z and G (``gradient_sum``, ``sum_of_squares``); since 0.3 each keeps them
-    in ``slots``, stacked on a last axis of one tree (``stack_slots=True``,
-    the default) or as a tuple of the two trees (``stack_slots=False``).
+    in ``slots``, as a tuple of the two trees (``stack_slots=False``, the
+    default) or stacked on a last axis of one tree (``stack_slots=True``).
     Where ``target`` has such a state and the restored tree has the 0.2
     fields instead of ``slots``, the two arrays of each leaf are stacked (a
     new array) or put in place; the numbers are not changed. Restore a 0.2
@@ -285,7 +285,7 @@ def restore_structure(target: Any, restored: Any) -> Any:
 
       A 0.2 `ftrl` state (n and z apart) goes into 0.3's stacked slots:
 
-      >>> tx = adagrad_jax.ftrl(0.1)
+      >>> tx = adagrad_jax.ftrl(0.1, stack_slots=True)
       >>> v02 = {"count": jnp.array(1), "sum_of_squares": {"w": jnp.array([4.0, 4.0])},
       ...        "linear": {"w": jnp.array([-2.0, 1.0])}}
       >>> state = adagrad_jax.restore_structure(jax.eval_shape(tx.init, params), v02)

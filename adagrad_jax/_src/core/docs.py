@@ -74,15 +74,15 @@ UNIQUE_ROWS = (
 )
 
 STACK_SLOTS = (
-    "stack_slots: keep the two per-coordinate slots in one array per parameter,"
-    " on a last axis of 2 (True, default), or in two trees like the parameters"
-    " (False, 0.2's layout). Stacked, a table row's whole state is one"
-    " contiguous run that a `RowSparse` step reads in one gather and writes in"
-    " one scatter (a bag step on a 1M x 64 table: about 1.1x `adagrad`'s time,"
-    " against 1.4x apart). Apart is faster for dense gradients on XLA:CPU, which"
-    " does not vectorize an elementwise step whose output is stacked (a dense"
-    " 4M-element step: about 3x slower stacked): pass False for models trained"
-    " with dense gradients only. Both give the same numbers."
+    "stack_slots: keep the two per-coordinate slots in two trees like the"
+    " parameters (False, default) or in one array per parameter, on a last axis"
+    " of 2 (True). Stacked, a table row's whole state is one contiguous run"
+    " that a `RowSparse` step reads in one gather and writes in one scatter (a"
+    " bag step on a 1M x 64 table: about 1.1x `adagrad`'s time, against 1.4x"
+    " apart): pass True for embedding tables. Apart is faster for dense"
+    " gradients on XLA:CPU, which does not vectorize an elementwise step whose"
+    " output is stacked (a dense 16M-element step: about 3x slower stacked)."
+    " Both give the same numbers."
 )
 
 INITIAL_ACCUMULATOR_VALUE = (

@@ -21,11 +21,11 @@ class AdagradDAState(NamedTuple):
 
     Attributes:
       count: int32 number of steps taken; t = count + 1 at the next step.
-      slots: z and G. With ``stack_slots=True`` (default) a 1-tuple holding
-        one tree like the parameters whose leaves have one more, last axis of
-        2 (``[..., 0]`` is z, ``[..., 1]`` is G): a table row's state is one
-        contiguous run. With ``stack_slots=False`` the tuple ``(z, G)`` of two
-        trees like the parameters.
+      slots: z and G: the tuple ``(z, G)`` of two trees like the parameters
+        (default, ``stack_slots=False``), or with ``stack_slots=True`` a
+        1-tuple holding one tree like the parameters whose leaves have one
+        more, last axis of 2 (``[..., 0]`` is z, ``[..., 1]`` is G): a table
+        row's state is then one contiguous run.
       initial_params: w_0, the parameters given to `init` (in their own dtype),
         the centre of the proximal term, read but never written; None with
         ``warm_start=False``.
@@ -107,7 +107,7 @@ def adagrad_da(
     eps: jax.typing.ArrayLike = 0.0,
     warm_start: bool = True,
     accumulator_dtype: Any = None,
-    stack_slots: bool = True,
+    stack_slots: bool = False,
     pad_id: int | None = None,
     out_of_range: str = "drop",
     unique_rows: int | None = None,

@@ -22,11 +22,11 @@ class FtrlState(NamedTuple):
 
     Attributes:
       count: int32 number of steps taken (the schedule's argument).
-      slots: n and z. With ``stack_slots=True`` (default) a 1-tuple holding
-        one tree like the parameters whose leaves have one more, last axis of
-        2 (``[..., 0]`` is n, ``[..., 1]`` is z): a table row's state is one
-        contiguous run. With ``stack_slots=False`` the tuple ``(n, z)`` of two
-        trees like the parameters.
+      slots: n and z: the tuple ``(n, z)`` of two trees like the parameters
+        (default, ``stack_slots=False``), or with ``stack_slots=True`` a
+        1-tuple holding one tree like the parameters whose leaves have one
+        more, last axis of 2 (``[..., 0]`` is n, ``[..., 1]`` is z): a table
+        row's state is then one contiguous run.
       sum_of_squares: (read-only view) n, the sum of squared gradients
         (started at tau); Keras calls it the accumulator.
       linear: (read-only view) z, the "linear" term: gradients minus
@@ -120,7 +120,7 @@ def ftrl(
     beta: jax.typing.ArrayLike = 0.0,
     warm_start: bool = True,
     accumulator_dtype: Any = None,
-    stack_slots: bool = True,
+    stack_slots: bool = False,
     pad_id: int | None = None,
     out_of_range: str = "drop",
     unique_rows: int | None = None,
