@@ -59,6 +59,14 @@ class Case:
     info: dict[str, Any]
 
 
+def unique_rows_bound(id_batches: Any, ids_per_step: int) -> int:
+    """A `unique_rows` bound for steps over `id_batches` (arrays of ids): the largest
+    distinct count of one array plus 10%, rounded up to a multiple of 1,024, at most
+    the ids of a step."""
+    largest = max(len(np.unique(ids)) for ids in id_batches)
+    return min(-(-int(1.1 * largest) // 1024) * 1024, ids_per_step)
+
+
 def make_data(shapes: list[tuple[int, ...]], seed: int = 0) -> tuple[list, list]:
     """Float32 parameters and gradients as NumPy arrays (fixed seed)."""
     rng = np.random.default_rng(seed)

@@ -66,7 +66,7 @@ if __package__ in (None, ""):  # run as a script: python benchmarks/tables.py
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import adagrad_jax
-from benchmarks import _timing
+from benchmarks import _cases, _timing
 from benchmarks import regularized as regularized_module
 from devtools import hlo
 from devtools.models import EPS, ID_POOL, LR, TAU, draw_ids
@@ -135,10 +135,8 @@ def table_step(tx, *, return_loss: bool = True) -> Callable:
 
 
 def unique_rows_bound(b: Batches) -> int:
-    """The `unique_rows` bound of a case: its largest distinct count plus 10%, rounded up
-    to a multiple of 1,024 (at most the ids of a step)."""
-    largest = max(len(np.unique(i)) for i in b.ids_np)
-    return min(-(-int(1.1 * largest) // 1024) * 1024, b.batch * b.bag)
+    """The `unique_rows` bound of a case (`_cases.unique_rows_bound`)."""
+    return _cases.unique_rows_bound(b.ids_np, b.batch * b.bag)
 
 
 def optimizer(method: str, row_wise: bool, unique_rows: int | None = None):

@@ -19,7 +19,9 @@ Scenarios:
 - **recsys**: 4 embedding tables (10^4 to 10^6 rows x 64), bags of 8 ids
   per table and example (Zipf ids), batch 512, mean-pooled, a 256-256-128-1
   tower, logistic loss. `adagrad_jax.adagrad` gets the tables' gradients as
-  `RowSparse` rows from `value_and_row_grad`; `optax.adagrad` gets them dense
+  `RowSparse` rows from `value_and_row_grad`, with ``unique_rows`` set from
+  the batches (`_cases.unique_rows_bound`: the largest distinct count of a
+  table's step plus 10%, rounded up to 1,024); `optax.adagrad` gets them dense
   from `jax.grad`; PyTorch uses ``nn.EmbeddingBag(mode="mean",
   sparse=True)`` with `torch.optim.Adagrad` for the tables (sparse) and
   ``Adagrad(fused=True)`` for the tower. The dense-gradient steps take 10 to
@@ -465,10 +467,15 @@ def recsys(cfg: dict[str, Any], rounds: int, dense_every: int, *, torch: bool
     params_np, batches_np = recsys_problem(cfg)
     batches = [({n: jnp.asarray(i) for n, i in ids.items()}, jnp.asarray(y))
                for ids, y in batches_np]
+    bound = _cases.unique_rows_bound(
+        [i for ids, _ in batches_np for i in ids.values()], cfg["batch"] * cfg["bag"])
     fast = {
-        "adagrad_jax": _row_sparse_case(params_np, optimizer("adagrad_jax"), batches),
+        "adagrad_jax": _row_sparse_case(
+            params_np, adagrad_jax.adagrad(LR, TAU, eps=0.0, eps_root=EPS, unique_rows=bound),
+            batches),
         "adagrad_jax_row_wise": _row_sparse_case(params_np, optax.multi_transform(
-            {"rows": adagrad_jax.adagrad(LR, TAU, eps=0.0, eps_root=EPS, row_wise=True),
+            {"rows": adagrad_jax.adagrad(LR, TAU, eps=0.0, eps_root=EPS, row_wise=True,
+                                         unique_rows=bound),
              "dense": optimizer("adagrad_jax")},
             {"tables": "rows", "tower": "dense"}), batches),
         "no_opt": _row_sparse_case(
@@ -536,7 +543,7 @@ LABELS = {
     "optax": "optax.adagrad",
     "adagrad_jax": "adagrad_jax.adagrad",
     "adagrad_jax_flat": "optax.flatten(adagrad_jax.adagrad)",
-    "adagrad_jax_row_wise": "adagrad_jax.adagrad(row_wise=True) on tables",
+    "adagrad_jax_row_wise": "adagrad_jax.adagrad(row_wise=True, unique_rows) on tables",
     "packed": "experimental.packed_adagrad",
     "no_opt": "no optimizer (optax.scale(-lr))",
     "no_opt_dense": "no optimizer, dense table gradients",
@@ -544,7 +551,7 @@ LABELS = {
     "torch_no_opt": "torch, no optimizer (SGD)",
 }
 _RECSYS_LABELS = {
-    "adagrad_jax": "adagrad_jax.adagrad, RowSparse tables",
+    "adagrad_jax": "adagrad_jax.adagrad(unique_rows), RowSparse tables",
     "optax": "optax.adagrad, dense table gradients",
     "no_opt": "no optimizer, RowSparse tables",
     "torch_fused": "torch EmbeddingBag(sparse) + Adagrad, fused tower",
