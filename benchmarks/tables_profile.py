@@ -11,14 +11,16 @@ table, the step of `benchmarks/tables.py` (``value_and_row_grad`` + ``adagrad``
    carry the 40,960 ids (or 4 x 40,960 = 163,840 hash buckets) are marked:
    they are sized by the ids, not by the distinct rows.
 2. **Timed variants**, round-robin in one process, each on the same 32 id
-   batches: the full steps; the lookup and its backward alone; the lookup +
+   batches: the full steps, without a bound and with the benchmark's
+   ``unique_rows``; the lookup and its backward alone; the lookup +
    a plain SGD row update; the optimizer alone (``tx.update`` + apply on a
    given `RowSparse`); the engine's pieces alone (fixed-size dedup, the
    duplicate sum, the gather, the rule's arithmetic, the scatter, the apply
    scatter-add), each at 40,960 entries as the engine runs them (dead entries
    included) and at the compacted unique rows (a static bound: the largest
    distinct count of the 32 batches, rounded up to 1,024) that a unique-row
-   step would run; and a sort of the ids, the alternative to the hash dedup.
+   step would run; the prefix sum that compacts them; and a sort of the ids,
+   the alternative to the hash dedup.
 
 The variants use the library's private dedup (`adagrad_jax._src.tables.ids`)
 and re-create the engine's gathers and scatters with the same arguments
@@ -157,17 +159,23 @@ def run(vocab: int = 1_000_000, dim: int = 64, bags: int = 2048, bag: int = 20,
         steps[name] = _case(compiled, args_for, donated)
         info[name] = {"xla_bytes": _bytes(compiled), "note": note}
 
+    # The benchmark's bound (tables.unique_rows_bound: the largest distinct count + 10%,
+    # rounded up to 1,024); `bound` above is the tight one, for the pieces.
+    out["unique_rows"] = unique_rows = tables_module.unique_rows_bound(b)
     for row_wise in (False, True):
-        tx = tables_module.optimizer("ours", row_wise)
-        params = {"table": jnp.asarray(table_np)}
-        box = [params, jax.jit(tx.init)(params)]
-        compiled = _compiled(tables_module.table_step(tx), (*box, ids[0], upstream), (0, 1))
         kind = "row-wise" if row_wise else "per-coordinate"
-        text = compiled.as_text()
-        out["hlo"][kind] = {"ops": hlo_ops(text), "entry": entry_op_count(text),
-                            "xla_bytes": _bytes(compiled)}
-        add(f"full step, {kind} (loss returned: two table copies)", compiled,
-            lambda i: (ids[i % len(ids)], upstream), box)
+        for u in (None, unique_rows):
+            tx = tables_module.optimizer("ours", row_wise, unique_rows=u)
+            params = {"table": jnp.asarray(table_np)}
+            box = [params, jax.jit(tx.init)(params)]
+            compiled = _compiled(tables_module.table_step(tx), (*box, ids[0], upstream), (0, 1))
+            text = compiled.as_text()
+            name = f"{kind}, unique_rows={u}"
+            out["hlo"][name] = {"ops": hlo_ops(text), "entry": entry_op_count(text),
+                                "xla_bytes": _bytes(compiled)}
+            add(f"full step, {name} (loss returned)", compiled,
+                lambda i: (ids[i % len(ids)], upstream), box)
+        tx = tables_module.optimizer("ours", row_wise, unique_rows=unique_rows)
         box1 = [{"table": jnp.asarray(table_np)}, None]
         box1[1] = jax.jit(tx.init)(box1[0])
         dropped = _compiled(tables_module.table_step(tx, return_loss=False),
@@ -175,7 +183,8 @@ def run(vocab: int = 1_000_000, dim: int = 64, bags: int = 2048, bag: int = 20,
         out["hlo"][kind + ", loss dropped"] = {
             "ops": hlo_ops(dropped.as_text()), "entry": entry_op_count(dropped.as_text()),
             "xla_bytes": _bytes(dropped)}
-        add(f"full step, {kind}, loss dropped (no forward gather, no copy)", dropped,
+        add(f"full step, {kind}, unique_rows={unique_rows}, loss dropped (no forward gather)",
+            dropped,
             lambda i: (ids[i % len(ids)], upstream), box1)
 
         def engine_only(params, state, g_ids, g_values, tx=tx):
@@ -185,7 +194,8 @@ def run(vocab: int = 1_000_000, dim: int = 64, bags: int = 2048, bag: int = 20,
 
         box2 = [{"table": jnp.asarray(table_np)}, None]
         box2[1] = jax.jit(tx.init)(box2[0])
-        add(f"optimizer alone (tx.update + apply on a given RowSparse), {kind}",
+        add(f"optimizer alone (tx.update + apply on a given RowSparse), {kind},"
+            f" unique_rows={unique_rows}",
             _compiled(engine_only, (*box2, flat[0], values), (0, 1)),
             lambda i: (flat[i % len(flat)], values), box2)
 
@@ -219,6 +229,9 @@ def run(vocab: int = 1_000_000, dim: int = 64, bags: int = 2048, bag: int = 20,
         _compiled(lambda p, i, u: sgd_step(p, i, u)[0], (box3b[0], ids[0], upstream), (0,)),
         lambda i: (ids[i % len(ids)], upstream), box3b)
 
+    first = jnp.asarray(np.random.default_rng(seed + 3).random(k) < 0.25)
+    add(f"prefix sum of {k:,} first-occurrence flags (unique_rows' compaction)",
+        _compiled(lambda f: jnp.cumsum(f, dtype=jnp.int32), (first,)), lambda i: (first,))
     add(f"dedup alone (hash rounds, {k:,} ids)",
         _compiled(lambda f: dedup(f, vocab), (flat[0],)), lambda i: (flat[i % len(flat)],))
     add(f"sort of the {k:,} ids (jnp.sort)", _compiled(jnp.sort, (flat[0],)),
@@ -288,7 +301,8 @@ def _marked(shapes: str, k: int) -> str:
 def markdown(result: dict[str, Any]) -> str:
     k = result["k"]
     lines = [f"{k:,} ids per step; distinct rows per batch: mean {result['unique_mean']:,.0f},"
-             f" max {result['unique_max']:,}; the compacted bound used below: {result['bound']:,}.",
+             f" max {result['unique_max']:,}; the compacted bound of the pieces: {result['bound']:,};"
+             f" the full steps' unique_rows: {result['unique_rows']:,}.",
              ""]
     for kind, h in result["hlo"].items():
         entry = ", ".join(f"{op} {n}" for op, n in sorted(h["entry"].items()))
