@@ -143,7 +143,7 @@ def run(vocab: int = 1_000_000, dim: int = 64, bags: int = 2048, bag: int = 20,
     flat = [i.reshape(-1) for i in ids]
     upstream = jnp.asarray(b.upstream_np)
     uniques = [np.unique(i) for i in b.ids_np]
-    bound = -(-max(len(u) for u in uniques) // 1024) * 1024
+    bound = min(-(-max(len(u) for u in uniques) // 1024) * 1024, k)  # at most the ids
     compact = [jnp.asarray(np.concatenate([u, np.full(bound - len(u), vocab)]).astype(np.int32))
                for u in uniques]
     # The engine's view of each batch: dedup's rows (distinct live ids, dead = V + j) and slots.
