@@ -220,3 +220,35 @@ def test_restore_structure_names_a_missing_v02_field():
     v02 = {"count": jnp.array(1), "sum_of_squares": {"w": jnp.ones(2)}}  # no "linear"
     with pytest.raises(ValueError, match=r"no entry at \.linear \(target leaf \.linear\['w'\]\)"):
         adagrad_jax.restore_structure(jax.eval_shape(tx.init, {"w": jnp.ones(2)}), v02)
+
+
+@pytest.mark.parametrize("make", [adagrad_jax.ftrl, adagrad_jax.adagrad_da])
+@pytest.mark.parametrize("plain", [False, True], ids=["state", "as_orbax_restores"])
+def test_restore_structure_moves_a_state_between_the_slot_layouts(make, plain):
+    """stack_slots=True <-> False: the same numbers, and training goes on identically."""
+    params = {"t": jnp.linspace(-1.0, 1.0, 6).reshape(3, 2), "b": jnp.array([0.5, -0.25])}
+    grads = {"t": jnp.arange(1.0, 7.0).reshape(3, 2) / 4, "b": jnp.array([1.0, -2.0])}
+    for source, target in ((True, False), (False, True)):
+        tx_from, tx_to = make(0.1, stack_slots=source), make(0.1, stack_slots=target)
+        _, state = tx_from.update(grads, tx_from.init(params), params)
+        given = _as_orbax_restores(state) if plain else state
+        moved = adagrad_jax.restore_structure(jax.eval_shape(tx_to.init, params), given)
+        assert len(moved.slots) == (1 if target else 2)
+        jax.tree.map(
+            np.testing.assert_array_equal,
+            adagrad_jax.accumulators(moved),
+            adagrad_jax.accumulators(state),
+        )
+        want, _ = tx_from.update(grads, state, params)
+        got, _ = tx_to.update(grads, moved, params)
+        jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+def test_a_state_of_the_other_slot_layout_is_refused_naming_the_fix():
+    params = {"t": jnp.zeros((3, 2))}
+    stacked_state = adagrad_jax.ftrl(0.1, stack_slots=True).init(params)
+    with pytest.raises(ValueError, match=r"ftrl\(stack_slots=False\): state.slots holds 1 trees"):
+        adagrad_jax.ftrl(0.1).update({"t": jnp.ones((3, 2))}, stacked_state, params)
+    apart = adagrad_jax.adagrad_da(0.1).init(params)
+    with pytest.raises(ValueError, match=r"restore_structure"):
+        adagrad_jax.adagrad_da(0.1, stack_slots=True).update({"t": jnp.ones((3, 2))}, apart, params)

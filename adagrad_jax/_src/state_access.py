@@ -213,24 +213,43 @@ def _entry(node: Any, path: Sequence[Any], start: int, stop: int | None = None) 
     return node
 
 
+def _slot_leaves(node: Any, path: Sequence[Any], depth: int, fields: tuple) -> list:
+    """Each slot's restored array for the leaf at ``path[depth + 2:]`` of a two-slot state.
+
+    `node` is the restored state: 0.2's (a mapping of `fields`), or 0.3's in
+    either layout (``slots`` holding one stacked tree or one tree per slot).
+    """
+    rest = path[depth + 2 :]
+    if isinstance(node, Mapping) and "slots" not in node:  # 0.2: one field per slot
+        return [
+            _entry(node, (*path[:depth], jax.tree_util.GetAttrKey(f), *rest), depth) for f in fields
+        ]
+    trees = _entry(node, path, depth, depth + 1)
+    if len(trees) == 1:  # stacked
+        leaf = _entry(trees, (*path[: depth + 1], jax.tree_util.SequenceKey(0), *rest), depth + 1)
+        return [jnp.asarray(leaf)[..., i] for i in range(len(fields))]
+    return [
+        _entry(trees, (*path[: depth + 1], jax.tree_util.SequenceKey(i), *rest), depth + 1)
+        for i in range(len(fields))
+    ]
+
+
 def _restored_leaf(target: Any, restored: Any, path: Sequence[Any]) -> Any:
-    """The restored array for the target leaf at `path` (0.2's separate slots read in)."""
+    """The restored array for the target leaf at `path`.
+
+    A two-slot state (`_V02_SLOT_FIELDS`) is read from 0.2's layout or from
+    0.3's other ``stack_slots`` layout when it differs from the target's.
+    """
     node, want = restored, target
     for depth, key in enumerate(path):
         fields = _V02_SLOT_FIELDS.get(type(want), ())
-        v02 = isinstance(node, Mapping) and "slots" not in node
-        if fields and v02 and key == jax.tree_util.GetAttrKey("slots"):
+        if fields and key == jax.tree_util.GetAttrKey("slots"):
             # path[depth + 1] picks a tree of the tuple `slots`: the one stacked
             # tree (1-tuple), or slot i of the separate layout.
-            position, rest = path[depth + 1].idx, path[depth + 2 :]
-            wanted = fields if len(want.slots) == 1 else fields[position : position + 1]
-            old = [
-                _entry(node, (*path[:depth], jax.tree_util.GetAttrKey(f), *rest), depth)
-                for f in wanted
-            ]
+            leaves = _slot_leaves(node, path, depth, fields)
             if len(want.slots) == 1:
-                return jnp.stack([jnp.asarray(x) for x in old], axis=-1)
-            return old[0]
+                return jnp.stack([jnp.asarray(x) for x in leaves], axis=-1)
+            return leaves[path[depth + 1].idx]
         node = _entry(node, path, depth, depth + 1)
         want = _child(want, key)
     return node
@@ -254,9 +273,10 @@ def restore_structure(target: Any, restored: Any) -> Any:
     in ``slots``, as a tuple of the two trees (``stack_slots=False``, the
     default) or stacked on a last axis of one tree (``stack_slots=True``).
     Where ``target`` has such a state and the restored tree has the 0.2
-    fields instead of ``slots``, the two arrays of each leaf are stacked (a
-    new array) or put in place; the numbers are not changed. Restore a 0.2
-    checkpoint without a target, then call this.
+    fields instead of ``slots`` (or ``slots`` in the other layout), the two
+    arrays of each leaf are stacked (a new array), split, or put in place;
+    the numbers are not changed. Restore a 0.2 checkpoint without a target,
+    then call this; a 0.3 state moves between layouts the same way.
 
     Args:
       target: a tree of the wanted structure: the state itself, or abstractly

@@ -90,6 +90,22 @@ def slot_tree(slots: tuple, index: int) -> Any:
     return slot(slots[0], index) if len(slots) == 1 else slots[index]
 
 
+def check_layout(caller: str, slots: Any, stacked: bool, count: int) -> None:
+    """Raises if a state's slot tuple is not in the layout the optimizer was built with."""
+    want = 1 if stacked else count
+    if not isinstance(slots, tuple) or len(slots) != want:
+        got = len(slots) if isinstance(slots, tuple) else type(slots).__name__
+        kept = "its slots stacked in one" if stacked else "one per slot"
+        raise ValueError(
+            f"{caller}(stack_slots={stacked}): state.slots holds {got} trees, but this"
+            f" optimizer keeps {want} ({kept})."
+            f" The state was made by {caller}(stack_slots={not stacked}) or by another"
+            " optimizer: build the optimizer with the stack_slots that made the state, or"
+            " move the state with adagrad_jax.restore_structure(jax.eval_shape(tx.init,"
+            " params), state)."
+        )
+
+
 def unpack(arrays: Sequence[Any], count: int, stacked: bool) -> tuple:
     """A rule's `count` slot arrays from the arrays it is given (stacked or separate)."""
     if stacked:

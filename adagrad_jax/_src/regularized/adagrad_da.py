@@ -58,7 +58,7 @@ def adagrad_da_rule(
     eps: Any,
     tau: Any,
     warm_start: bool,
-    stacked: bool = True,
+    stacked: bool = False,
 ):
     """The leaf rule of `adagrad_da` (see `tables/engine.py`); `stacked`: the slots' layout."""
 
@@ -221,6 +221,7 @@ def adagrad_da(
         )
 
     def update_fn(updates, state, params=None):
+        slots.check_layout(caller, state.slots, stack_slots, 2)
         lr = numerics.learning_rate_at(learning_rate, state.count)
         t = optax.safe_increment(state.count)
         rule = adagrad_da_rule(

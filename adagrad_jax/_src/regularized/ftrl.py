@@ -59,7 +59,7 @@ def _power(x: jax.Array, p: Any) -> jax.Array:
 
 
 def ftrl_rule(
-    lr: Any, p: Any, l1: Any, l2: Any, l2_shrinkage: Any, beta: Any, stacked: bool = True
+    lr: Any, p: Any, l1: Any, l2: Any, l2_shrinkage: Any, beta: Any, stacked: bool = False
 ):
     """The leaf rule of `ftrl` (see `tables/engine.py`); `stacked`: the slots' layout."""
     shrinkage = not checks.is_zero_constant(l2_shrinkage)
@@ -263,6 +263,7 @@ def ftrl(
         return FtrlState(slots.init_count(), slots.layout_slots((sums, linears), stack_slots))
 
     def update_fn(updates, state, params=None):
+        slots.check_layout(caller, state.slots, stack_slots, 2)
         lr = numerics.learning_rate_at(learning_rate, state.count)
         rule = ftrl_rule(lr, p, l1, l2, l2_shrinkage, beta, stack_slots)
         updates, new_slots = map_rule(
