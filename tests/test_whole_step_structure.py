@@ -227,15 +227,9 @@ def test_packed_adagrad_has_no_update_but_works_directly():
     np.testing.assert_allclose(opt.params(state)["w"], [0.9, -2.1], rtol=1e-6)
 
 
-@pytest.mark.parametrize("row_wise", [False, True])
-def test_table_step_that_returns_its_loss_copies_no_table(row_wise):
-    """A loss whose gradient does not read the rows (sum(pooled * upstream), as in
-    benchmarks/tables.py) used to cost two whole-table copies on XLA:CPU: the
-    lookup was not ordered before the in-place writes. value_and_row_grad ties
-    the row gradients to the lookup; the only passes over the table left are the
-    in-place scatters (the accumulator's, per-coordinate only, and apply's)."""
-    vocab, dim = 50_000, 16
-    tx = adagrad_jax.adagrad(0.01, 0.1, row_wise=row_wise)
+def _pooled_table_step(tx, vocab, dim, *, id_range):
+    """The compiled, donated step of benchmarks/tables.py on 64 bags of 20 ids below
+    `id_range`: value_and_row_grad of sum(pooled * upstream), `tx`, apply_updates."""
 
     def loss(rows, upstream):
         return jnp.sum(rows["table"].sum(axis=1) * upstream)
@@ -248,13 +242,24 @@ def test_table_step_that_returns_its_loss_copies_no_table(row_wise):
         return value, adagrad_jax.apply_updates(params, updates), state
 
     params = {"table": jnp.ones((vocab, dim))}
-    ids = jnp.asarray(np.random.default_rng(0).integers(0, vocab, (64, 20)), jnp.int32)
-    compiled = (
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, id_range, (64, 20)), jnp.int32)
+    return (
         jax.jit(step, donate_argnums=(0, 1))
         .lower(params, tx.init(params), ids, jnp.ones((64, dim)))
         .compile()
     )
-    text = compiled.as_text()
+
+
+@pytest.mark.parametrize("row_wise", [False, True])
+def test_table_step_that_returns_its_loss_copies_no_table(row_wise):
+    """A loss whose gradient does not read the rows (sum(pooled * upstream), as in
+    benchmarks/tables.py) used to cost two whole-table copies on XLA:CPU: the
+    lookup was not ordered before the in-place writes. value_and_row_grad ties
+    the row gradients to the lookup; the only passes over the table left are the
+    in-place scatters (the accumulator's, per-coordinate only, and apply's)."""
+    vocab, dim = 50_000, 16
+    tx = adagrad_jax.adagrad(0.01, 0.1, row_wise=row_wise)
+    text = _pooled_table_step(tx, vocab, dim, id_range=vocab).as_text()
     ops = [op for op, _ in hlo.loops_over(text, vocab * dim)]
     assert "copy" not in ops, ops
     assert len(ops) == (1 if row_wise else 2), ops
@@ -318,29 +323,12 @@ def test_table_step_row_traffic_is_one_state_gather_and_scatter_bounded_by_uniqu
     """Read from the compiled step: every gather from and scatter into the table or
     its state moves `unique_rows` rows (not the 1,280 ids), and a row's whole
     optimizer state moves in one gather and one scatter with stack_slots=True:
-    ftrl's (n, z) and adagrad_da's (z, G) are stacked in one (V, D, 2) array. The other gathers read
+    ftrl's (n, z) and adagrad_da's (z, G) are stacked in one (V, D, 2) array. The other
+    gathers read
     the parameter (rules that read w; adagrad_da's w_0 too), the other scatter is
     apply_updates'."""
     vocab, dim, bound = 50_000, 16, 300
-    tx = make(bound)
-
-    def loss(rows, upstream):
-        return jnp.sum(rows["table"].sum(axis=1) * upstream)
-
-    grad_fn = adagrad_jax.value_and_row_grad(loss)
-
-    def step(params, state, ids, upstream):
-        value, grads = grad_fn(params, {"table": ids}, upstream)
-        updates, state = tx.update(grads, state, params)
-        return value, adagrad_jax.apply_updates(params, updates), state
-
-    params = {"table": jnp.ones((vocab, dim))}
-    ids = jnp.asarray(np.random.default_rng(0).integers(0, 256, (64, 20)), jnp.int32)
-    compiled = (
-        jax.jit(step, donate_argnums=(0, 1))
-        .lower(params, tx.init(params), ids, jnp.ones((64, dim)))
-        .compile()
-    )
+    compiled = _pooled_table_step(make(bound), vocab, dim, id_range=256)
     traffic = _row_traffic(compiled.as_text(), vocab)
     # The forward lookup gathers the 1,280 ids; every other row op moves `bound` rows.
     forward = [t for t in traffic if t == ("gather", (vocab, dim), 64 * 20)]
