@@ -323,10 +323,9 @@ def test_table_step_row_traffic_is_one_state_gather_and_scatter_bounded_by_uniqu
     """Read from the compiled step: every gather from and scatter into the table or
     its state moves `unique_rows` rows (not the 1,280 ids), and a row's whole
     optimizer state moves in one gather and one scatter with stack_slots=True:
-    ftrl's (n, z) and adagrad_da's (z, G) are stacked in one (V, D, 2) array. The other
-    gathers read
-    the parameter (rules that read w; adagrad_da's w_0 too), the other scatter is
-    apply_updates'."""
+    ftrl's (n, z) and adagrad_da's (z, G) are stacked in one (V, D, 2) array. The
+    other gathers read the parameter (rules that read w; adagrad_da's w_0 too), the
+    other scatter is apply_updates'."""
     vocab, dim, bound = 50_000, 16, 300
     compiled = _pooled_table_step(make(bound), vocab, dim, id_range=256)
     traffic = _row_traffic(compiled.as_text(), vocab)
