@@ -30,6 +30,9 @@ from adagrad_jax._src.diagonal.adagrad import scale_by_adagrad as scale_by_adagr
 from adagrad_jax._src.diagonal.packed import PackedAdagrad as PackedAdagrad
 from adagrad_jax._src.diagonal.packed import PackedAdagradState as PackedAdagradState
 from adagrad_jax._src.diagonal.packed import packed_adagrad as packed_adagrad
+from adagrad_jax._src.diagonal.sm3 import ScaleBySM3State as ScaleBySM3State
+from adagrad_jax._src.diagonal.sm3 import scale_by_sm3 as scale_by_sm3
+from adagrad_jax._src.diagonal.sm3 import sm3 as sm3
 from adagrad_jax._src.diagonal.v01_names import scale_by_sparse_adagrad as scale_by_sparse_adagrad
 from adagrad_jax._src.diagonal.v01_names import sparse_adagrad as sparse_adagrad
 from adagrad_jax._src.regularized.adagrad_da import AdagradDAState as AdagradDAState
@@ -60,6 +63,7 @@ __all__ = [
     "ScaleByAdagradNormState",
     "ScaleByAdagradState",
     "ScaleByFullMatrixAdagradState",
+    "ScaleBySM3State",
     "ScaleByShampooState",
     "accumulators",
     "adagrad",
@@ -78,9 +82,11 @@ __all__ = [
     "scale_by_adagrad_norm",
     "scale_by_full_matrix_adagrad",
     "scale_by_shampoo",
+    "scale_by_sm3",
     "scale_by_sparse_adagrad",
     "schedules",
     "shampoo",
+    "sm3",
     "sparse_adagrad",
     "state_shardings",
     "value_and_row_grad",

@@ -5,6 +5,8 @@ Nothing here imports adagrad_jax: each function transcribes one formula.
   * `torch_step`, `keras3_step`, `legacy_keras_step`, `tf1_step`,
     `optax_step`: each peer's documented update (ARCHITECTURE.md, rule 2).
   * `fbgemm_exact_adagrad_step`: FBGEMM's exact (row-wise) Adagrad on a table.
+  * `sm3_step`: SM3-II (Anil et al. 2019, one cover per axis) with optax's eps
+    and momentum.
 Arrays are float64 (complex128 for complex); `t` counts steps from 1.
 
 The conformance suite drives every rule through a `Reference`: a rule over the
@@ -257,3 +259,33 @@ def fbgemm_exact_adagrad_step(w, rows, g_rows, momentum1, *, lr, eps, row_wise):
     u = np.zeros_like(w)
     u[rows] = -lr * np.asarray(g_rows, np.float64) / (denom + eps)
     return w + u, m, u
+
+
+def sm3_init(w):
+    """One zero vector per axis for rank >= 2; a full zero accumulator otherwise."""
+    w = np.asarray(w)
+    mu = [np.zeros(n) for n in w.shape] if w.ndim >= 2 else [np.zeros(w.shape)]
+    return {"mu": mu, "m": np.zeros(w.shape)}
+
+
+def sm3_step(w, g, state, t, *, lr, momentum=0.0, eps=1e-8):
+    """SM3-II: nu = min over the covers (one per index of each axis) of mu, plus g^2;
+    u = g / sqrt(nu + eps), 0 where nu == 0; each mu takes the max of nu over its
+    set; with momentum beta, m = (1 - beta) u + beta m. Written coordinate by
+    coordinate, as the paper's algorithm is."""
+    g = np.asarray(g, np.float64)
+    mu = [np.array(v) for v in state["mu"]]
+    if g.ndim < 2:
+        nu = mu[0] + g * g
+        new_mu = [nu]
+    else:
+        nu = np.empty_like(g)
+        new_mu = [np.zeros(n) for n in g.shape]
+        for i in np.ndindex(*g.shape):
+            nu[i] = min(mu[k][i[k]] for k in range(g.ndim)) + g[i] ** 2
+        for i in np.ndindex(*g.shape):
+            for k in range(g.ndim):
+                new_mu[k][i[k]] = max(new_mu[k][i[k]], nu[i])
+    u = np.where(nu > 0, g / np.sqrt(np.where(nu > 0, nu, 1.0) + eps), 0.0)
+    m = (1 - momentum) * u + momentum * state["m"] if momentum else u
+    return w - _lr_at(lr, t) * m, {"mu": new_mu, "m": m}

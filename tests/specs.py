@@ -483,4 +483,40 @@ SPECS += [
     ),
 ]
 
+
+def _sm3_accumulators(state) -> list:
+    """Every SM3 accumulator (each leaf's vectors, or its full one), in leaf order, flat."""
+    found = [
+        x
+        for x in jax.tree.leaves(
+            state, is_leaf=lambda x: isinstance(x, adagrad_jax.ScaleBySM3State)
+        )
+        if isinstance(x, adagrad_jax.ScaleBySM3State)
+    ]
+    assert len(found) == 1, found
+    return jax.tree.leaves(found[0].accumulators)
+
+
+# --- memory-efficient: SM3 (one accumulator vector per axis) ----------------------
+SPECS += [
+    Spec(
+        name=f"sm3{'-momentum' if momentum else ''}",
+        make=adagrad_jax.sm3,
+        hyperparams=dict(learning_rate=0.1, momentum=momentum, eps=1e-6),
+        reference=dataclasses.replace(
+            reference.leafwise_state(
+                reference.sm3_step, reference.sm3_init, lr=0.1, momentum=momentum, eps=1e-6
+            ),
+            accumulators=lambda states: [mu for s in states for mu in s["mu"]],
+        ),
+        converge={"learning_rate": 0.5} if not momentum else None,
+        accumulators=_sm3_accumulators,
+        complex_params=False,
+        param_shaped_state=bool(momentum),  # vectors only, without momentum
+        jit_init_follows_params=False,
+        coordinatewise=False,
+    )
+    for momentum in (0.0, 0.9)
+]
+
 DESCENDING = [s for s in SPECS if s.converge is not None]

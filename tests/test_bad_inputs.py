@@ -121,6 +121,8 @@ NUMERIC = {
     adagrad_jax.scale_by_shampoo: ["eps"],
     adagrad_jax.adagrad_norm: ["learning_rate", "initial_accumulator_value", "eps"],
     adagrad_jax.scale_by_adagrad_norm: ["initial_accumulator_value", "eps"],
+    adagrad_jax.sm3: ["learning_rate", "momentum", "eps"],
+    adagrad_jax.scale_by_sm3: ["momentum", "eps"],
     compat.torch_adagrad: ["lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"],
     compat.keras_adagrad: ["learning_rate", "initial_accumulator_value", "epsilon", "weight_decay"],
     compat.tf1_adagrad: ["learning_rate", "initial_accumulator_value"],
@@ -282,6 +284,9 @@ def _flag_cases() -> list[Bad]:
     for fn in (adagrad_jax.adagrad_norm, adagrad_jax.scale_by_adagrad_norm):
         add(fn, TypeError, per_leaf="yes")
         add(fn, TypeError, per_leaf=1)
+    for fn in (adagrad_jax.sm3, adagrad_jax.scale_by_sm3):
+        add(fn, ValueError, momentum=1.0)
+        add(fn, ValueError, momentum=1.5)
     add(adagrad_jax.ftrl, ValueError, learning_rate=0.0)
     add(adagrad_jax.ftrl, ValueError, learning_rate_power=0.5)
     add(adagrad_jax.ftrl, ValueError, learning_rate_power=float("nan"))
@@ -449,6 +454,8 @@ OPTIMIZERS = {
     "full_matrix_adagrad": lambda: adagrad_jax.full_matrix_adagrad(0.1, block_size=4),
     "shampoo": lambda: adagrad_jax.shampoo(0.1, block_size=4),
     "adagrad_norm": lambda: adagrad_jax.adagrad_norm(0.1),
+    "sm3": lambda: adagrad_jax.sm3(0.1),
+    "sm3-momentum": lambda: adagrad_jax.sm3(0.1, 0.9),
     "compat.torch_adagrad": lambda: compat.torch_adagrad(0.1, weight_decay=0.01),
     "compat.keras_ftrl": lambda: compat.keras_ftrl(0.1),
 }
@@ -457,6 +464,7 @@ FN_NAME = {
     "compat.keras_ftrl": "ftrl",
     "adagrad-row_wise": "adagrad",
     "adagrad-skip_step": "adagrad",
+    "sm3-momentum": "sm3",
 }
 
 

@@ -15,6 +15,7 @@ from adagrad_jax._src.beyond_diagonal.shampoo import ScaleByShampooState
 from adagrad_jax._src.diagonal import packed
 from adagrad_jax._src.diagonal.adagrad import ScaleByAdagradState
 from adagrad_jax._src.diagonal.packed import PackedAdagradState
+from adagrad_jax._src.diagonal.sm3 import ScaleBySM3State
 from adagrad_jax._src.regularized.adagrad_da import AdagradDAState
 from adagrad_jax._src.regularized.ftrl import FtrlState
 from adagrad_jax._src.regularized.proximal_adagrad import ProximalAdagradState
@@ -28,6 +29,7 @@ _ACCUMULATOR_FIELD = {
     ScaleByShampooState: "sum_of_squares",
     ScaleByAdagradNormState: "sum_of_squares",
     ScaleByFullMatrixAdagradState: "statistics",
+    ScaleBySM3State: "accumulators",
     PackedAdagradState: None,  # read through the packed layout
 }
 _STATES = tuple(_ACCUMULATOR_FIELD)
@@ -78,6 +80,8 @@ def accumulators(opt_state: Any) -> Any:
       scalar, not a tree, with ``per_leaf=False``);
     - `full_matrix_adagrad`: ``statistics``, each leaf's blocks of G = sum of
       g g^T, shape (blocks, b, b);
+    - `sm3`: ``accumulators``, for each leaf a tuple: one vector per axis
+      (rank >= 2), or its one full accumulator (scalars and vectors);
     - `experimental.packed_adagrad`: G sliced out of the packed buffers.
 
     Leaves that no optimizer of this package trains (masked out, or given to

@@ -8,14 +8,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adagrad_jax._src.beyond_diagonal import preconditioner
-from adagrad_jax._src.core import checks, nonfinite_policy, trees
+from adagrad_jax._src.core import checks, nonfinite_policy, slots, trees
 from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import (
     accumulator_dtype_for,
     adagrad_direction,
     squared_magnitude,
 )
+from adagrad_jax._src.tables.row_sparse import check_dense
 
 
 class ScaleByAdagradNormState(NamedTuple):
@@ -127,7 +127,7 @@ def _adagrad_norm(caller, initial_accumulator_value, eps, per_leaf):
         if per_leaf:
             return ScaleByAdagradNormState(
                 sum_of_squares=jax.tree.map(
-                    lambda p, d: preconditioner.placed_full(_leaf(p), (), tau, d, replicate=True),
+                    lambda p, d: slots.placed_full(_leaf(p), (), tau, d, replicate=True),
                     params,
                     dtypes,
                 )
@@ -138,14 +138,14 @@ def _adagrad_norm(caller, initial_accumulator_value, eps, per_leaf):
         first = jax.tree.leaves(params)
         like = _leaf(first[0]) if first else jnp.zeros(())
         return ScaleByAdagradNormState(
-            sum_of_squares=preconditioner.placed_full(like, (), tau, dtype, replicate=True)
+            sum_of_squares=slots.placed_full(like, (), tau, dtype, replicate=True)
         )
 
     def direction(g, b2):
         return adagrad_direction(g, jnp.broadcast_to(b2, g.shape), eps, 0.0, tau=tau)
 
     def update_fn(updates, state, params=None):
-        preconditioner.check_dense(caller, updates)
+        check_dense(caller, updates)
         if per_leaf:
             trees.check_same_structure(
                 caller, "updates", updates, "state.sum_of_squares", state.sum_of_squares

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import optax
 
 from adagrad_jax._src.beyond_diagonal import blocks, preconditioner
-from adagrad_jax._src.core import checks, nonfinite_policy, trees
+from adagrad_jax._src.core import checks, nonfinite_policy, placement, slots, trees
 from adagrad_jax._src.core.docs import shared_args
+from adagrad_jax._src.tables.row_sparse import check_dense
 
 
 class ScaleByFullMatrixAdagradState(NamedTuple):
@@ -159,7 +160,7 @@ def _full_matrix(
             lay = blocks.layout(tuple(p.shape), b_max, flatten=True)
             assert lay is not None  # A flattened leaf always has one blocked dimension.
             (b,) = lay.blocks
-            zeros = preconditioner.placed_full(p, (lay.num_blocks, b, b), 0, dtype, replicate=True)
+            zeros = slots.placed_full(p, (lay.num_blocks, b, b), 0, dtype, replicate=True)
             eye = jnp.eye(b, dtype=dtype) * jnp.asarray(initial_accumulator_value, dtype)
             return blocks.LeafState(statistics=zeros + eye[None], preconditioners=zeros)
 
@@ -171,7 +172,7 @@ def _full_matrix(
         )
 
     def update_fn(updates, state, params=None):
-        preconditioner.check_dense(caller, updates)
+        check_dense(caller, updates)
         trees.check_same_structure(caller, "updates", updates, "state.statistics", state.statistics)
         updates = jax.tree.map(jnp.asarray, updates)
         if params is not None:  # The blocks fix only each leaf's size; params fix its shape.
@@ -180,7 +181,7 @@ def _full_matrix(
 
         def to_blocks(g, s):
             lay = blocks.layout_from_state(tuple(g.shape), (s,), flatten=True)
-            return blocks.to_blocks(preconditioner.replicated(g), lay, s.dtype)
+            return blocks.to_blocks(placement.replicated(g), lay, s.dtype)
 
         xs = jax.tree.map(to_blocks, updates, state.statistics)
         statistics = jax.tree.map(
@@ -208,7 +209,7 @@ def _full_matrix(
             u = jnp.einsum("nij,nj->ni", p, x, precision=preconditioner.HIGHEST)
             lay = blocks.layout_from_state(tuple(g.shape), (p,), flatten=True)
             u = blocks.from_blocks(u, lay, tuple(g.shape)).astype(g.dtype)
-            return preconditioner.sharded_like(u, g)
+            return placement.sharded_like(u, g)
 
         new_updates = jax.tree.map(step, updates, xs, preconditioners)
         return new_updates, ScaleByFullMatrixAdagradState(

@@ -1,9 +1,7 @@
 """Shared machinery of the family beyond the diagonal (`full_matrix`, `shampoo`, `adagrad_norm`).
 
-- `check_dense`: these optimizers take dense gradients only, never a `RowSparse`;
 - `statistics_dtype`: the dtype of a matrix statistic for a parameter dtype;
 - `shape_argument`: an integer argument that fixes the state's shapes, as a Python int;
-- `placed_full`: a constant array placed like a parameter, or replicated over its mesh;
 - `inverse_root`: the pseudo-inverse root of a batch of symmetric PSD matrices, by eigh;
 - `refresh_due`: whether a step recomputes the cached preconditioners.
 
@@ -18,31 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adagrad_jax._src.core import checks, trees
-from adagrad_jax._src.tables.row_sparse import RowSparse
+from adagrad_jax._src.core import checks, slots, trees
 
 HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def check_dense(caller: str, updates: Any) -> None:
-    """Raises TypeError naming the first `RowSparse` in `updates`, and how to train its table.
-
-    The optimizers of this family compute a leaf's step from all of its
-    coordinates (a matrix statistic, a norm), so a table's touched rows alone
-    cannot give it. The table trains beside them with a row-sparse optimizer.
-    """
-    is_table = lambda x: isinstance(x, RowSparse)
-    for path, leaf in jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_table)[0]:
-        if is_table(leaf):
-            raise TypeError(
-                f"{caller}: updates{jax.tree_util.keystr(path)} is a RowSparse (the touched rows"
-                f" of an embedding table), but {caller} takes dense gradients only: its step for"
-                " a leaf depends on every coordinate of the leaf. Train the table beside it"
-                " with adagrad: optax.multi_transform({'dense': "
-                f"{caller}(...), 'table': adagrad_jax.adagrad(...)}}, labels), where labels marks"
-                " the table's leaf 'table' and the others 'dense', and apply the updates with"
-                " adagrad_jax.apply_updates."
-            )
 
 
 def statistics_dtype(caller: str, path: Any, dtype: Any) -> jnp.dtype:
@@ -85,59 +61,6 @@ def shape_argument(caller: str, arg: str, value: Any) -> int:
     return number
 
 
-def placed_full(p: Any, shape: tuple[int, ...], value: Any, dtype: Any, *, replicate: bool) -> Any:
-    """`jnp.full(shape, value, dtype)` placed for the parameter `p`.
-
-    An array with the parameter's shape (``replicate=False``) takes the
-    parameter's sharding; any other statistic (``replicate=True``) is
-    replicated over the parameter's mesh. Works on arrays, on
-    `jax.ShapeDtypeStruct`s and under `jax.jit`, where a parameter's
-    sharding is followed when a mesh is set (``jax.set_mesh``) and left to
-    the compiler (or to ``out_shardings``) otherwise.
-    """
-    if checks.is_traced(p):
-        if jax.sharding.get_abstract_mesh().empty:
-            return jnp.full(shape, value, dtype)
-        sharding = jax.typeof(p).sharding
-        if replicate:
-            sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-        return jnp.full(shape, value, dtype, device=sharding)
-    sharding = getattr(p, "sharding", None)
-    if replicate and isinstance(sharding, jax.sharding.NamedSharding):
-        sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-    return jnp.full(shape, value, dtype, device=sharding)
-
-
-def _explicit_sharding(x: Any) -> Any:
-    """The sharding of `x` if it is split over Explicit mesh axes, else None."""
-    sharding = getattr(jax.typeof(x), "sharding", None)
-    if not isinstance(sharding, jax.sharding.NamedSharding) or sharding.mesh.empty:
-        return None
-    if all(axis is None for axis in sharding.spec):
-        return None
-    return sharding
-
-
-def replicated(x: jax.Array) -> jax.Array:
-    """`x` gathered onto every device of its mesh (a no-op unless split over Explicit axes).
-
-    Matrix statistics are replicated, so the gradient blocks that feed them are
-    gathered first; with Auto axes (or one device) XLA places the values itself.
-    """
-    sharding = _explicit_sharding(x)
-    if sharding is None:
-        return x
-    return jax.sharding.reshard(
-        x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-    )
-
-
-def sharded_like(x: jax.Array, like: jax.Array) -> jax.Array:
-    """`x` split as `like` is over Explicit mesh axes (a no-op otherwise)."""
-    sharding = _explicit_sharding(like)
-    return x if sharding is None else jax.sharding.reshard(x, sharding)
-
-
 def placed_count(params: Any) -> jax.Array:
     """An int32 step counter at 0, placed (replicated) like the first parameter leaf.
 
@@ -149,7 +72,7 @@ def placed_count(params: Any) -> jax.Array:
     if not leaves:
         return jnp.zeros([], jnp.int32)
     first = leaves[0] if hasattr(leaves[0], "shape") else jnp.asarray(leaves[0])
-    return placed_full(first, (), 0, jnp.int32, replicate=True)
+    return slots.placed_full(first, (), 0, jnp.int32, replicate=True)
 
 
 def _root(x: jax.Array, root: int) -> jax.Array:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from adagrad_jax._src.beyond_diagonal import blocks, preconditioner
-from adagrad_jax._src.core import checks, nonfinite_policy, trees
+from adagrad_jax._src.core import checks, nonfinite_policy, placement, slots, trees
 from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import (
     accumulator_dtype_for,
@@ -18,6 +18,7 @@ from adagrad_jax._src.core.numerics import (
     guarded_divide,
     squared_magnitude,
 )
+from adagrad_jax._src.tables.row_sparse import check_dense
 
 GRAFTS = ("adagrad", "sgd", None)
 
@@ -197,18 +198,18 @@ def _shampoo(caller, block_size, eps, preconditioner_every, start_preconditionin
             if not hasattr(p, "shape"):
                 p = jnp.asarray(p)
             dtype = preconditioner.statistics_dtype(caller, path, p.dtype)
-            acc = preconditioner.placed_full(
+            acc = slots.placed_full(
                 p, tuple(p.shape), 0, accumulator_dtype_for(p.dtype), replicate=False
             )
             lay = blocks.layout(tuple(p.shape), b_max, flatten=False)
             if lay is None:
                 return blocks.LeafState(statistics=(), preconditioners=(), sum_of_squares=acc)
             stats = tuple(
-                preconditioner.placed_full(p, (lay.num_blocks, b, b), 0, dtype, replicate=True)
+                slots.placed_full(p, (lay.num_blocks, b, b), 0, dtype, replicate=True)
                 for b in lay.blocks
             )
             precs = tuple(
-                preconditioner.placed_full(p, (lay.num_blocks, b, b), 0, dtype, replicate=True)
+                slots.placed_full(p, (lay.num_blocks, b, b), 0, dtype, replicate=True)
                 for b in lay.blocks
             )
             return blocks.LeafState(statistics=stats, preconditioners=precs, sum_of_squares=acc)
@@ -223,7 +224,7 @@ def _shampoo(caller, block_size, eps, preconditioner_every, start_preconditionin
 
     def update_fn(updates, state, params=None):
         del params
-        preconditioner.check_dense(caller, updates)
+        check_dense(caller, updates)
         updates = jax.tree.map(jnp.asarray, updates)
         trees.check_same_shapes(
             caller, "updates", updates, "state.sum_of_squares", state.sum_of_squares
@@ -241,7 +242,7 @@ def _shampoo(caller, block_size, eps, preconditioner_every, start_preconditionin
             for g, s in zip(gs, stats)
         ]
         xs = [
-            None if lay is None else blocks.to_blocks(preconditioner.replicated(g), lay, s[0].dtype)
+            None if lay is None else blocks.to_blocks(placement.replicated(g), lay, s[0].dtype)
             for g, lay, s in zip(gs, layouts, stats)
         ]
         stats = [
@@ -282,7 +283,7 @@ def _shampoo(caller, block_size, eps, preconditioner_every, start_preconditionin
             d = x
             for i, p in enumerate(ps):
                 d = _mode_product(d, p, i)
-            d = preconditioner.sharded_like(blocks.from_blocks(d, lay, tuple(g.shape)), g)
+            d = placement.sharded_like(blocks.from_blocks(d, lay, tuple(g.shape)), g)
             if graft is not None:
                 target = _norm((diag if graft == "adagrad" else g).astype(d.dtype))
                 d = d * guarded_divide(target, _norm(d))  # 0 for a zero direction.

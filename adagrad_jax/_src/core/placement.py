@@ -87,3 +87,34 @@ def tie_to(out: Any, source: Any) -> Any:
     if typed_sharding(source) is None or not isinstance(source, jax.core.Tracer):
         return out
     return lax.optimization_barrier((out, source))[0]
+
+
+def _explicit_sharding(x: Any) -> Any:
+    """The sharding of `x` if it is split over Explicit mesh axes, else None."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    if not isinstance(sharding, jax.sharding.NamedSharding) or sharding.mesh.empty:
+        return None
+    if all(axis is None for axis in sharding.spec):
+        return None
+    return sharding
+
+
+def replicated(x: jax.Array) -> jax.Array:
+    """`x` gathered onto every device of its mesh (a no-op unless split over Explicit axes).
+
+    Statistics that every device holds whole (matrix blocks, SM3's vectors) are
+    replicated: what feeds them is gathered first; with Auto axes (or one
+    device) XLA places the values itself.
+    """
+    sharding = _explicit_sharding(x)
+    if sharding is None:
+        return x
+    return jax.sharding.reshard(
+        x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    )
+
+
+def sharded_like(x: jax.Array, like: jax.Array) -> jax.Array:
+    """`x` split as `like` is over Explicit mesh axes (a no-op otherwise)."""
+    sharding = _explicit_sharding(like)
+    return x if sharding is None else jax.sharding.reshard(x, sharding)

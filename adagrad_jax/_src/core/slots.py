@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from adagrad_jax._src.core import placement, trees
+from adagrad_jax._src.core import checks, placement, trees
 from adagrad_jax._src.core.numerics import accumulator_dtype_for
 
 
@@ -116,3 +116,26 @@ def unpack(arrays: Sequence[Any], count: int, stacked: bool) -> tuple:
 def pack(values: Sequence[Any], stacked: bool) -> tuple:
     """A rule's new slot arrays, in the layout it was given them."""
     return (jnp.stack(values, axis=-1),) if stacked else tuple(values)
+
+
+def placed_full(p: Any, shape: tuple[int, ...], value: Any, dtype: Any, *, replicate: bool) -> Any:
+    """`jnp.full(shape, value, dtype)` placed for the parameter `p`.
+
+    An array with the parameter's shape (``replicate=False``) takes the
+    parameter's sharding; any other statistic (``replicate=True``) is
+    replicated over the parameter's mesh. Works on arrays, on
+    `jax.ShapeDtypeStruct`s and under `jax.jit`, where a parameter's
+    sharding is followed when a mesh is set (``jax.set_mesh``) and left to
+    the compiler (or to ``out_shardings``) otherwise.
+    """
+    if checks.is_traced(p):
+        if jax.sharding.get_abstract_mesh().empty:
+            return jnp.full(shape, value, dtype)
+        sharding = jax.typeof(p).sharding
+        if replicate:
+            sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+        return jnp.full(shape, value, dtype, device=sharding)
+    sharding = getattr(p, "sharding", None)
+    if replicate and isinstance(sharding, jax.sharding.NamedSharding):
+        sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    return jnp.full(shape, value, dtype, device=sharding)

@@ -295,3 +295,25 @@ def check_row_sparse(caller: str, where: str, g: RowSparse, row_shape: Any) -> N
             f" the table's rows have shape {tuple(row_shape)}: values must have"
             f" shape (k,) + {tuple(row_shape)}."
         )
+
+
+def check_dense(caller: str, updates: Any) -> None:
+    """Raises TypeError naming the first `RowSparse` in `updates`, and how to train its table.
+
+    For the optimizers whose step for a leaf depends on all of its coordinates
+    (a matrix statistic, a norm, SM3's covers), so that a table's touched rows
+    alone cannot give it. The table trains beside them with a row-sparse
+    optimizer.
+    """
+    is_table = lambda x: isinstance(x, RowSparse)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_table)[0]:
+        if is_table(leaf):
+            raise TypeError(
+                f"{caller}: updates{jax.tree_util.keystr(path)} is a RowSparse (the touched rows"
+                f" of an embedding table), but {caller} takes dense gradients only: its step for"
+                " a leaf depends on every coordinate of the leaf. Train the table beside it"
+                " with adagrad: optax.multi_transform({'dense': "
+                f"{caller}(...), 'table': adagrad_jax.adagrad(...)}}, labels), where labels marks"
+                " the table's leaf 'table' and the others 'dense', and apply the updates with"
+                " adagrad_jax.apply_updates."
+            )
