@@ -20,17 +20,20 @@ from adagrad_jax import compat, schedules
 from tests import reference, reference_beyond
 
 
-def adagrad_accumulators(state) -> list:
-    """The leaves of the one `ScaleByAdagradState` inside an optimizer state."""
+def the_state(state, kind):
+    """The one state of class `kind` inside an optimizer state (a chain's, a wrapper's)."""
     found = [
         x
-        for x in jax.tree.leaves(
-            state, is_leaf=lambda x: isinstance(x, adagrad_jax.ScaleByAdagradState)
-        )
-        if isinstance(x, adagrad_jax.ScaleByAdagradState)
+        for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, kind))
+        if isinstance(x, kind)
     ]
     assert len(found) == 1, found
-    return jax.tree.leaves(found[0].sum_of_squares)
+    return found[0]
+
+
+def adagrad_accumulators(state) -> list:
+    """The leaves of the one `ScaleByAdagradState` inside an optimizer state."""
+    return jax.tree.leaves(the_state(state, adagrad_jax.ScaleByAdagradState).sum_of_squares)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -486,15 +489,7 @@ SPECS += [
 
 def _sm3_accumulators(state) -> list:
     """Every SM3 accumulator (each leaf's vectors, or its full one), in leaf order, flat."""
-    found = [
-        x
-        for x in jax.tree.leaves(
-            state, is_leaf=lambda x: isinstance(x, adagrad_jax.ScaleBySM3State)
-        )
-        if isinstance(x, adagrad_jax.ScaleBySM3State)
-    ]
-    assert len(found) == 1, found
-    return jax.tree.leaves(found[0].accumulators)
+    return jax.tree.leaves(the_state(state, adagrad_jax.ScaleBySM3State).accumulators)
 
 
 # --- memory-efficient: SM3 (one accumulator vector per axis) ----------------------
