@@ -194,8 +194,9 @@ def _child(restored: Any, key: Any) -> Any:
     raise KeyError(key)
 
 
-# 0.2 kept the slots of these states as separate fields; 0.3 stacks them in
-# `slots` (`core.slots.stack_slots`). `restore_structure` reads either layout.
+# 0.2 kept the slots of these states as separate fields; 0.3 keeps them in the
+# tuple `slots`, apart or stacked (`core.slots.layout_slots`). `restore_structure`
+# reads 0.2's layout and either of 0.3's.
 _V02_SLOT_FIELDS = {
     FtrlState: ("sum_of_squares", "linear"),
     AdagradDAState: ("gradient_sum", "sum_of_squares"),
@@ -238,6 +239,13 @@ def _slot_leaves(node: Any, path: Sequence[Any], depth: int, fields: tuple) -> l
     ]
 
 
+def _same_layout(node: Any, want: Any) -> bool:
+    """Whether the restored state `node` keeps its slots as the target state `want` does
+    (then its arrays are used as they are)."""
+    slots = node.get("slots") if isinstance(node, Mapping) else getattr(node, "slots", None)
+    return isinstance(slots, (list, tuple)) and len(slots) == len(want.slots)
+
+
 def _restored_leaf(target: Any, restored: Any, path: Sequence[Any]) -> Any:
     """The restored array for the target leaf at `path`.
 
@@ -247,7 +255,7 @@ def _restored_leaf(target: Any, restored: Any, path: Sequence[Any]) -> Any:
     node, want = restored, target
     for depth, key in enumerate(path):
         fields = _V02_SLOT_FIELDS.get(type(want), ())
-        if fields and key == jax.tree_util.GetAttrKey("slots"):
+        if fields and key == jax.tree_util.GetAttrKey("slots") and not _same_layout(node, want):
             # path[depth + 1] picks a tree of the tuple `slots`: the one stacked
             # tree (1-tuple), or slot i of the separate layout.
             leaves = _slot_leaves(node, path, depth, fields)

@@ -135,10 +135,9 @@ def _sm3(caller: str, momentum: Any, eps: Any) -> optax.GradientTransformation:
         trees.check_inexact_leaves(caller, "updates", updates)
 
         def leaf(path, g, accumulators):
-            covered = len(accumulators) > 1 or accumulators[0].ndim != g.ndim
-            expected = (
-                tuple(mu.shape[0] for mu in accumulators) if covered else accumulators[0].shape
-            )
+            # One full accumulator (rank <= 1) has the parameter's shape; vectors, its dims.
+            full = len(accumulators) == 1
+            expected = accumulators[0].shape if full else tuple(mu.shape[0] for mu in accumulators)
             if tuple(g.shape) != tuple(expected):
                 raise ValueError(
                     f"{caller}: updates{jax.tree_util.keystr(path)} has shape"
