@@ -85,6 +85,29 @@ STACK_SLOTS = (
     " Both give the same numbers."
 )
 
+STOCHASTIC_ROUNDING = (
+    "stochastic_rounding: round the new weights of bfloat16 and float16"
+    " parameters stochastically (up with probability (x - lo) / (hi - lo)"
+    " between the two neighbours lo < hi of the float32 result x, so the"
+    " expected new weight is x), and likewise a bfloat16 or float16"
+    " accumulator (`accumulator_dtype`). Default False (round to nearest, where"
+    " a bfloat16 weight stops moving once its steps fall under half its"
+    " spacing). The updates of those parameters then come back in float32,"
+    " as the exact difference between the rounded and the old weight, which"
+    " `adagrad_jax.apply_updates` and `optax.apply_updates` add in float32;"
+    " `update` needs `params`, and the state becomes"
+    " ``StochasticRoundingState(count, inner_state)``. Other dtypes are not"
+    " touched."
+)
+
+SEED = (
+    "seed: a Python int in [0, 2**32) that, with the step count, keys the"
+    " random numbers of `stochastic_rounding`. Default 0. Each entry's number"
+    " is a hash of (seed, step, leaf, row, column): the same seed rounds the"
+    " same way on one device or sharded, for a table trained densely or row"
+    " by row."
+)
+
 INITIAL_ACCUMULATOR_VALUE = (
     "initial_accumulator_value: tau, the value the sum of squared gradients"
     " holds at `init`, before the first step adds to it."
@@ -101,6 +124,8 @@ ENTRIES = {
     "out_of_range": OUT_OF_RANGE,
     "unique_rows": UNIQUE_ROWS,
     "stack_slots": STACK_SLOTS,
+    "stochastic_rounding": STOCHASTIC_ROUNDING,
+    "seed": SEED,
     "initial_accumulator_value": INITIAL_ACCUMULATOR_VALUE,
     "pad_id": PAD_ID,
 }

@@ -146,11 +146,11 @@ def skipping_rule(
     if nonfinite == "propagate":
         return rule
 
-    def guarded(g, slots, w):
+    def guarded(g, slots, w, *rounder):
         keep_slot = keep_mask(g, nonfinite, step_ok, row_wise=row_wise)
         # Row-wise, the state's mask has one entry per row: (k,) -> (k, 1, ...) covers g.
         keep = per_row(keep_slot, g.ndim) if row_wise else keep_slot
-        u, new_slots = rule(keep_or_zero(keep, g), slots, w)
+        u, new_slots = rule(keep_or_zero(keep, g), slots, w, *rounder)
         keep_state = keep_slot[..., None] if stacked else keep_slot
         new_slots = tuple(keep_or_old(keep_state, new, old) for new, old in zip(new_slots, slots))
         return keep_or_zero(keep, u), new_slots

@@ -19,24 +19,26 @@ import optax
 from adagrad_jax._src.core import checks, nonfinite_policy
 from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import adagrad_direction, per_row, row_mean, squared_magnitude
+from adagrad_jax._src.core.rounding import round_sum
 from adagrad_jax._src.core.slots import init_sum_of_squares
 from adagrad_jax._src.diagonal.weight_decay import sparse_coupled_weight_decay
 from adagrad_jax._src.tables.apply import on_row_values
 from adagrad_jax._src.tables.engine import map_rule, row_like
+from adagrad_jax._src.tables import stochastic_rounding as rounding
 from adagrad_jax._src.tables.ids import check_id_flags
 
 
 def adagrad_rule(eps: Any, eps_root: Any, tau: Any, row_wise: bool):
     """The leaf rule of `scale_by_adagrad`, per coordinate or per row."""
 
-    def rule(g, slots, w):
+    def rule(g, slots, w, rounder=None):
         del w
         (s,) = slots
         sq = squared_magnitude(g, s.dtype)
         if not row_wise:
-            s = s + sq  # Exactly scale_by_adagrad's arithmetic.
+            s = round_sum(rounder, s, sq)  # Exactly scale_by_adagrad's arithmetic.
             return adagrad_direction(g, s, eps, eps_root, tau=tau), (s,)
-        s = s + row_mean(sq)
+        s = round_sum(rounder, s, row_mean(sq))
         return adagrad_direction(g, per_row(s, g.ndim), eps, eps_root, tau=tau), (s,)
 
     return rule
@@ -117,7 +119,8 @@ def adagrad_preconditioner(
             )
         )
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, *, rounding_key=None, **extra_args):
+        del extra_args
         updates, (sums,) = map_rule(
             caller,
             rule=rule,
@@ -130,10 +133,11 @@ def adagrad_preconditioner(
             unique_rows=hyperparameters.unique_rows,
             nonfinite=hyperparameters.nonfinite,
             state_name="state.sum_of_squares",
+            rounding=rounding_key,
         )
         return updates, ScaleByAdagradState(sum_of_squares=sums)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def build_scale_by_adagrad(
@@ -152,18 +156,23 @@ def build_adagrad(
     learning_rate: Any,
     weight_decay: Any,
     hyperparameters: AdagradHyperparameters,
+    stochastic_rounding: Any = False,
+    seed: Any = 0,
 ) -> optax.GradientTransformation:
-    """`adagrad` (and `sparse_adagrad`): checks, the chain, the `nonfinite` policy;
-    errors name `caller`."""
+    """`adagrad` (and `sparse_adagrad`): checks, the chain, stochastic rounding,
+    the `nonfinite` policy; errors name `caller`."""
     checks.check_number(caller, "learning_rate", learning_rate, allow_schedule=True)
     if weight_decay is not None:
         checks.check_number(caller, "weight_decay", weight_decay)
     hyperparameters = check_hyperparameters(caller, hyperparameters)
+    stochastic_rounding = rounding.check_arguments(caller, stochastic_rounding, seed)
     chain = optax.chain(
         sparse_coupled_weight_decay(caller, weight_decay),
         adagrad_preconditioner(caller, hyperparameters),
         on_row_values(optax.scale_by_learning_rate(learning_rate)),
     )
+    if stochastic_rounding:
+        chain = rounding.wrap(caller, seed, chain)
     return nonfinite_policy.wrap(caller, hyperparameters.nonfinite, chain, skips_inside=True)
 
 
@@ -332,6 +341,8 @@ def adagrad(
     out_of_range: str = "drop",
     unique_rows: int | None = None,
     nonfinite: str = "propagate",
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> optax.GradientTransformation:
     r"""Adagrad: per-coordinate steps of lr over the root of summed squared gradients.
 
@@ -397,6 +408,8 @@ def adagrad(
       {nonfinite}
         With ``row_wise``, ``"skip_coordinate"`` skips the whole row, whose G
         is shared. Tables keep their O(k * D) in-place step with every policy.
+      {stochastic_rounding}
+      {seed}
 
     Returns:
       An `optax.GradientTransformation` (its state a 3-tuple, or a
@@ -464,4 +477,6 @@ def adagrad(
             unique_rows=unique_rows,
             nonfinite=nonfinite,
         ),
+        stochastic_rounding=stochastic_rounding,
+        seed=seed,
     )

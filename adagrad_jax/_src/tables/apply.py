@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import optax
 
 from adagrad_jax._src.core import placement, trees
-from adagrad_jax._src.tables.ids import as_int32_ids, check_row_count, clean_ids
+from adagrad_jax._src.tables.ids import as_int32_ids, check_row_count, clean_ids, dedup
 from adagrad_jax._src.tables.row_sparse import (
     RowSparse,
     check_row_sparse,
@@ -84,13 +84,36 @@ def on_row_values(inner: optax.GradientTransformation) -> optax.GradientTransfor
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _add(table: jax.Array, ids: jax.Array, values: jax.Array) -> jax.Array:
+    return table.at[ids].add(values.astype(table.dtype), mode="drop")
+
+
+def _add_rounded_once(table: jax.Array, ids: jax.Array, values: jax.Array) -> jax.Array:
+    """Rows plus values wider than the table, summed in the wider dtype and rounded once.
+
+    The values of repeated ids are summed first (`dedup`), then each touched
+    row is read, added to in the values' dtype, rounded to the table's and
+    written back.
+    """
+    num_rows = table.shape[0]
+    rows, slot = dedup(jnp.minimum(ids, num_rows), num_rows)
+    summed = jax.ops.segment_sum(values, slot, num_segments=ids.shape[0])
+    old = table.at[rows].get(mode="fill", fill_value=0, unique_indices=True)
+    new = (old.astype(values.dtype) + summed).astype(table.dtype)
+    return table.at[rows].set(new, mode="drop", unique_indices=True)
+
+
 def apply_updates(params: optax.Params, updates: optax.Updates) -> optax.Params:
     """`optax.apply_updates` that also scatters `RowSparse` updates into tables.
 
     A dense leaf becomes ``(p + u).astype(p.dtype)``, as in optax. A RowSparse
     update adds ``values[i]`` to row ``indices[i]`` of its table (duplicates
     add up; the values are cast to the table's dtype); negative ids and ids
-    >= the table's row count are dropped. Under ``jax.jit(step,
+    >= the table's row count are dropped. Values in a wider dtype than the
+    table (the float32 updates of a bfloat16 table under
+    ``stochastic_rounding=True``) are added in their dtype, duplicates summed
+    first, and each row is rounded once to the table's dtype, as a dense
+    leaf is. Under ``jax.jit(step,
     donate_argnums=...)`` with the parameters donated, XLA writes the rows into
     the donated table in place, so no table-sized buffer is allocated.
 
@@ -137,9 +160,11 @@ def apply_updates(params: optax.Params, updates: optax.Updates) -> optax.Params:
         num_rows = jnp.shape(p)[0]
         check_row_count(caller, where, num_rows, u.indices.shape[0])
         ids = clean_ids(as_int32_ids(u.indices), num_rows)
+        with jax.numpy_dtype_promotion("standard"):  # A dtype query, not a mix.
+            wider = jnp.promote_types(u.values.dtype, p.dtype) != jnp.dtype(p.dtype)
         # On an Explicit mesh: a masked scatter into each row shard, in place.
         return placement.partitioned(
-            lambda t, i, v: t.at[i].add(v.astype(t.dtype), mode="drop"),
+            _add_rounded_once if wider else _add,
             (p, ids, u.values),
             placement.spec_of(p, jnp.ndim(p)),
             like=(p, ids, u.values),

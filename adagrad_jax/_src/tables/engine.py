@@ -4,6 +4,7 @@ Every optimizer of the package that takes `RowSparse` gradients is written as
 a *leaf rule*::
 
     rule(g, slots, w) -> (u, new_slots)
+    rule(g, slots, w, rounder) -> (u, new_slots)      (with ``rounding=``)
 
 where ``g`` is a gradient (a whole dense leaf, or the deduplicated rows of a
 table's gradient, shape (k, ...)), ``slots`` the optimizer's per-parameter
@@ -12,7 +13,10 @@ parameter values there (None for rules that do not read them), ``u`` the
 update and ``new_slots`` the new state values (for the first
 ``len(new_slots)`` slots; any further slots are read-only and are neither
 written nor scattered). A rule is elementwise along the row axis: row i of its
-outputs depends on row i of its inputs only.
+outputs depends on row i of its inputs only. With ``rounding=`` (stochastic
+rounding of low-precision state) the rule also gets a `core.rounding.Rounder`
+for its entries, keyed by the leaf and the rows' ids, and rounds the state it
+writes with it (`core.rounding.round_sum`).
 
 `map_rule` applies a rule to every leaf of a gradient tree. A dense leaf goes
 through as it is. For a `RowSparse` leaf of a table with V rows it:
@@ -45,6 +49,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from adagrad_jax._src.core import nonfinite_policy, placement, runtime, trees
+from adagrad_jax._src.core.rounding import Rounder, RoundingKey
 from adagrad_jax._src.core.numerics import per_row
 from adagrad_jax._src.tables.ids import as_int32_ids, check_row_count, dedup
 from adagrad_jax._src.tables.row_sparse import (
@@ -55,7 +60,7 @@ from adagrad_jax._src.tables.row_sparse import (
     values_view,
 )
 
-Rule = Callable[[jax.Array, tuple, Any], tuple[jax.Array, tuple]]
+Rule = Callable[..., tuple[jax.Array, tuple]]
 
 
 def _row_sharding(p: Any) -> Any:
@@ -158,7 +163,9 @@ def _live_ids(caller, where, g, num_rows, *, pad_id, out_of_range):
     return jnp.where(padding | too_big, num_rows, ids)
 
 
-def _rows_update(caller, where, rule, g, slots, param, *, pad_id, out_of_range, unique_rows):
+def _rows_update(
+    caller, where, rule, g, slots, param, *, pad_id, out_of_range, unique_rows, rounder
+):
     """Runs `rule` on the touched rows of one table; see the module docstring."""
     num_rows = slots[0].shape[0]
     k = g.indices.shape[0]
@@ -169,7 +176,7 @@ def _rows_update(caller, where, rule, g, slots, param, *, pad_id, out_of_range, 
         return RowSparse(ids[:bound], jnp.zeros_like(g.values[:bound])), tuple(slots)
 
     rows, u, new_slots, count = _touched_rows(
-        rule, ids, g.values, tuple(slots), param, num_rows, bound
+        rule, ids, g.values, tuple(slots), param, num_rows, bound, rounder
     )
     if bound < k:
         safe_where = where.replace("{", "{{").replace("}", "}}")
@@ -183,7 +190,22 @@ def _rows_update(caller, where, rule, g, slots, param, *, pad_id, out_of_range, 
     return RowSparse(rows, u), new_slots
 
 
-def _touched_rows(rule, ids, values, slots, param, num_rows, bound):
+def gather_rows(table: jax.Array, rows: jax.Array, fill: Any, like: tuple) -> jax.Array:
+    """``table[rows]`` for distinct row ids, `fill` where an id is out of range.
+
+    On an Explicit mesh each device reads only the rows it owns
+    (`placement.partitioned`); the result is placed like `rows`. `like` lists
+    the arrays whose mesh the gather runs on.
+    """
+    return placement.partitioned(
+        lambda t, r: t.at[r].get(mode="fill", fill_value=fill, unique_indices=True),
+        (table, rows),
+        placement.rows_spec(rows, table.ndim),
+        like=like,
+    )
+
+
+def _touched_rows(rule, ids, values, slots, param, num_rows, bound, rounder=None):
     """Dedup, gather, rule, scatter: (rows, u, new slots, distinct ids) for live int32 `ids`.
 
     The distinct live ids are compacted into the first entries of `bound`
@@ -197,6 +219,7 @@ def _touched_rows(rule, ids, values, slots, param, num_rows, bound):
     (O(k * D)). Their results are placed like the ids (rows) and like the
     state (scatters); the rule itself runs on the rows in the caller's types,
     so hyperparameters it closes over (traced schedules) need no resharding.
+    `rounder` (a function of the rows' ids) makes the rule's `Rounder`, or is None.
     """
     k = ids.shape[0]
     like = (*slots, ids, values)
@@ -241,12 +264,7 @@ def _touched_rows(rule, ids, values, slots, param, num_rows, bound):
     # rule divides 0 by 0 there; their writes are dropped and their updates
     # zeroed.
     def gather(table, fill):
-        return placement.partitioned(
-            lambda t, r: t.at[r].get(mode="fill", fill_value=fill, unique_indices=True),
-            (table, rows),
-            placement.rows_spec(rows, table.ndim),
-            like=like,
-        )
+        return gather_rows(table, rows, fill, like)
 
     def scatter(table, new_rows):
         return placement.partitioned(
@@ -258,7 +276,8 @@ def _touched_rows(rule, ids, values, slots, param, num_rows, bound):
 
     slot_rows = tuple(gather(s, 1) for s in slots)
     w_rows = None if param is None else gather(param, 0)
-    u, new_slot_rows = rule(summed, slot_rows, w_rows)
+    extra = () if rounder is None else (rounder(rows),)
+    u, new_slot_rows = rule(summed, slot_rows, w_rows, *extra)
     new_slots = tuple(scatter(s, r) for s, r in zip(slots, new_slot_rows)) + tuple(
         slots[len(new_slot_rows) :]
     )
@@ -289,6 +308,7 @@ def map_rule(
     nonfinite: str = "propagate",
     state_name: str = "state",
     stacked: bool = False,
+    rounding: RoundingKey | None = None,
 ) -> tuple[Any, tuple]:
     """Applies `rule` to every leaf of `updates`; returns (updates, new slot trees).
 
@@ -316,6 +336,9 @@ def map_rule(
         parameter's plus that axis, the rule reads and writes the stacked
         rows, and a table row's whole state moves in one gather and one
         scatter.
+      rounding: None, or the step's `RoundingKey`: the rule is then called
+        with a fourth argument, the `Rounder` of the leaf (or of the touched
+        rows, keyed by their ids), to round low-precision state stochastically.
 
     Raises:
       ValueError: for trees that differ from the state's, gradients whose shape
@@ -366,6 +389,10 @@ def map_rule(
         first = leaf_slots[0]
         shape = first.shape[:-1] if stacked else first.shape  # the parameter's (its rows')
         w = p if read_params else None
+
+        def rounder(rows, i=i):
+            return Rounder(rounding, i, rows)
+
         if is_row_sparse(g):
             if len(shape) < 1:
                 raise ValueError(
@@ -393,6 +420,7 @@ def map_rule(
                 pad_id=pad_id,
                 out_of_range=out_of_range,
                 unique_rows=unique_rows,
+                rounder=None if rounding is None else rounder,
             )
         else:
             if not hasattr(g, "shape") or not hasattr(g, "dtype"):
@@ -414,7 +442,8 @@ def map_rule(
                 _check_dense_shape(
                     caller, f"params{jax.tree_util.keystr(path)}", jnp.shape(w), g.shape, where
                 )
-            u, new_leaf_slots = rule_fn(g, leaf_slots, w)
+            extra = () if rounding is None else (rounder(None),)
+            u, new_leaf_slots = rule_fn(g, leaf_slots, w, *extra)
             leaf_slots = tuple(new_leaf_slots) + leaf_slots[len(new_leaf_slots) :]
         new_updates.append(u)
         for acc, s in zip(new_slots, leaf_slots):

@@ -1,0 +1,139 @@
+"""Stochastic rounding to bfloat16 and float16, with counter-based random numbers.
+
+A value x between two neighbours lo < hi of the target dtype is rounded to hi
+with probability (x - lo) / (hi - lo) and to lo otherwise, so its expected
+value is x (unbiased). Many small increments then move a low-precision number
+on average, where round-to-nearest would drop each of them.
+
+The random numbers are a hash, not a generator with state: the uniform for an
+entry is a function of (seed, step count, stream, leaf, row, column) only. The
+row is the entry's index along the leading axis (a table row's id, for a
+`RowSparse` leaf's touched rows) and the column its flat index in the rest, so
+a table's row gets the same numbers whether the table is trained densely or
+row by row, on one device or sharded: the same seed and step round alike.
+
+The hash is Murmur3's 32-bit finalizer (``fmix32``), applied to the key words
+and to the row and column in turn. It is not cryptographic; it only needs
+numbers that look independent across entries and steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from adagrad_jax._src.core.numerics import LOW_PRECISION
+
+# The streams of one step: the weights, then each state slot.
+WEIGHTS = 0
+
+
+class RoundingKey(NamedTuple):
+    """The seed and the step count that key a step's random numbers (uint32 scalars)."""
+
+    seed: jax.Array
+    count: jax.Array
+
+
+def _u32(x: Any) -> jax.Array:
+    return jnp.asarray(x).astype(jnp.uint32)
+
+
+def fmix32(h: jax.Array) -> jax.Array:
+    """Murmur3's 32-bit finalizer: every input bit flips each output bit with probability about 1/2."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def uniforms(key: RoundingKey, stream: int, leaf: int, rows: jax.Array | None, shape) -> jax.Array:
+    """float32 uniforms in [0, 1) for an array of `shape`, keyed by position.
+
+    Args:
+      key: the seed and step count.
+      stream: which quantity of the step is rounded (`WEIGHTS`, or 1 + a slot's index).
+      leaf: the leaf's index in the flattened parameter tree.
+      rows: the row id of each entry along axis 0 (shape ``shape[:1]``), or None
+        for a whole leaf (rows 0, 1, ...). A scalar has row 0.
+      shape: the shape of the array to round.
+    """
+    shape = tuple(shape)
+    base = fmix32(_u32(key.seed) ^ fmix32(_u32(key.count) + jnp.uint32(0x9E3779B9)))
+    base = fmix32(base ^ jnp.uint32((stream * 0x632BE5AB + leaf * 0x85157AF5) & 0xFFFFFFFF))
+    if not shape:
+        row_hash = fmix32(base)
+        return (fmix32(row_hash) >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+    if rows is None:
+        rows = lax.iota(jnp.int32, shape[0])
+    row_hash = fmix32(base ^ fmix32(_u32(rows) * jnp.uint32(0x27D4EB2F) + jnp.uint32(1)))
+    width = 1
+    for d in shape[1:]:
+        width *= d
+    cols = lax.iota(jnp.uint32, width).reshape(shape[1:]) if shape[1:] else jnp.uint32(0)
+    col_hash = fmix32(cols * jnp.uint32(0x165667B1) + jnp.uint32(0x9E3779B9))
+    bits = fmix32(row_hash.reshape(shape[:1] + (1,) * (len(shape) - 1)) ^ col_hash)
+    return (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+
+
+def stochastic_round(x: jax.Array, dtype: Any, u: jax.Array) -> jax.Array:
+    """`x` rounded to `dtype` up with probability (x - lo) / (hi - lo), given uniforms `u`.
+
+    `x` is float32 (or wider); `dtype` bfloat16 or float16 (any other dtype is
+    a plain cast). Values the dtype holds exactly stay as they are; infinities
+    and NaN are cast as they are, and so is a value that rounds to infinity
+    (beyond the dtype's largest finite number) or lies between the largest
+    finite number and infinity: as round-to-nearest rounds them.
+    """
+    dtype = jnp.dtype(dtype)
+    if dtype not in LOW_PRECISION:
+        return x.astype(dtype)
+    x = x.astype(jnp.float32)
+    nearest = x.astype(dtype)
+    near = nearest.astype(jnp.float32)
+    toward = jnp.where(near < x, jnp.inf, -jnp.inf).astype(dtype)
+    other = jnp.nextafter(nearest, toward)
+    far = other.astype(jnp.float32)
+    lo = jnp.minimum(near, far)
+    hi = jnp.maximum(near, far)
+    gap = hi - lo
+    p_up = jnp.where(gap > 0, (x - lo) / jnp.where(gap > 0, gap, 1.0), 0.0)
+    rounded = jnp.where(u < p_up, hi, lo).astype(dtype)
+    exact_or_special = (near == x) | ~jnp.isfinite(near) | ~jnp.isfinite(far)
+    return jnp.where(exact_or_special, nearest, rounded)
+
+
+class Rounder:
+    """Rounds the arrays of one leaf (or of one table's touched rows) for a rule.
+
+    The row engine gives one to a rule that rounds its state
+    (`tables/engine.py:map_rule` with ``rounding=``): ``rounder.round(x, dtype,
+    slot)`` is `stochastic_round` keyed by the step, the leaf, the rows and the
+    slot's stream.
+    """
+
+    def __init__(self, key: RoundingKey, leaf: int, rows: jax.Array | None):
+        self.key = key
+        self.leaf = leaf
+        self.rows = rows
+
+    def round(self, x: jax.Array, dtype: Any, slot: int = 0) -> jax.Array:
+        if jnp.dtype(dtype) not in LOW_PRECISION:
+            return x.astype(dtype)
+        u = uniforms(self.key, 1 + slot, self.leaf, self.rows, jnp.shape(x))
+        return stochastic_round(x, dtype, u)
+
+
+def round_sum(rounder: Rounder | None, a: jax.Array, b: jax.Array, slot: int = 0) -> jax.Array:
+    """a + b in `a`'s dtype: rounded to nearest, or stochastically with a `rounder`.
+
+    With a rounder and a bfloat16 or float16 `a`, the sum is taken in float32
+    and rounded once, stochastically.
+    """
+    if rounder is None or jnp.dtype(a.dtype) not in LOW_PRECISION:
+        return a + b
+    return rounder.round(a.astype(jnp.float32) + b.astype(jnp.float32), a.dtype, slot)
