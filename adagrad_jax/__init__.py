@@ -24,6 +24,13 @@ from adagrad_jax._src.core.nonfinite_policy import NonfiniteState as NonfiniteSt
 from adagrad_jax._src.diagonal.adagrad import ScaleByAdagradState as ScaleByAdagradState
 from adagrad_jax._src.diagonal.adagrad import adagrad as adagrad
 from adagrad_jax._src.diagonal.adagrad import scale_by_adagrad as scale_by_adagrad
+from adagrad_jax._src.diagonal.adagrad_momentum import (
+    ScaleByAdagradMomentumState as ScaleByAdagradMomentumState,
+)
+from adagrad_jax._src.diagonal.adagrad_momentum import adagrad_momentum as adagrad_momentum
+from adagrad_jax._src.diagonal.adagrad_momentum import (
+    scale_by_adagrad_momentum as scale_by_adagrad_momentum,
+)
 
 # packed_adagrad lives in adagrad_jax.experimental (not a GradientTransformation, and it
 # loses whole training steps of matmul models); the 0.1 names still import, outside __all__.
@@ -60,6 +67,7 @@ __all__ = [
     "NonfiniteState",
     "ProximalAdagradState",
     "RowSparse",
+    "ScaleByAdagradMomentumState",
     "ScaleByAdagradNormState",
     "ScaleByAdagradState",
     "ScaleByFullMatrixAdagradState",
@@ -68,6 +76,7 @@ __all__ = [
     "accumulators",
     "adagrad",
     "adagrad_da",
+    "adagrad_momentum",
     "adagrad_norm",
     "apply_updates",
     "compat",
@@ -79,6 +88,7 @@ __all__ = [
     "proximal_adagrad",
     "restore_structure",
     "scale_by_adagrad",
+    "scale_by_adagrad_momentum",
     "scale_by_adagrad_norm",
     "scale_by_full_matrix_adagrad",
     "scale_by_shampoo",

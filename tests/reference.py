@@ -5,8 +5,12 @@ Nothing here imports adagrad_jax: each function transcribes one formula.
   * `torch_step`, `keras3_step`, `legacy_keras_step`, `tf1_step`,
     `optax_step`: each peer's documented update (ARCHITECTURE.md, rule 2).
   * `fbgemm_exact_adagrad_step`: FBGEMM's exact (row-wise) Adagrad on a table.
+  * `fbgemm_rowwise_step`, `fbgemm_exact_step`: the same with FBGEMM's weight-decay
+    modes and row max-norm (`adagrad_jax.compat`'s FBGEMM presets).
   * `sm3_step`: SM3-II (Anil et al. 2019, one cover per axis) with optax's eps
     and momentum.
+  * `adagrad_momentum_step`: Adagrad with momentum as TPU embeddings (SparseCore)
+    define it.
 Arrays are float64 (complex128 for complex); `t` counts steps from 1.
 
 The conformance suite drives every rule through a `Reference`: a rule over the
@@ -219,6 +223,28 @@ def ftrl_step(w, g, state, t, *, lr, p=0.5, l1=0.0, l2=0.0, l2_shrinkage=0.0, be
     return w_new, (n_new, z)
 
 
+def tf_ftrl_times_lr_step(w, g, state, t, *, lr, lr_power=-0.5, l1=0.0, l2=0.0,
+                          l2_shrinkage=0.0, beta=0.0):
+    """TensorFlow's ``ApplyFtrlV2MultiplyLinearByLr`` (tensorflow/core/kernels/
+    training_ops.cc), line by line, in TF's units (its l2 and l2_shrinkage are
+    half the paper's), with beta where TPU embeddings' FtrlParameters put it
+    (tensorflow/core/tpu/kernels/sparse_core_ops_utils.cc,
+    BuildFtrlOptimizerComputation): added to the quadratic term.
+
+        linear += lr * (g + 2 s w) - (n_new^-lr_power - n^-lr_power) * w
+        w = (clip(linear, -l1 lr, l1 lr) - linear) / (n_new^-lr_power + 2 l2 lr + beta)
+    """
+    accum, linear = state
+    lr_t = _lr_at(lr, t)
+    grad_to_use = g + 2 * l2_shrinkage * w
+    new_accum = accum + g * g
+    linear = linear + grad_to_use * lr_t - (new_accum ** -lr_power - accum ** -lr_power) * w
+    quadratic = new_accum ** -lr_power + 2 * l2 * lr_t + beta
+    l1_reg = l1 * lr_t
+    w_new = (np.clip(linear, -l1_reg, l1_reg) - linear) / quadratic
+    return w_new, (new_accum, linear)
+
+
 def keras_ftrl_step(w, g, state, t, *, lr, lr_power=-0.5, l1=0.0, l2=0.0, l2_shrinkage=0.0,
                     beta=0.0):
     """keras.optimizers.Ftrl.update_step (Keras 3), line by line."""
@@ -261,6 +287,76 @@ def fbgemm_exact_adagrad_step(w, rows, g_rows, momentum1, *, lr, eps, row_wise):
     return w + u, m, u
 
 
+def _fbgemm_step(w, g, m, t, *, lr, eps, weight_decay, mode, max_norm, row_wise):
+    """One step of FBGEMM's Adagrad with weight decay on rows that all update (a
+    dense leaf, or a table's touched rows ``w[rows]``, ``g_rows``, ``m[rows]``); rows
+    are leading-axis entries, a vector's rows are its numbers. Returns (w, m, u)."""
+    lr_t = _lr_at(lr, t)
+    w, g, m = (np.asarray(x, np.float64) for x in (w, g, m))
+    g2 = g + weight_decay * w if mode == "l2" else g
+    sq = g2 * g2
+    axes = tuple(range(1, w.ndim))
+    if row_wise:
+        m = m + (np.mean(sq, axis=axes) if axes else sq)
+    else:
+        m = m + sq
+    denom = np.sqrt(m) + eps
+    mult = np.where(denom == 0, 0.0, lr_t / np.where(denom == 0, 1.0, denom))
+    if row_wise:
+        mult = mult.reshape(mult.shape + (1,) * len(axes))
+    corr = {"l2": 1 - mult * weight_decay, "decoupled": 1 - lr_t * weight_decay}.get(mode, 1.0)
+    w_new = corr * w - mult * g
+    if max_norm > 0:
+        norm = np.sqrt(np.sum(w_new * w_new, axis=axes)) if axes else np.abs(w_new)
+        scale = np.where(norm > max_norm, max_norm / np.where(norm > 0, norm, 1.0), 1.0)
+        w_new = w_new * scale.reshape(scale.shape + (1,) * len(axes))
+    return w_new, m, w_new - w
+
+
+def fbgemm_rowwise_step(w, g, m, t, *, lr, eps=1e-8, weight_decay=0.0, mode="none",
+                        max_norm=0.0):
+    """FBGEMM's EXACT_ROWWISE_ADAGRAD with its weight-decay modes and max-norm, one step.
+
+    fbgemm_gpu/codegen/genscript/optimizers.py, ``rowwise_adagrad()`` (v1.8.0):
+    ``split_precomputation`` (and the CPU loop ``split_weight_update_cpu``) form
+    g' = g + wd * w (weight_decay_mode 1, L2, with the old weight), m += mean_d(g'^2),
+    multiplier = lr / (sqrt(m) + eps) and correction = 1 - multiplier * wd (mode 1),
+    1 - lr * wd (mode 2, DECOUPLE), 1 otherwise; ``split_weight_update`` writes
+    w = correction * w - multiplier * g with the raw g. ``split_post_update``, which
+    fbgemm_gpu/codegen/training/optimizer/
+    embedding_optimizer_split_device_kernel_template.cuh runs after the row is
+    stored (CUDA only), rescales the row by max_norm / ||w|| where ||w|| > max_norm
+    (max_norm > 0, no epsilon). fbgemm_gpu/codegen/training/backward/
+    embedding_backward_split_cpu_template.cpp sums every occurrence of a row
+    first and visits only the rows of the batch. Here ``mult = 0`` where
+    sqrt(m) + eps == 0 (FBGEMM divides by zero). ``m`` holds one entry per row.
+    """
+    return _fbgemm_step(w, g, m, t, lr=lr, eps=eps, weight_decay=weight_decay, mode=mode,
+                        max_norm=max_norm, row_wise=True)
+
+
+def fbgemm_rowwise(**hyper) -> Reference:
+    """`fbgemm_rowwise_step` with `hyper` bound, as a `Reference` over a tree's leaves
+    (one accumulator entry per row of each leaf, started at 0)."""
+    return leafwise_state(
+        lambda w, g, m, t: fbgemm_rowwise_step(w, g, m, t, **hyper)[:2],
+        lambda w: np.zeros(np.shape(w)[:1]),
+        accumulator=lambda m: m,
+    )
+
+
+def fbgemm_exact_step(w, g, m, t, *, lr, eps=1e-8, weight_decay=0.0, mode="none"):
+    """`fbgemm_rowwise_step` per coordinate, without max-norm: m += g'^2.
+
+    With mode "none" this is FBGEMM's EXACT_ADAGRAD (optimizers.py, ``adagrad()``:
+    m += g^2; w -= lr * g / (sqrt(m) + eps)). FBGEMM's EXACT_ADAGRAD takes no weight
+    decay at all; modes "l2" and "decoupled" are the per-coordinate analogues of the
+    row-wise ones that adagrad_jax.compat.fbgemm_exact_adagrad documents.
+    """
+    return _fbgemm_step(w, g, m, t, lr=lr, eps=eps, weight_decay=weight_decay, mode=mode,
+                        max_norm=0.0, row_wise=False)
+
+
 def sm3_init(w):
     """One zero vector per axis for rank >= 2; a full zero accumulator otherwise."""
     w = np.asarray(w)
@@ -289,3 +385,26 @@ def sm3_step(w, g, state, t, *, lr, momentum=0.0, eps=1e-8):
     u = np.where(nu > 0, g / np.sqrt(np.where(nu > 0, nu, 1.0) + eps), 0.0)
     m = (1 - momentum) * u + momentum * state["m"] if momentum else u
     return w - _lr_at(lr, t) * m, {"mu": new_mu, "m": m}
+
+
+# --- Adagrad with momentum (TPU embeddings) -----------------------------------------
+
+def adagrad_momentum_init(w, *, tau, m0=0.0):
+    """(a, m) for one leaf: a_0 = tau, m_0 = m0."""
+    return (np.full(np.shape(w), tau, np.float64), np.full(np.shape(w), m0, np.float64))
+
+
+def adagrad_momentum_step(w, g, state, t, *, lr, momentum, beta2=1.0, exponent=2.0, eps=1e-10,
+                          use_nesterov=False):
+    """TensorFlow's BuildAdagradMomentumOptimizerComputation (sparse_core_ops_utils.cc),
+    per coordinate, with the documented zero guard:
+    a = a + g^2 (beta2 == 1) or beta2 a + (1 - beta2) g^2; s = g (a + eps)^(-1/exponent),
+    0 where a + eps == 0; m = momentum m + s; w -= lr (momentum m + s if nesterov else m)."""
+    a, m = state
+    a = a + g * g if beta2 == 1 else beta2 * a + (1 - beta2) * g * g
+    base = a + eps
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.where(base > 0, g * np.where(base > 0, base, 1.0) ** (-1.0 / exponent), 0.0)
+    m = momentum * m + s
+    d = momentum * m + s if use_nesterov else m
+    return w - _lr_at(lr, t) * d, (a, m)

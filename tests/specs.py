@@ -78,6 +78,12 @@ class Spec:
         coordinate's gradient and state alone (the diagonal family). Then
         ``nonfinite="skip_coordinate"`` leaves every other coordinate exactly
         where ``"propagate"`` takes it; matrix and norm rules couple them.
+      float32_low_precision_updates: whether the updates of bfloat16 and
+        float16 parameters come back in float32 (the exact step, which applying
+        rounds once, as FBGEMM stores FP16 rows) instead of the gradient's dtype.
+      rounds_weights: whether such updates land on a stochastically rounded
+        weight (``stochastic_rounding=True``): each is then the exact step up
+        to one bfloat16 spacing of the weight, not of the step.
     """
 
     name: str
@@ -95,6 +101,8 @@ class Spec:
     stacked_slots: int = 0
     jit_init_follows_params: bool = True
     coordinatewise: bool = True
+    float32_low_precision_updates: bool = False
+    rounds_weights: bool = False
 
     def build(self, **overrides) -> optax.GradientTransformation:
         return self.make(**{**self.hyperparams, **overrides})
@@ -277,6 +285,33 @@ SPECS += [
         **REGULARIZED,
     ),
     Spec(
+        # TF's multiply_linear_by_lr against training_ops.cc's kernel in TF's units
+        # (l2 and l2_shrinkage halved); warm start: Z_0 = -(tau^p + beta) * w_0.
+        name="ftrl-linear_times_lr",
+        make=adagrad_jax.ftrl,
+        hyperparams=dict(
+            learning_rate=0.2,
+            initial_accumulator_value=0.1,
+            l1=0.01,
+            l2=0.02,
+            l2_shrinkage=0.01,
+            beta=0.1,
+            multiply_linear_by_learning_rate=True,
+        ),
+        reference=reference.leafwise_state(
+            reference.tf_ftrl_times_lr_step,
+            lambda w: reference.ftrl_init(w, tau=0.1, lr=1.0, beta=0.1),
+            accumulator=_pick(0),
+            lr=0.2,
+            l1=0.01,
+            l2=0.01,
+            l2_shrinkage=0.005,
+            beta=0.1,
+        ),
+        converge={"learning_rate": 0.5, "l1": 0.0, "l2": 0.0, "l2_shrinkage": 0.0, "beta": 0.0},
+        **REGULARIZED,
+    ),
+    Spec(
         name="ftrl-power",
         make=adagrad_jax.ftrl,
         hyperparams=dict(
@@ -359,6 +394,68 @@ SPECS += [
     ),
 ]
 
+
+def _adagrad_momentum_accumulators(state) -> list:
+    """a, the accumulator of the one `ScaleByAdagradMomentumState` inside a state."""
+    return jax.tree.leaves(the_state(state, adagrad_jax.ScaleByAdagradMomentumState).accumulator)
+
+
+# --- Adagrad with momentum (TPU embeddings): two slots, like ftrl; tables are lazy ----
+ADAGRAD_MOMENTUM = dict(
+    make=adagrad_jax.adagrad_momentum,
+    accumulators=_adagrad_momentum_accumulators,
+    complex_params=False,
+    row_sparse=True,
+)
+SPECS += [
+    Spec(
+        name="adagrad_momentum",
+        hyperparams=dict(
+            learning_rate=0.1,
+            momentum=0.9,
+            eps=1e-6,
+            initial_accumulator_value=0.1,
+            initial_momentum_value=0.05,
+        ),
+        reference=reference.leafwise_state(
+            reference.adagrad_momentum_step,
+            lambda w: reference.adagrad_momentum_init(w, tau=0.1, m0=0.05),
+            accumulator=_pick(0),
+            lr=0.1,
+            momentum=0.9,
+            eps=1e-6,
+        ),
+        converge={"learning_rate": 0.1, "initial_momentum_value": 0.0},
+        **ADAGRAD_MOMENTUM,
+    ),
+    Spec(
+        name="adagrad_momentum-nesterov",
+        hyperparams=dict(
+            learning_rate=schedules.inverse_time_decay(0.1, 0.5),
+            momentum=0.8,
+            beta2=0.95,
+            exponent=4.0,
+            eps=1e-4,
+            use_nesterov=True,
+            initial_accumulator_value=0.2,
+        ),
+        reference=reference.leafwise_state(
+            reference.adagrad_momentum_step,
+            lambda w: reference.adagrad_momentum_init(w, tau=0.2),
+            accumulator=_pick(0),
+            lr=lambda c: 0.1 / (1 + 0.5 * c),
+            momentum=0.8,
+            beta2=0.95,
+            exponent=4.0,
+            eps=1e-4,
+            use_nesterov=True,
+        ),
+        converge=None,
+        **ADAGRAD_MOMENTUM,
+    ),
+]
+
+
 # ftrl and adagrad_da with their slots stacked (one array per parameter): every clause again.
 SPECS += [
     dataclasses.replace(
@@ -369,7 +466,8 @@ SPECS += [
         stacked_slots=2,
     )
     for spec in SPECS
-    if spec.name in ("adagrad_da", "ftrl")
+    if spec.name in ("adagrad_da", "ftrl", "ftrl-linear_times_lr")
+    or spec.name.startswith("adagrad_momentum")
 ]
 
 # --- beyond the diagonal: full-matrix Adagrad, Shampoo, AdaGrad-Norm ------------
@@ -514,4 +612,80 @@ SPECS += [
     for momentum in (0.0, 0.9)
 ]
 
+# --- FBGEMM's table Adagrad (compat presets; rows are leading-axis entries) ----------
+FBGEMM = dict(
+    accumulators=lambda state: jax.tree.leaves(adagrad_jax.accumulators(state)),
+    complex_params=False,
+    needs_params=True,
+    row_sparse=True,
+    float32_low_precision_updates=True,
+)
+SPECS += [
+    Spec(
+        name="compat.fbgemm_rowwise_adagrad",
+        make=compat.fbgemm_rowwise_adagrad,
+        hyperparams=dict(
+            learning_rate=0.1, eps=1e-3, weight_decay=0.05, weight_decay_mode="l2", max_norm=1.5
+        ),
+        reference=reference.fbgemm_rowwise(
+            lr=0.1, eps=1e-3, weight_decay=0.05, mode="l2", max_norm=1.5
+        ),
+        converge={"learning_rate": 0.5, "weight_decay": 0.0, "max_norm": 0.0},
+        param_shaped_state=False,  # one number per row
+        coordinatewise=False,  # a row shares its accumulator and its norm
+        **FBGEMM,
+    ),
+    Spec(
+        name="compat.fbgemm_rowwise_adagrad-decoupled-schedule",
+        make=compat.fbgemm_rowwise_adagrad,
+        hyperparams=dict(
+            learning_rate=schedules.inverse_time_decay(0.2, 0.5),
+            weight_decay=0.1,
+            weight_decay_mode="decoupled",
+        ),
+        reference=reference.fbgemm_rowwise(
+            lr=lambda c: 0.2 / (1 + 0.5 * c), weight_decay=0.1, mode="decoupled"
+        ),
+        converge=None,
+        param_shaped_state=False,
+        coordinatewise=False,
+        **FBGEMM,
+    ),
+    Spec(
+        name="compat.fbgemm_exact_adagrad",
+        make=compat.fbgemm_exact_adagrad,
+        hyperparams=dict(
+            learning_rate=0.1, eps=1e-3, weight_decay=0.05, weight_decay_mode="decoupled"
+        ),
+        reference=reference.leafwise(
+            reference.fbgemm_exact_step,
+            tau=0.0,
+            lr=0.1,
+            eps=1e-3,
+            weight_decay=0.05,
+            mode="decoupled",
+        ),
+        converge={"learning_rate": 0.5, "weight_decay": 0.0},
+        **FBGEMM,
+    ),
+]
+
 DESCENDING = [s for s in SPECS if s.converge is not None]
+
+# Stochastic rounding on: float32 parameters are not rounded, so every clause holds
+# with the plain reference; the state is wrapped (StochasticRoundingState) and update
+# always needs params. tests/test_stochastic_rounding.py checks the rounding itself.
+SPECS += [
+    dataclasses.replace(
+        spec,
+        name=f"{spec.name}-stochastic_rounding",
+        hyperparams={**spec.hyperparams, "stochastic_rounding": True, "seed": 3},
+        converge=None,
+        needs_params=True,
+        accumulators=lambda state: jax.tree.leaves(adagrad_jax.accumulators(state)),
+        float32_low_precision_updates=True,
+        rounds_weights=True,
+    )
+    for spec in SPECS
+    if spec.name in ("adagrad-all-options", "ftrl-stacked_slots")
+]

@@ -123,6 +123,21 @@ NUMERIC = {
     adagrad_jax.scale_by_adagrad_norm: ["initial_accumulator_value", "eps"],
     adagrad_jax.sm3: ["learning_rate", "momentum", "eps"],
     adagrad_jax.scale_by_sm3: ["momentum", "eps"],
+    adagrad_jax.adagrad_momentum: [
+        "learning_rate",
+        "momentum",
+        "beta2",
+        "exponent",
+        "eps",
+        "initial_accumulator_value",
+    ],
+    adagrad_jax.scale_by_adagrad_momentum: [
+        "momentum",
+        "beta2",
+        "exponent",
+        "eps",
+        "initial_accumulator_value",
+    ],
     compat.torch_adagrad: ["lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"],
     compat.keras_adagrad: ["learning_rate", "initial_accumulator_value", "epsilon", "weight_decay"],
     compat.tf1_adagrad: ["learning_rate", "initial_accumulator_value"],
@@ -226,6 +241,8 @@ def _flag_cases() -> list[Bad]:
         adagrad_jax.proximal_adagrad,
         adagrad_jax.adagrad_da,
         adagrad_jax.ftrl,
+        adagrad_jax.adagrad_momentum,
+        adagrad_jax.scale_by_adagrad_momentum,
     ):
         add(fn, ValueError, out_of_range="raise")
         add(fn, ValueError, out_of_range=None)
@@ -262,6 +279,26 @@ def _flag_cases() -> list[Bad]:
         add(fn, TypeError, stack_slots=1)
         add(fn, TypeError, stack_slots="no")
         add(fn, TypeError, stack_slots=None)
+    for flag in ("multiply_linear_by_learning_rate", "allow_zero_accumulator"):
+        add(adagrad_jax.ftrl, TypeError, **{flag: 1})
+        add(adagrad_jax.ftrl, TypeError, **{flag: "yes"})
+        add(adagrad_jax.ftrl, TypeError, **{flag: None})
+    for fn in (
+        adagrad_jax.adagrad,
+        adagrad_jax.sparse_adagrad,
+        adagrad_jax.proximal_adagrad,
+        adagrad_jax.adagrad_da,
+        adagrad_jax.ftrl,
+    ):
+        add(fn, TypeError, stochastic_rounding=1)
+        add(fn, TypeError, stochastic_rounding="yes")
+        add(fn, TypeError, stochastic_rounding=None)
+        add(fn, ValueError, seed=-1)
+        add(fn, ValueError, seed=2**32)
+        add(fn, TypeError, seed=1.5)
+        add(fn, TypeError, seed="0")
+        add(fn, TypeError, seed=True)
+        add(fn, ValueError, seed=jnp.array([1]))
     for fn in (
         adagrad_jax.full_matrix_adagrad,
         adagrad_jax.scale_by_full_matrix_adagrad,
@@ -287,6 +324,30 @@ def _flag_cases() -> list[Bad]:
     for fn in (adagrad_jax.sm3, adagrad_jax.scale_by_sm3):
         add(fn, ValueError, momentum=1.0)
         add(fn, ValueError, momentum=1.5)
+    for fn in (adagrad_jax.adagrad_momentum, adagrad_jax.scale_by_adagrad_momentum):
+        add(fn, ValueError, momentum=1.0)
+        add(fn, ValueError, momentum=jnp.array(1.5))
+        add(fn, ValueError, beta2=0.0)
+        add(fn, ValueError, beta2=1.5)
+        add(fn, ValueError, beta2=np.float32(1.01))
+        add(fn, ValueError, exponent=0.0)
+        add(fn, ValueError, initial_momentum_value=float("nan"))
+        add(fn, ValueError, initial_momentum_value=-float("inf"))
+        add(fn, ValueError, initial_momentum_value=-1e39)
+        add(fn, ValueError, initial_momentum_value=jnp.array([0.1]))
+        add(fn, TypeError, initial_momentum_value="0.1")
+        add(fn, TypeError, initial_momentum_value=True)
+        add(fn, TypeError, initial_momentum_value=fractions.Fraction(-1, 10))
+        add(fn, TypeError, initial_momentum_value=jnp.array(1 + 0j))
+        add(fn, TypeError, use_nesterov=1)
+        add(fn, TypeError, use_nesterov="yes")
+        add(fn, TypeError, stack_slots=1)
+        add(fn, TypeError, stack_slots=None)
+    add(adagrad_jax.adagrad_momentum, TypeError, stochastic_rounding=1)
+    add(adagrad_jax.adagrad_momentum, TypeError, stochastic_rounding="yes")
+    add(adagrad_jax.adagrad_momentum, ValueError, seed=-1)
+    add(adagrad_jax.adagrad_momentum, ValueError, seed=2**32)
+    add(adagrad_jax.adagrad_momentum, TypeError, seed=1.5)
     add(adagrad_jax.ftrl, ValueError, learning_rate=0.0)
     add(adagrad_jax.ftrl, ValueError, learning_rate_power=0.5)
     add(adagrad_jax.ftrl, ValueError, learning_rate_power=float("nan"))
@@ -456,6 +517,8 @@ OPTIMIZERS = {
     "adagrad_norm": lambda: adagrad_jax.adagrad_norm(0.1),
     "sm3": lambda: adagrad_jax.sm3(0.1),
     "sm3-momentum": lambda: adagrad_jax.sm3(0.1, 0.9),
+    "adagrad_momentum": lambda: adagrad_jax.adagrad_momentum(0.1),
+    "adagrad_momentum-stacked": lambda: adagrad_jax.adagrad_momentum(0.1, stack_slots=True),
     "compat.torch_adagrad": lambda: compat.torch_adagrad(0.1, weight_decay=0.01),
     "compat.keras_ftrl": lambda: compat.keras_ftrl(0.1),
 }
@@ -465,6 +528,7 @@ FN_NAME = {
     "adagrad-row_wise": "adagrad",
     "adagrad-skip_step": "adagrad",
     "sm3-momentum": "sm3",
+    "adagrad_momentum-stacked": "adagrad_momentum",
 }
 
 
@@ -549,7 +613,7 @@ def _update_cases() -> list[Bad]:
             ("updates['t']", "int32"),
         ),
     }
-    for name in ("adagrad", "proximal_adagrad", "adagrad_da", "ftrl"):
+    for name in ("adagrad", "proximal_adagrad", "adagrad_da", "ftrl", "adagrad_momentum"):
         for label, (grads, error, words) in rs_cases.items():
             box = {}
 
@@ -675,6 +739,14 @@ def _update_cases() -> list[Bad]:
             lambda: adagrad_jax.ftrl(0.1).init({"w": jnp.ones(2, jnp.complex64)}),
             TypeError,
             ("ftrl", "['w']", "complex64"),
+        )
+    )
+    c.append(
+        Bad(
+            "adagrad_momentum-init-complex-params",
+            lambda: adagrad_jax.adagrad_momentum().init({"w": jnp.ones(2, jnp.complex64)}),
+            TypeError,
+            ("adagrad_momentum", "['w']", "complex64"),
         )
     )
     c.append(

@@ -83,6 +83,50 @@ def test_ftrl_by_hand_with_every_term():
         np.testing.assert_allclose(params, [-(z - 0.1) / q], rtol=1e-14)
 
 
+def test_ftrl_linear_times_lr_follows_tensorflows_kernel_under_a_schedule():
+    """multiply_linear_by_learning_rate=True against training_ops.cc's
+    ApplyFtrlV2MultiplyLinearByLr (tests/reference.py, TF's units) with a learning
+    rate that halves every step: each gradient enters Z at its step's rate, so the
+    weights leave the other form's (which scales the whole z by the new rate)."""
+    lr = optax.exponential_decay(0.4, transition_steps=1, decay_rate=0.5)
+    hyper = dict(initial_accumulator_value=0.1, l1=0.01, l2=0.04, l2_shrinkage=0.02, beta=0.1,
+                 warm_start=False)
+    times_lr = adagrad_jax.ftrl(lr, multiply_linear_by_learning_rate=True, **hyper)
+    plain = adagrad_jax.ftrl(lr, **hyper)
+    w0 = np.array([0.5, -1.0, 2.0, 0.0])
+    gradients = [np.array([0.3, -0.2, 0.5, 1.0]), np.array([-0.4, 0.1, 0.2, -0.3]),
+                 np.array([0.2, 0.2, -0.6, 0.05])]
+    state_np = (np.full(4, 0.1), np.zeros(4))
+    w_np = w0
+    params = {"t": jnp.asarray(w0, jnp.float32), "p": jnp.asarray(w0, jnp.float32)}
+    s_t, s_p = times_lr.init(params["t"]), plain.init(params["p"])
+    for t, g in enumerate(gradients, start=1):
+        w_np, state_np = reference.tf_ftrl_times_lr_step(
+            w_np, g, state_np, t, lr=lambda c: 0.4 * 0.5 ** c, l1=0.01, l2=0.02,
+            l2_shrinkage=0.01, beta=0.1)
+        params["t"], s_t = _step(times_lr, params["t"], jnp.asarray(g, jnp.float32), s_t)
+        params["p"], s_p = _step(plain, params["p"], jnp.asarray(g, jnp.float32), s_p)
+    np.testing.assert_allclose(params["t"], w_np, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(s_t.linear, state_np[1], rtol=2e-6, atol=1e-7)
+    assert np.max(np.abs(np.asarray(params["t"]) - np.asarray(params["p"]))) > 1e-3
+
+
+def test_ftrl_allow_zero_accumulator_changes_no_number():
+    """An accumulator that starts at 0 is accepted and guarded either way (TF's TPU
+    code ignores the flag too): identical, finite weights, a zero gradient keeps w."""
+    results = []
+    for allow in (False, True):
+        tx = adagrad_jax.ftrl(0.5, initial_accumulator_value=0.0, l1=0.01,
+                              allow_zero_accumulator=allow)
+        w = jnp.array([1.0, -2.0, 0.5])
+        state = tx.init(w)
+        for g in ([0.0, 0.3, -1.0], [0.0, 0.0, 0.2]):
+            w, state = _step(tx, w, jnp.array(g), state)
+        results.append(w)
+    np.testing.assert_array_equal(results[0], results[1])
+    assert bool(jnp.all(jnp.isfinite(results[0]))) and float(results[0][0]) == 1.0
+
+
 def test_proximal_adagrad_without_regularization_is_adagrad():
     # Source: the rule with l1 = l2 = 0 is adagrad's; update needs no params.
     with jax.enable_x64(True):

@@ -12,8 +12,10 @@ import optax
 from adagrad_jax._src.beyond_diagonal.adagrad_norm import ScaleByAdagradNormState
 from adagrad_jax._src.beyond_diagonal.full_matrix import ScaleByFullMatrixAdagradState
 from adagrad_jax._src.beyond_diagonal.shampoo import ScaleByShampooState
+from adagrad_jax._src.compat.fbgemm import FbgemmAdagradState
 from adagrad_jax._src.diagonal import packed
 from adagrad_jax._src.diagonal.adagrad import ScaleByAdagradState
+from adagrad_jax._src.diagonal.adagrad_momentum import ScaleByAdagradMomentumState
 from adagrad_jax._src.diagonal.packed import PackedAdagradState
 from adagrad_jax._src.diagonal.sm3 import ScaleBySM3State
 from adagrad_jax._src.regularized.adagrad_da import AdagradDAState
@@ -26,10 +28,12 @@ _ACCUMULATOR_FIELD = {
     ProximalAdagradState: "sum_of_squares",
     AdagradDAState: "sum_of_squares",
     FtrlState: "sum_of_squares",
+    FbgemmAdagradState: "sum_of_squares",
     ScaleByShampooState: "sum_of_squares",
     ScaleByAdagradNormState: "sum_of_squares",
     ScaleByFullMatrixAdagradState: "statistics",
     ScaleBySM3State: "accumulators",
+    ScaleByAdagradMomentumState: "accumulator",
     PackedAdagradState: None,  # read through the packed layout
 }
 _STATES = tuple(_ACCUMULATOR_FIELD)
@@ -73,7 +77,8 @@ def accumulators(opt_state: Any) -> Any:
 
     - `adagrad`, `scale_by_adagrad`, `sparse_adagrad`, `proximal_adagrad`,
       `adagrad_da`, `ftrl`, the `compat` presets: ``sum_of_squares``, G (one
-      entry per coordinate; one per row with ``row_wise=True``);
+      entry per coordinate; one per row with ``row_wise=True`` and for
+      `compat.fbgemm_rowwise_adagrad`, whose G is FBGEMM's ``momentum1``);
     - `shampoo`: ``sum_of_squares``, its diagonal Adagrad sum A (the
       Kronecker statistics stay in ``ScaleByShampooState.statistics``);
     - `adagrad_norm`: ``sum_of_squares``, one scalar per leaf (a single
@@ -82,12 +87,14 @@ def accumulators(opt_state: Any) -> Any:
       g g^T, shape (blocks, b, b);
     - `sm3`: ``accumulators``, for each leaf a tuple: one vector per axis
       (rank >= 2), or its one full accumulator (scalars and vectors);
+    - `adagrad_momentum`, `scale_by_adagrad_momentum`: ``accumulator``, a
+      (a sum of squared gradients, or their average with ``beta2 < 1``);
     - `experimental.packed_adagrad`: G sliced out of the packed buffers.
 
     Leaves that no optimizer of this package trains (masked out, or given to
     another optimizer by ``multi_transform``) are ``None``. The arrays are the
-    state's own, not copies, except for `ftrl` and `adagrad_da` with
-    ``stack_slots=True``, which keep two slots in one array per
+    state's own, not copies, except for `ftrl`, `adagrad_da` and
+    `adagrad_momentum` with ``stack_slots=True``, which keep two slots in one array per
     parameter: there they are slices of it (`ftrl`'s n is
     ``state.slots[0][..., 0]``, `adagrad_da`'s G ``state.slots[0][..., 1]``).
 
@@ -200,6 +207,7 @@ def _child(restored: Any, key: Any) -> Any:
 _V02_SLOT_FIELDS = {
     FtrlState: ("sum_of_squares", "linear"),
     AdagradDAState: ("gradient_sum", "sum_of_squares"),
+    ScaleByAdagradMomentumState: ("accumulator", "momentum"),  # new in 0.3: slots only
 }
 
 

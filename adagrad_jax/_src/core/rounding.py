@@ -35,7 +35,7 @@ class RoundingKey(NamedTuple):
     """The seed and the step count that key a step's random numbers (uint32 scalars)."""
 
     seed: jax.Array
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # (shadows tuple.count, as in optax)
 
 
 def _u32(x: Any) -> jax.Array:
@@ -43,7 +43,7 @@ def _u32(x: Any) -> jax.Array:
 
 
 def fmix32(h: jax.Array) -> jax.Array:
-    """Murmur3's 32-bit finalizer: every input bit flips each output bit with probability about 1/2."""
+    """Murmur3's 32-bit finalizer: each input bit flips each output bit with probability ~1/2."""
     h = h ^ (h >> 16)
     h = h * jnp.uint32(0x85EBCA6B)
     h = h ^ (h >> 13)
@@ -74,7 +74,7 @@ def uniforms(key: RoundingKey, stream: int, leaf: int, rows: jax.Array | None, s
     width = 1
     for d in shape[1:]:
         width *= d
-    cols = lax.iota(jnp.uint32, width).reshape(shape[1:]) if shape[1:] else jnp.uint32(0)
+    cols = lax.iota(jnp.uint32, width).reshape((1, *shape[1:]))
     col_hash = fmix32(cols * jnp.uint32(0x165667B1) + jnp.uint32(0x9E3779B9))
     bits = fmix32(row_hash.reshape(shape[:1] + (1,) * (len(shape) - 1)) ^ col_hash)
     return (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
@@ -126,6 +126,15 @@ class Rounder:
             return x.astype(dtype)
         u = uniforms(self.key, 1 + slot, self.leaf, self.rows, jnp.shape(x))
         return stochastic_round(x, dtype, u)
+
+
+def update_dtype(rounder: Rounder | None, g: jax.Array) -> Any:
+    """The dtype a rule computes its update in: float32 for a low-precision `g` under
+    stochastic rounding (the rounding of the new weight then sees the exact
+    float32 step), `g`'s dtype otherwise."""
+    if rounder is not None and jnp.dtype(g.dtype) in LOW_PRECISION:
+        return jnp.dtype(jnp.float32)
+    return g.dtype
 
 
 def round_sum(rounder: Rounder | None, a: jax.Array, b: jax.Array, slot: int = 0) -> jax.Array:

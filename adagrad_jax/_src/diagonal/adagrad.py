@@ -19,12 +19,12 @@ import optax
 from adagrad_jax._src.core import checks, nonfinite_policy
 from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import adagrad_direction, per_row, row_mean, squared_magnitude
-from adagrad_jax._src.core.rounding import round_sum
+from adagrad_jax._src.core.rounding import round_sum, update_dtype
 from adagrad_jax._src.core.slots import init_sum_of_squares
 from adagrad_jax._src.diagonal.weight_decay import sparse_coupled_weight_decay
+from adagrad_jax._src.tables import stochastic_rounding as rounding
 from adagrad_jax._src.tables.apply import on_row_values
 from adagrad_jax._src.tables.engine import map_rule, row_like
-from adagrad_jax._src.tables import stochastic_rounding as rounding
 from adagrad_jax._src.tables.ids import check_id_flags
 
 
@@ -34,6 +34,7 @@ def adagrad_rule(eps: Any, eps_root: Any, tau: Any, row_wise: bool):
     def rule(g, slots, w, rounder=None):
         del w
         (s,) = slots
+        g = g.astype(update_dtype(rounder, g))
         sq = squared_magnitude(g, s.dtype)
         if not row_wise:
             s = round_sum(rounder, s, sq)  # Exactly scale_by_adagrad's arithmetic.
@@ -171,8 +172,7 @@ def build_adagrad(
         adagrad_preconditioner(caller, hyperparameters),
         on_row_values(optax.scale_by_learning_rate(learning_rate)),
     )
-    if stochastic_rounding:
-        chain = rounding.wrap(caller, seed, chain)
+    chain = rounding.optional(caller, stochastic_rounding, seed, chain)
     return nonfinite_policy.wrap(caller, hyperparameters.nonfinite, chain, skips_inside=True)
 
 

@@ -71,6 +71,8 @@ def sparse_adagrad(
     out_of_range: str = "drop",
     unique_rows: int | None = None,
     nonfinite: str = "propagate",
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> optax.GradientTransformation:
     """`adagrad_jax.adagrad` under its v0.1 name (the rule, for tables too, is there).
 
@@ -96,4 +98,6 @@ def sparse_adagrad(
             unique_rows=unique_rows,
             nonfinite=nonfinite,
         ),
+        stochastic_rounding=stochastic_rounding,
+        seed=seed,
     )

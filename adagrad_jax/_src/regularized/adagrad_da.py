@@ -11,7 +11,9 @@ import optax
 from adagrad_jax._src.core import checks, nonfinite_policy, numerics, slots
 from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import squared_magnitude
+from adagrad_jax._src.core.rounding import round_sum, update_dtype
 from adagrad_jax._src.core.slots import init_sum_of_squares
+from adagrad_jax._src.tables import stochastic_rounding as rounding
 from adagrad_jax._src.tables.engine import map_rule
 from adagrad_jax._src.tables.ids import check_id_flags
 
@@ -62,11 +64,11 @@ def adagrad_da_rule(
 ):
     """The leaf rule of `adagrad_da` (see `tables/engine.py`); `stacked`: the slots' layout."""
 
-    def rule(g, state, w):
+    def rule(g, state, w, rounder=None):
         z, s = slots.unpack(state, 2, stacked)
         dtype = s.dtype
-        z = z + g.astype(dtype)
-        s = s + squared_magnitude(g, dtype)
+        z = round_sum(rounder, z, g.astype(dtype), slot=0)
+        s = round_sum(rounder, s, squared_magnitude(g, dtype), slot=1)
         h = jnp.sqrt(s) + jnp.asarray(eps, dtype)
         lr_t = jnp.asarray(lr).astype(dtype)
         t_ = t.astype(dtype)
@@ -79,7 +81,7 @@ def adagrad_da_rule(
         new_w = numerics.guarded_divide(
             shrunk, denominator, keeps_normal=(tau, eps), fallback=centre
         )
-        update = (new_w - w.astype(dtype)).astype(g.dtype)
+        update = (new_w - w.astype(dtype)).astype(update_dtype(rounder, g))
         return update, slots.pack((z, s), stacked)  # w_0 (state[-1]) is read only.
 
     return rule
@@ -112,6 +114,8 @@ def adagrad_da(
     out_of_range: str = "drop",
     unique_rows: int | None = None,
     nonfinite: str = "propagate",
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> optax.GradientTransformation:
     r"""Adagrad dual averaging: w is recomputed from the sum of all gradients.
 
@@ -168,6 +172,8 @@ def adagrad_da(
       {out_of_range}
       {unique_rows}
       {nonfinite}
+      {stochastic_rounding}
+      {seed}
 
     Returns:
       An `optax.GradientTransformation` whose state is an `AdagradDAState`.
@@ -210,6 +216,7 @@ def adagrad_da(
     accumulator_dtype = checks.check_float_dtype(caller, "accumulator_dtype", accumulator_dtype)
     check_id_flags(caller, pad_id, out_of_range, unique_rows)
     nonfinite_policy.check(caller, nonfinite)
+    stochastic_rounding = rounding.check_arguments(caller, stochastic_rounding, seed)
 
     def init_fn(params):
         checks.check_real_params(caller, params)
@@ -220,7 +227,8 @@ def adagrad_da(
             initial_params=_copy_params(params) if warm_start else None,
         )
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, *, rounding_key=None, **extra_args):
+        del extra_args
         slots.check_layout(caller, state.slots, stack_slots, 2)
         lr = numerics.learning_rate_at(learning_rate, state.count)
         t = optax.safe_increment(state.count)
@@ -241,6 +249,7 @@ def adagrad_da(
             nonfinite=nonfinite,
             state_name="state.slots[0]",
             stacked=stack_slots,
+            rounding=rounding_key,
         )
         return updates, AdagradDAState(
             count=t,
@@ -248,6 +257,6 @@ def adagrad_da(
             initial_params=state.initial_params,
         )
 
-    return nonfinite_policy.wrap(
-        caller, nonfinite, optax.GradientTransformation(init_fn, update_fn), skips_inside=True
-    )
+    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = rounding.optional(caller, stochastic_rounding, seed, tx)
+    return nonfinite_policy.wrap(caller, nonfinite, tx, skips_inside=True)

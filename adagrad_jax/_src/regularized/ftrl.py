@@ -12,7 +12,9 @@ import optax
 from adagrad_jax._src.core import checks, nonfinite_policy, numerics, slots
 from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import squared_magnitude
+from adagrad_jax._src.core.rounding import round_sum, update_dtype
 from adagrad_jax._src.core.slots import init_sum_of_squares
+from adagrad_jax._src.tables import stochastic_rounding as rounding
 from adagrad_jax._src.tables.engine import map_rule
 from adagrad_jax._src.tables.ids import check_id_flags
 
@@ -59,33 +61,51 @@ def _power(x: jax.Array, p: Any) -> jax.Array:
 
 
 def ftrl_rule(
-    lr: Any, p: Any, l1: Any, l2: Any, l2_shrinkage: Any, beta: Any, stacked: bool = False
+    lr: Any,
+    p: Any,
+    l1: Any,
+    l2: Any,
+    l2_shrinkage: Any,
+    beta: Any,
+    stacked: bool = False,
+    multiply_linear_by_learning_rate: bool = False,
 ):
-    """The leaf rule of `ftrl` (see `tables/engine.py`); `stacked`: the slots' layout."""
+    """The leaf rule of `ftrl` (see `tables/engine.py`); `stacked`: the slots' layout;
+    `multiply_linear_by_learning_rate`: z is kept times lr (TF's option)."""
     shrinkage = not checks.is_zero_constant(l2_shrinkage)
+    times_lr = multiply_linear_by_learning_rate
 
-    def rule(g, state, w):
+    def rule(g, state, w, rounder=None):
         n, z = slots.unpack(state, 2, stacked)
         dtype = n.dtype
         lr_t = jnp.asarray(lr).astype(dtype)
         w_acc = w.astype(dtype)
         g_acc = g.astype(dtype)
         g_shrunk = g_acc + jnp.asarray(l2_shrinkage, dtype) * w_acc if shrinkage else g_acc
-        new_n = n + squared_magnitude(g, dtype)
-        sigma = (_power(new_n, p) - _power(n, p)) / lr_t
-        z = z + g_shrunk - sigma * w_acc
+        new_n = round_sum(rounder, n, squared_magnitude(g, dtype), slot=0)
+        root_step = _power(new_n, p) - _power(n, p)
+        if times_lr:
+            z = round_sum(rounder, z, lr_t * g_shrunk - root_step * w_acc, slot=1)
+        else:
+            z = round_sum(rounder, z, g_shrunk - root_step / lr_t * w_acc, slot=1)
         # The same root again, written so that XLA does not merge the two: merged,
         # XLA:CPU (no multi-output fusion) writes it to a table-sized temporary
         # that both loops read; apart, each loop computes it (maximum(n, 0) is
         # n, as n >= 0). One 64 MiB temporary fewer at 16M floats: 63 -> 43 ms.
         new_root = _power(jnp.maximum(new_n, jnp.zeros((), dtype)), p)
-        quadratic = (new_root + jnp.asarray(beta, dtype)) / lr_t + jnp.asarray(l2, dtype)
-        l1_ = jnp.asarray(l1, dtype)
+        beta_ = jnp.asarray(beta, dtype)
+        if times_lr:  # Numerator and denominator of the other form, times lr.
+            quadratic = new_root + beta_ + lr_t * jnp.asarray(l2, dtype)
+            l1_ = lr_t * jnp.asarray(l1, dtype)
+        else:
+            quadratic = (new_root + beta_) / lr_t + jnp.asarray(l2, dtype)
+            l1_ = jnp.asarray(l1, dtype)
         shrunk = jnp.where(jnp.abs(z) > l1_, jnp.sign(z) * l1_ - z, jnp.zeros((), dtype))
         # Where quadratic is 0 (no gradient yet, tau = beta = l2 = 0) w stays. No
         # constant compiles the guard out: a schedule's lr_t = 0 makes it 0/0.
         new_w = numerics.guarded_divide(shrunk, quadratic, fallback=w_acc)
-        return (new_w - w_acc).astype(g.dtype), slots.pack((new_n, z), stacked)
+        update = (new_w - w_acc).astype(update_dtype(rounder, g))
+        return update, slots.pack((new_n, z), stacked)
 
     return rule
 
@@ -125,6 +145,10 @@ def ftrl(
     out_of_range: str = "drop",
     unique_rows: int | None = None,
     nonfinite: str = "propagate",
+    multiply_linear_by_learning_rate: bool = False,
+    allow_zero_accumulator: bool = False,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> optax.GradientTransformation:
     r"""FTRL-Proximal: follow the regularized leader with Adagrad's per-coordinate rates.
 
@@ -142,6 +166,20 @@ def ftrl(
         w_{t+1} = 0                              if |z_t| <= l1    (exactly 0.0)
                 = -(z_t - sign(z_t) * l1) / q    otherwise
         update  = w_{t+1} - w_t
+
+    With ``multiply_linear_by_learning_rate=True`` (TensorFlow's
+    ``multiply_linear_by_lr``) the state keeps Z = lr * z instead, updated
+    and used as TF's kernels do::
+
+        Z_0     = -(tau^p + beta) * w_0                   (warm_start; 0 otherwise)
+        Z_t     = Z_{t-1} + lr_t * g' - (n_t^p - n_{t-1}^p) * w_t
+        Q       = n_t^p + beta + lr_t * l2
+        w_{t+1} = 0                                  if |Z_t| <= lr_t * l1
+                = -(Z_t - sign(Z_t) * lr_t * l1) / Q  otherwise
+
+    With a constant learning rate both forms give the same weights (Z = lr
+    * z; equal up to rounding). They differ when lr changes: each step's
+    gradient enters Z at that step's rate, so a schedule acts as in TF.
 
     that is, w_{t+1} = argmin_w z_t * w + l1 * |w| + (q / 2) * w^2: the paper's
     minimiser of the linearised losses, L1 = l1 * |w|, L2 = (l2 / 2) * w^2 and
@@ -182,6 +220,18 @@ def ftrl(
       beta: the paper's beta (>= 0), added to n^p. Default 0.
       warm_start: centre the initial proximal term at the initial parameters
         (True) or at 0 (False, TF/Keras). Default True.
+      multiply_linear_by_learning_rate: keep the linear slot multiplied by the
+        learning rate (Z = lr * z, the second rule above), as TF's
+        ``multiply_linear_by_lr`` and TPU embeddings'
+        ``multiply_linear_by_learning_rate`` do. Default False.
+      allow_zero_accumulator: TF's TPU-embedding flag for accumulators that
+        start at 0. Here every accumulator may start at 0 whatever its value
+        (``initial_accumulator_value=0`` is accepted and a zero denominator is
+        guarded: w stays), so the flag changes no number; it is accepted so
+        that a TPU configuration carries over. TF's current TPU code ignores
+        it too (optimization_parameters.proto marks it deprecated: "zero or
+        near-zero accumulator values are now always supported"). Default
+        False.
       accumulator_dtype: real floating dtype of n, z and the arithmetic.
         Default None: float32 for bfloat16/float16 parameters, the
         parameter's dtype otherwise.
@@ -190,6 +240,8 @@ def ftrl(
       {out_of_range}
       {unique_rows}
       {nonfinite}
+      {stochastic_rounding}
+      {seed}
 
     Returns:
       An `optax.GradientTransformation` whose state is an `FtrlState`. Its
@@ -242,6 +294,11 @@ def ftrl(
     accumulator_dtype = checks.check_float_dtype(caller, "accumulator_dtype", accumulator_dtype)
     check_id_flags(caller, pad_id, out_of_range, unique_rows)
     nonfinite_policy.check(caller, nonfinite)
+    times_lr = checks.check_bool(
+        caller, "multiply_linear_by_learning_rate", multiply_linear_by_learning_rate
+    )
+    checks.check_bool(caller, "allow_zero_accumulator", allow_zero_accumulator)
+    stochastic_rounding = rounding.check_arguments(caller, stochastic_rounding, seed)
     p = -cast(Any, learning_rate_power)  # A number or a JAX scalar (checked above).
 
     def init_fn(params):
@@ -254,7 +311,9 @@ def ftrl(
                 if isinstance(w, jax.ShapeDtypeStruct):
                     return jnp.zeros_like(n)
                 lr0_ = jnp.asarray(lr0).astype(n.dtype)
-                scale = (_power(n, p) + jnp.asarray(beta, n.dtype)) / lr0_
+                scale = _power(n, p) + jnp.asarray(beta, n.dtype)
+                if not times_lr:
+                    scale = scale / lr0_
                 return -scale * w.astype(n.dtype)
 
             linears = jax.tree.map(linear, sums, params)
@@ -262,10 +321,11 @@ def ftrl(
             linears = jax.tree.map(jnp.zeros_like, sums)
         return FtrlState(slots.init_count(), slots.layout_slots((sums, linears), stack_slots))
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, *, rounding_key=None, **extra_args):
+        del extra_args
         slots.check_layout(caller, state.slots, stack_slots, 2)
         lr = numerics.learning_rate_at(learning_rate, state.count)
-        rule = ftrl_rule(lr, p, l1, l2, l2_shrinkage, beta, stack_slots)
+        rule = ftrl_rule(lr, p, l1, l2, l2_shrinkage, beta, stack_slots, times_lr)
         updates, new_slots = map_rule(
             caller,
             rule,
@@ -279,9 +339,10 @@ def ftrl(
             nonfinite=nonfinite,
             state_name="state.slots[0]",
             stacked=stack_slots,
+            rounding=rounding_key,
         )
         return updates, FtrlState(optax.safe_increment(state.count), new_slots)
 
-    return nonfinite_policy.wrap(
-        caller, nonfinite, optax.GradientTransformation(init_fn, update_fn), skips_inside=True
-    )
+    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = rounding.optional(caller, stochastic_rounding, seed, tx)
+    return nonfinite_policy.wrap(caller, nonfinite, tx, skips_inside=True)

@@ -11,7 +11,9 @@ import optax
 from adagrad_jax._src.core import checks, nonfinite_policy, numerics, slots
 from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import squared_magnitude
+from adagrad_jax._src.core.rounding import round_sum, update_dtype
 from adagrad_jax._src.core.slots import init_sum_of_squares
+from adagrad_jax._src.tables import stochastic_rounding as rounding
 from adagrad_jax._src.tables.engine import map_rule
 from adagrad_jax._src.tables.ids import check_id_flags
 
@@ -33,18 +35,19 @@ def proximal_adagrad_rule(lr: Any, l1: Any, l2: Any, eps: Any, eps_root: Any, ta
     """The leaf rule of `proximal_adagrad` (see `adagrad_jax._rows._engine`)."""
     regularized = not (checks.is_zero_constant(l1) and checks.is_zero_constant(l2))
 
-    def rule(g, slots, w):
+    def rule(g, slots, w, rounder=None):
         (s,) = slots
-        s = s + squared_magnitude(g, s.dtype)
+        out = update_dtype(rounder, g)
+        s = round_sum(rounder, s, squared_magnitude(g, s.dtype))
         a = numerics.adagrad_step_size(lr, s, eps, eps_root, tau=tau)
         g_acc = g.astype(s.dtype)
         if not regularized:  # Plain Adagrad: no parameter read.
-            return (-(a * g_acc)).astype(g.dtype), (s,)
+            return (-(a * g_acc)).astype(out), (s,)
         w_acc = w.astype(s.dtype)
         v = w_acc - a * g_acc
         shrunk = numerics.soft_threshold(v, a * jnp.asarray(l1, s.dtype))
         new_w = shrunk / (1 + a * jnp.asarray(l2, s.dtype))
-        return (new_w - w_acc).astype(g.dtype), (s,)
+        return (new_w - w_acc).astype(out), (s,)
 
     return rule, regularized
 
@@ -64,6 +67,8 @@ def proximal_adagrad(
     out_of_range: str = "drop",
     unique_rows: int | None = None,
     nonfinite: str = "propagate",
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> optax.GradientTransformation:
     r"""Proximal Adagrad: an Adagrad step, then the L1 and L2 proximal maps.
 
@@ -109,6 +114,8 @@ def proximal_adagrad(
       {out_of_range}
       {unique_rows}
       {nonfinite}
+      {stochastic_rounding}
+      {seed}
 
     Returns:
       An `optax.GradientTransformation` whose state is a `ProximalAdagradState`.
@@ -154,6 +161,7 @@ def proximal_adagrad(
     accumulator_dtype = checks.check_float_dtype(caller, "accumulator_dtype", accumulator_dtype)
     check_id_flags(caller, pad_id, out_of_range, unique_rows)
     nonfinite_policy.check(caller, nonfinite)
+    stochastic_rounding = rounding.check_arguments(caller, stochastic_rounding, seed)
 
     def init_fn(params):
         checks.check_real_params(caller, params)
@@ -164,7 +172,8 @@ def proximal_adagrad(
             ),
         )
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, *, rounding_key=None, **extra_args):
+        del extra_args
         lr = numerics.learning_rate_at(learning_rate, state.count)
         rule, regularized = proximal_adagrad_rule(
             lr, l1, l2, eps, eps_root, initial_accumulator_value
@@ -180,9 +189,10 @@ def proximal_adagrad(
             out_of_range=out_of_range,
             unique_rows=unique_rows,
             nonfinite=nonfinite,
+            rounding=rounding_key,
         )
         return updates, ProximalAdagradState(optax.safe_increment(state.count), sums)
 
-    return nonfinite_policy.wrap(
-        caller, nonfinite, optax.GradientTransformation(init_fn, update_fn), skips_inside=True
-    )
+    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = rounding.optional(caller, stochastic_rounding, seed, tx)
+    return nonfinite_policy.wrap(caller, nonfinite, tx, skips_inside=True)

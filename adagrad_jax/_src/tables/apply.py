@@ -106,7 +106,8 @@ def _add_rounded_once(table: jax.Array, ids: jax.Array, values: jax.Array) -> ja
 def apply_updates(params: optax.Params, updates: optax.Updates) -> optax.Params:
     """`optax.apply_updates` that also scatters `RowSparse` updates into tables.
 
-    A dense leaf becomes ``(p + u).astype(p.dtype)``, as in optax. A RowSparse
+    A dense leaf becomes ``(p + u).astype(p.dtype)``, as in optax (the sum
+    taken in the wider of the two dtypes, also under strict dtype promotion). A RowSparse
     update adds ``values[i]`` to row ``indices[i]`` of its table (duplicates
     add up; the values are cast to the table's dtype); negative ids and ids
     >= the table's row count are dropped. Values in a wider dtype than the
@@ -149,6 +150,12 @@ def apply_updates(params: optax.Params, updates: optax.Updates) -> optax.Params:
         if p is None:
             return None
         if not is_row_sparse(u):
+            if hasattr(u, "dtype") and hasattr(p, "dtype") and u.dtype != p.dtype:
+                # Wider updates (stochastic rounding's float32 for bfloat16 weights) are
+                # added in the wider dtype, explicitly, so strict promotion accepts them.
+                with jax.numpy_dtype_promotion("standard"):  # A dtype query, not a mix.
+                    wide = jnp.promote_types(u.dtype, p.dtype)
+                return (p.astype(wide) + u.astype(wide)).astype(p.dtype)
             return jnp.asarray(p + u).astype(jnp.asarray(p).dtype)
         where = path_name(path)
         if jnp.ndim(p) < 1:

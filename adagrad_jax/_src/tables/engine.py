@@ -49,8 +49,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from adagrad_jax._src.core import nonfinite_policy, placement, runtime, trees
-from adagrad_jax._src.core.rounding import Rounder, RoundingKey
 from adagrad_jax._src.core.numerics import per_row
+from adagrad_jax._src.core.rounding import Rounder, RoundingKey
 from adagrad_jax._src.tables.ids import as_int32_ids, check_row_count, dedup
 from adagrad_jax._src.tables.row_sparse import (
     RowSparse,

@@ -43,7 +43,7 @@ class StochasticRoundingState(NamedTuple):
       inner_state: the optimizer's state without stochastic rounding.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # (shadows tuple.count, as in optax)
     inner_state: Any
 
 
@@ -80,8 +80,10 @@ def _round_leaf(key, i, path, p, u):
     return new.astype(jnp.float32) - w
 
 
-def wrap(caller: str, seed: int, inner: optax.GradientTransformation) -> optax.GradientTransformation:
-    """`inner` with stochastic rounding of its low-precision weights and state (module docstring)."""
+def wrap(
+    caller: str, seed: Any, inner: optax.GradientTransformation
+) -> optax.GradientTransformation:
+    """`inner` with stochastic rounding of its low-precision weights and state (module doc)."""
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
@@ -105,7 +107,7 @@ def wrap(caller: str, seed: int, inner: optax.GradientTransformation) -> optax.G
             updates, state.inner_state, params, rounding_key=key, **extra_args
         )
         leaves, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_row_sparse)
-        param_leaves = treedef.flatten_up_to(params)  # type: ignore[attr-defined]
+        param_leaves = treedef.flatten_up_to(params)
         rounded = [
             _round_leaf(key, i, path_name(path), p, u)
             for i, ((path, u), p) in enumerate(zip(leaves, param_leaves))
@@ -115,3 +117,10 @@ def wrap(caller: str, seed: int, inner: optax.GradientTransformation) -> optax.G
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def optional(
+    caller: str, stochastic_rounding: bool, seed: Any, inner: optax.GradientTransformation
+) -> optax.GradientTransformation:
+    """`wrap` with ``stochastic_rounding=True``; `inner` itself otherwise."""
+    return wrap(caller, seed, inner) if stochastic_rounding else inner
