@@ -58,6 +58,9 @@ from adagrad_jax._src.tables.grad import value_and_row_grad as value_and_row_gra
 from adagrad_jax._src.tables.placement import propose_placement as propose_placement
 from adagrad_jax._src.tables.placement import state_shardings as state_shardings
 from adagrad_jax._src.tables.row_sparse import RowSparse as RowSparse
+from adagrad_jax._src.tables.stochastic_rounding import (
+    StochasticRoundingState as StochasticRoundingState,
+)
 
 __version__ = "0.2.0"  # the one place; pyproject.toml reads it
 
@@ -72,6 +75,7 @@ __all__ = [
     "ScaleByAdagradState",
     "ScaleByFullMatrixAdagradState",
     "ScaleBySM3State",
+    "StochasticRoundingState",
     "ScaleByShampooState",
     "accumulators",
     "adagrad",

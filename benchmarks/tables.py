@@ -146,14 +146,15 @@ def optimizer(method: str, row_wise: bool, unique_rows: int | None = None):
     return regularized_module.optimizer(method, unique_rows=unique_rows)
 
 
-def _jax_method(make_tx: Callable, table_np: np.ndarray, *, return_loss: bool = True
-                ) -> Callable:
+def _jax_method(make_tx: Callable, table_np: np.ndarray, *, return_loss: bool = True,
+                dtype: Any = None) -> Callable:
     """A builder: case -> (step(i), info), on one donated table and state.
 
     ``make_tx(unique_rows)`` builds the optimizer; each case's step uses the
-    case's `unique_rows_bound` (the state does not depend on it).
+    case's `unique_rows_bound` (the state does not depend on it). `dtype`: the
+    table's (default: `table_np`'s).
     """
-    params = {"table": jnp.asarray(table_np)}
+    params = {"table": jnp.asarray(table_np, dtype)}
     box = [params, jax.jit(make_tx(None).init)(params)]
 
     def build(b: Batches):
@@ -221,8 +222,11 @@ def fbgemm_available() -> bool:
         return False
 
 
-def _fbgemm_method(table_np: np.ndarray, row_wise: bool) -> Callable:
-    """FBGEMM's CPU TBE, exact (row-wise) Adagrad fused into the backward pass."""
+def _fbgemm_method(table_np: np.ndarray, row_wise: bool, **options: Any) -> Callable:
+    """FBGEMM's CPU TBE, exact (row-wise) Adagrad fused into the backward pass.
+
+    `options` go to the TBE's constructor (``weight_decay``, ``weight_decay_mode``).
+    """
     import fbgemm_gpu  # noqa: F401 - registers torch.ops.fbgemm
     import torch
     from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
@@ -244,6 +248,7 @@ def _fbgemm_method(table_np: np.ndarray, row_wise: bool) -> Callable:
         eps=EPS,
         pooling_mode=PoolingMode.SUM,
         weights_precision=SparseType.FP32,
+        **options,
     )
     with torch.no_grad():
         emb.split_embedding_weights()[0].copy_(torch.from_numpy(table_np))

@@ -296,10 +296,7 @@ def _fbgemm_step(w, g, m, t, *, lr, eps, weight_decay, mode, max_norm, row_wise)
     g2 = g + weight_decay * w if mode == "l2" else g
     sq = g2 * g2
     axes = tuple(range(1, w.ndim))
-    if row_wise:
-        m = m + (np.mean(sq, axis=axes) if axes else sq)
-    else:
-        m = m + sq
+    m = m + (np.mean(sq, axis=axes) if row_wise and axes else sq)
     denom = np.sqrt(m) + eps
     mult = np.where(denom == 0, 0.0, lr_t / np.where(denom == 0, 1.0, denom))
     if row_wise:

@@ -687,5 +687,5 @@ SPECS += [
         rounds_weights=True,
     )
     for spec in SPECS
-    if spec.name in ("adagrad-all-options", "ftrl-stacked_slots")
+    if spec.name in ("adagrad-all-options", "ftrl-stacked_slots", "adagrad_momentum-stacked_slots")
 ]

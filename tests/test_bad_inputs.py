@@ -141,6 +141,8 @@ NUMERIC = {
     compat.torch_adagrad: ["lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"],
     compat.keras_adagrad: ["learning_rate", "initial_accumulator_value", "epsilon", "weight_decay"],
     compat.tf1_adagrad: ["learning_rate", "initial_accumulator_value"],
+    compat.fbgemm_rowwise_adagrad: ["learning_rate", "eps", "weight_decay", "max_norm"],
+    compat.fbgemm_exact_adagrad: ["learning_rate", "eps", "weight_decay"],
     compat.tf1_proximal_adagrad: [
         "learning_rate",
         "initial_accumulator_value",
@@ -353,6 +355,19 @@ def _flag_cases() -> list[Bad]:
     add(adagrad_jax.ftrl, ValueError, learning_rate_power=float("nan"))
     add(adagrad_jax.ftrl, TypeError, learning_rate_power="-0.5")
     add(compat.tf1_adagrad, ValueError, initial_accumulator_value=0.0)
+    for fn in (compat.fbgemm_rowwise_adagrad, compat.fbgemm_exact_adagrad):
+        for mode in ("counter", "cowclip", "decouple_global", "decouple", "L2", None, 1):
+            add(fn, ValueError, weight_decay_mode=mode)
+        add(fn, ValueError, out_of_range="raise")
+        add(fn, ValueError, pad_id=-1)
+        add(fn, TypeError, pad_id=1.7)
+        add(fn, ValueError, unique_rows=0)
+        add(fn, TypeError, unique_rows=2.5)
+        add(fn, TypeError, stochastic_rounding="yes")
+        add(fn, TypeError, stochastic_rounding=1)
+        add(fn, ValueError, seed=-1)
+        add(fn, ValueError, seed=2**32)
+        add(fn, TypeError, seed=1.5)
     add(compat.torch_adagrad, TypeError, maximize="yes")
     add(compat.torch_adagrad, ValueError, lr_decay=-1.0)
     add(adagrad_jax.value_and_row_grad, TypeError, fun=3)
@@ -521,6 +536,12 @@ OPTIMIZERS = {
     "adagrad_momentum-stacked": lambda: adagrad_jax.adagrad_momentum(0.1, stack_slots=True),
     "compat.torch_adagrad": lambda: compat.torch_adagrad(0.1, weight_decay=0.01),
     "compat.keras_ftrl": lambda: compat.keras_ftrl(0.1),
+    "compat.fbgemm_rowwise_adagrad": lambda: compat.fbgemm_rowwise_adagrad(
+        0.1, weight_decay=0.01, weight_decay_mode="l2", max_norm=1.0
+    ),
+    "compat.fbgemm_exact_adagrad": lambda: compat.fbgemm_exact_adagrad(
+        0.1, weight_decay=0.01, weight_decay_mode="decoupled"
+    ),
 }
 FN_NAME = {
     "compat.torch_adagrad": "torch_adagrad",
@@ -528,6 +549,8 @@ FN_NAME = {
     "adagrad-row_wise": "adagrad",
     "adagrad-skip_step": "adagrad",
     "sm3-momentum": "sm3",
+    "compat.fbgemm_rowwise_adagrad": "fbgemm_rowwise_adagrad",
+    "compat.fbgemm_exact_adagrad": "fbgemm_exact_adagrad",
     "adagrad_momentum-stacked": "adagrad_momentum",
 }
 
@@ -757,6 +780,38 @@ def _update_cases() -> list[Bad]:
             ("shampoo", "['w']", "complex64"),
         )
     )
+    for fn in (compat.fbgemm_rowwise_adagrad, compat.fbgemm_exact_adagrad):
+        name = fn.__name__
+        c.append(
+            Bad(
+                f"{name}-update-without-params",
+                lambda fn=fn: (lambda tx: tx.update(table, tx.init(table)))(fn(0.1)),
+                ValueError,
+                (name, "needs params"),
+            )
+        )
+        c.append(
+            Bad(
+                f"{name}-init-complex-params",
+                lambda fn=fn: fn(0.1).init({"w": jnp.ones(2, jnp.complex64)}),
+                TypeError,
+                (name, "['w']", "complex64"),
+            )
+        )
+        c.append(
+            Bad(
+                f"{name}.update-rowsparse-row-width",
+                lambda fn=fn: (
+                    lambda tx: tx.update(
+                        {"t": RowSparse(jnp.array([1]), jnp.ones((1, 4))), "s": jnp.ones(())},
+                        tx.init(table),
+                        table,
+                    )
+                )(fn(0.1)),
+                ValueError,
+                (name, "updates['t']", "(3,)"),
+            )
+        )
     c.append(
         Bad(
             "proximal_adagrad-update-without-params",
