@@ -64,7 +64,6 @@ over the largest |w|): row-wise with max_norm 1.0 and NONE / L2 / DECOUPLE
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import jax
@@ -198,7 +197,6 @@ def ours_run(steps, tx, dtype=jnp.float32):
 def fbgemm_modules():
     """FBGEMM's TBE classes, or a skip where fbgemm_gpu or torch is absent."""
     pytest.importorskip("torch")
-    logging.getLogger("fbgemm_gpu").setLevel(logging.ERROR)
     # The CPU wheel lacks FBGEMM's SSD lookup modules; importing its training module
     # warns about each (a DeprecationWarning) and works without them.
     with warnings.catch_warnings():

@@ -166,69 +166,73 @@ def _live_ids(caller, where, g, num_rows, *, pad_id, out_of_range):
 def _rows_update(
     caller, where, rule, g, slots, param, *, pad_id, out_of_range, unique_rows, rounder
 ):
-    """Runs `rule` on the touched rows of one table; see the module docstring."""
+    """Runs `rule` on the touched rows of one table; see the module docstring.
+
+    Dedup and sum (`row_gradient`), gather, rule, scatter. Dead entries read
+    stand-in state of 1 and parameters of 0, so that no rule divides 0 by 0
+    there; their writes are dropped and their updates zeroed. `rounder` (a
+    function of the rows' ids) makes the rule's `Rounder`, or is None.
+    """
     num_rows = slots[0].shape[0]
+    rows, summed = row_gradient(
+        caller,
+        where,
+        g,
+        num_rows,
+        slots[0].dtype,
+        pad_id=pad_id,
+        out_of_range=out_of_range,
+        unique_rows=unique_rows,
+    )
+    if g.indices.shape[0] == 0 or num_rows == 0:  # Nothing to gather.
+        return RowSparse(rows, summed), tuple(slots)
+    like = (*slots, rows, summed)
+    slot_rows = tuple(gather_rows(s, rows, 1, like) for s in slots)
+    w_rows = None if param is None else gather_rows(param, rows, 0, like)
+    extra = () if rounder is None else (rounder(rows),)
+    u, new_slot_rows = rule(summed, slot_rows, w_rows, *extra)
+    new_slots = tuple(scatter_rows(s, rows, r, like) for s, r in zip(slots, new_slot_rows))
+    live = per_row(rows < num_rows, u.ndim)
+    return RowSparse(rows, jnp.where(live, u, jnp.zeros((), u.dtype))), new_slots + tuple(
+        slots[len(new_slot_rows) :]
+    )
+
+
+def row_gradient(
+    caller: str,
+    where: str,
+    g: RowSparse,
+    num_rows: int,
+    state_dtype: Any,
+    *,
+    pad_id: Any,
+    out_of_range: str,
+    unique_rows: int | None,
+) -> tuple[jax.Array, jax.Array]:
+    """A table's `RowSparse` gradient as (rows, summed): one entry per distinct live id.
+
+    The ids are checked and made live (`_live_ids`: padding and out-of-range
+    ids dead), deduplicated (`dedup`) and compacted into the first entries of
+    ``bound = min(unique_rows or k, k)`` rows, in order of first appearance;
+    ``summed[j]`` is the sum of the values of id ``rows[j]``, taken in the
+    wider of the gradient's and `state_dtype` and rounded once to the
+    gradient's dtype (the row gradient a dense gradient of the same lookups
+    would hold), 0 in dead entries (``rows[j] >= num_rows``). More than
+    `bound` distinct ids: every entry is dead and the step raises
+    (`runtime.error_if`), so nothing is written.
+
+    On an Explicit mesh the deduplication runs under `placement.partitioned`;
+    `rows` and `summed` are placed like the ids.
+    """
     k = g.indices.shape[0]
     check_row_count(caller, where, num_rows, k)
     ids = _live_ids(caller, where, g, num_rows, pad_id=pad_id, out_of_range=out_of_range)
     bound = k if unique_rows is None else min(unique_rows, k)
-    if k == 0 or num_rows == 0:  # No live id: nothing to gather (a 0-row table has no rows).
-        return RowSparse(ids[:bound], jnp.zeros_like(g.values[:bound])), tuple(slots)
-
-    rows, u, new_slots, count = _touched_rows(
-        rule, ids, g.values, tuple(slots), param, num_rows, bound, rounder
-    )
-    if bound < k:
-        safe_where = where.replace("{", "{{").replace("}", "}}")
-        runtime.error_if(
-            count > bound,
-            f"{caller}(unique_rows={unique_rows}): {safe_where} holds {{}} distinct row ids,"
-            f" more than unique_rows={unique_rows}; no row was updated. Raise unique_rows"
-            f" (at most the {k} ids of the step) or pass unique_rows=None (no bound).",
-            count,
-        )
-    return RowSparse(rows, u), new_slots
-
-
-def gather_rows(table: jax.Array, rows: jax.Array, fill: Any, like: tuple) -> jax.Array:
-    """``table[rows]`` for distinct row ids, `fill` where an id is out of range.
-
-    On an Explicit mesh each device reads only the rows it owns
-    (`placement.partitioned`); the result is placed like `rows`. `like` lists
-    the arrays whose mesh the gather runs on.
-    """
-    return placement.partitioned(
-        lambda t, r: t.at[r].get(mode="fill", fill_value=fill, unique_indices=True),
-        (table, rows),
-        placement.rows_spec(rows, table.ndim),
-        like=like,
-    )
-
-
-def _touched_rows(rule, ids, values, slots, param, num_rows, bound, rounder=None):
-    """Dedup, gather, rule, scatter: (rows, u, new slots, distinct ids) for live int32 `ids`.
-
-    The distinct live ids are compacted into the first entries of `bound`
-    (<= k) rows, in order of first appearance; the gathers, the rule and the
-    scatters run over those `bound` rows. With more than `bound` distinct ids
-    the scatters write nothing (every entry is dead) and the caller raises.
-
-    On an Explicit mesh the deduplication, each gather and each scatter run
-    under `placement.partitioned`: XLA's partitioner makes every device read and
-    write only the rows it owns, and only ids and their rows travel
-    (O(k * D)). Their results are placed like the ids (rows) and like the
-    state (scatters); the rule itself runs on the rows in the caller's types,
-    so hyperparameters it closes over (traced schedules) need no resharding.
-    `rounder` (a function of the rows' ids) makes the rule's `Rounder`, or is None.
-    """
-    k = ids.shape[0]
-    like = (*slots, ids, values)
-    row_spec = placement.rows_spec(ids, values.ndim)
-    # Duplicates are summed in the wider of the gradient's and the state's
-    # dtypes, then rounded once to the gradient's dtype: the row gradient a
-    # dense gradient of the same lookups would hold.
+    values = g.values
+    if k == 0 or num_rows == 0:  # No live id (a 0-row table has no rows).
+        return ids[:bound], jnp.zeros_like(values[:bound])
     with jax.numpy_dtype_promotion("standard"):  # A dtype query, not a mix.
-        compute_dtype = jnp.promote_types(values.dtype, slots[0].dtype)
+        compute_dtype = jnp.promote_types(values.dtype, state_dtype)
 
     def dedup_and_sum(ids, values):
         rows, slot = dedup(ids, num_rows)
@@ -253,35 +257,53 @@ def _touched_rows(rule, ids, values, slots, param, num_rows, bound, rounder=None
     rows, summed, count = placement.partitioned(
         dedup_and_sum,
         (ids, values),
-        (placement.spec_of(ids, 1), row_spec, jax.sharding.PartitionSpec()),
+        (
+            placement.spec_of(ids, 1),
+            placement.rows_spec(ids, values.ndim),
+            jax.sharding.PartitionSpec(),
+        ),
+        like=(ids, values),
+    )
+    if bound < k:
+        safe_where = where.replace("{", "{{").replace("}", "}}")
+        runtime.error_if(
+            count > bound,
+            f"{caller}(unique_rows={unique_rows}): {safe_where} holds {{}} distinct row ids,"
+            f" more than unique_rows={unique_rows}; no row was updated. Raise unique_rows"
+            f" (at most the {k} ids of the step) or pass unique_rows=None (no bound).",
+            count,
+        )
+    live = per_row(rows < num_rows, values.ndim)
+    return rows, jnp.where(live, summed.astype(values.dtype), jnp.zeros((), values.dtype))
+
+
+def gather_rows(table: jax.Array, rows: jax.Array, fill: Any, like: tuple) -> jax.Array:
+    """``table[rows]`` for distinct row ids, `fill` where an id is out of range.
+
+    On an Explicit mesh each device reads only the rows it owns
+    (`placement.partitioned`); the result is placed like `rows`. `like` lists
+    the arrays whose mesh the gather runs on.
+    """
+    return placement.partitioned(
+        lambda t, r: t.at[r].get(mode="fill", fill_value=fill, unique_indices=True),
+        (table, rows),
+        placement.rows_spec(rows, table.ndim),
         like=like,
     )
-    live = per_row(rows < num_rows, values.ndim)
-    zero = jnp.zeros((), values.dtype)
-    summed = jnp.where(live, summed.astype(values.dtype), zero)
 
-    # Dead entries read stand-in state of 1 and parameters of 0, so that no
-    # rule divides 0 by 0 there; their writes are dropped and their updates
-    # zeroed.
-    def gather(table, fill):
-        return gather_rows(table, rows, fill, like)
 
-    def scatter(table, new_rows):
-        return placement.partitioned(
-            lambda t, r, v: t.at[r].set(v, mode="drop", unique_indices=True),
-            (table, rows, new_rows),
-            placement.spec_of(table, table.ndim),
-            like=like,
-        )
+def scatter_rows(table: jax.Array, rows: jax.Array, new_rows: jax.Array, like: tuple) -> jax.Array:
+    """`table` with its rows `rows` (distinct ids; out-of-range ones dropped) set to `new_rows`.
 
-    slot_rows = tuple(gather(s, 1) for s in slots)
-    w_rows = None if param is None else gather(param, 0)
-    extra = () if rounder is None else (rounder(rows),)
-    u, new_slot_rows = rule(summed, slot_rows, w_rows, *extra)
-    new_slots = tuple(scatter(s, r) for s, r in zip(slots, new_slot_rows)) + tuple(
-        slots[len(new_slot_rows) :]
+    In place under a donated `jax.jit`; on an Explicit mesh each device writes
+    only the rows it owns and the result is placed like `table`.
+    """
+    return placement.partitioned(
+        lambda t, r, v: t.at[r].set(v, mode="drop", unique_indices=True),
+        (table, rows, new_rows),
+        placement.spec_of(table, table.ndim),
+        like=like,
     )
-    return rows, jnp.where(live, u, jnp.zeros((), u.dtype)), new_slots, count
 
 
 def _check_dense_shape(caller, where, shape, expected, what):
