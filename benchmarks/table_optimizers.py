@@ -111,7 +111,7 @@ def groups(fbgemm: bool) -> dict[str, dict[str, tuple[Callable, Any]]]:
                                           stochastic_rounding=True), jnp.bfloat16), None),
     }
     if fbgemm:
-        from fbgemm_gpu.split_embedding_configs import WeightDecayMode
+        from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
 
         decoupled = {"weight_decay": 1e-4, "weight_decay_mode": WeightDecayMode.DECOUPLE}
         per_coordinate["FBGEMM EXACT_ADAGRAD"] = (_fbgemm(False), "none")

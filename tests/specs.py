@@ -81,6 +81,9 @@ class Spec:
       float32_low_precision_updates: whether the updates of bfloat16 and
         float16 parameters come back in float32 (the exact step, which applying
         rounds once, as FBGEMM stores FP16 rows) instead of the gradient's dtype.
+      shares_row_state: whether a table row's coordinates share their state (one
+        accumulator and norm per row, FBGEMM's row-wise rule), so that
+        ``nonfinite="skip_coordinate"`` keeps the whole row.
       rounds_weights: whether such updates land on a stochastically rounded
         weight (``stochastic_rounding=True``): each is then the exact step up
         to one bfloat16 spacing of the weight, not of the step.
@@ -103,6 +106,7 @@ class Spec:
     coordinatewise: bool = True
     float32_low_precision_updates: bool = False
     rounds_weights: bool = False
+    shares_row_state: bool = False
 
     def build(self, **overrides) -> optax.GradientTransformation:
         return self.make(**{**self.hyperparams, **overrides})
@@ -608,6 +612,10 @@ SPECS += [
         param_shaped_state=bool(momentum),  # vectors only, without momentum
         jit_init_follows_params=False,
         coordinatewise=False,
+        row_sparse=True,
+        # Lazy rows are the dense rule without momentum; with it, untouched rows'
+        # m would decay densely and stays lazily.
+        lazy_matches_dense=not momentum,
     )
     for momentum in (0.0, 0.9)
 ]
@@ -633,6 +641,7 @@ SPECS += [
         converge={"learning_rate": 0.5, "weight_decay": 0.0, "max_norm": 0.0},
         param_shaped_state=False,  # one number per row
         coordinatewise=False,  # a row shares its accumulator and its norm
+        shares_row_state=True,
         **FBGEMM,
     ),
     Spec(
@@ -649,6 +658,7 @@ SPECS += [
         converge=None,
         param_shaped_state=False,
         coordinatewise=False,
+        shares_row_state=True,
         **FBGEMM,
     ),
     Spec(

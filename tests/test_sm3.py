@@ -100,9 +100,76 @@ def test_accumulators_reads_the_vectors():
     np.testing.assert_array_equal(acc["b"][0], [4.0, 4.0, 4.0])
 
 
-def test_row_sparse_gradients_are_refused_with_a_clear_error():
-    tx = adagrad_jax.sm3(0.1)
-    params = {"t": jnp.zeros((4, 2))}
-    grads = {"t": adagrad_jax.RowSparse(jnp.array([1]), jnp.ones((1, 2)))}
-    with pytest.raises(TypeError, match=r"sm3: updates\[.t.\] is a RowSparse.*takes dense gradients only"):
-        tx.update(grads, tx.init(params), params)
+@pytest.mark.parametrize("shape", [(12,), (12, 3), (12, 2, 3)], ids=str)
+def test_table_rows_train_as_the_dense_rule(shape):
+    """Lazy SM3 on a table is the dense rule with zero rows elsewhere (momentum 0):
+    a third of the rows touched per step, ids repeated and padded, against dense
+    gradients with the same rows; the covers stay one vector per axis, O(k x D)."""
+    rng = np.random.default_rng(4)
+    w0 = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    tx = adagrad_jax.sm3(0.1, eps=1e-6, pad_id=11)
+    sparse_w, dense_w = w0, w0
+    sparse_s, dense_s = tx.init(w0), tx.init(w0)
+    for _ in range(6):
+        ids = rng.choice(shape[0], 5).astype(np.int32)
+        ids[0] = ids[1]  # a duplicate
+        ids = np.concatenate([ids, [-1, 11]])  # padding and pad_id
+        values = rng.standard_normal((ids.size,) + shape[1:]).astype(np.float32)
+        full = np.zeros(shape, np.float32)
+        np.add.at(full, ids[:-2][ids[:-2] != 11], values[:-2][ids[:-2] != 11])
+        u, sparse_s = jax.jit(tx.update)(
+            adagrad_jax.RowSparse(jnp.asarray(ids), jnp.asarray(values)), sparse_s, sparse_w)
+        sparse_w = adagrad_jax.apply_updates(sparse_w, u)
+        v, dense_s = jax.jit(tx.update)(jnp.asarray(full), dense_s, dense_w)
+        dense_w = optax.apply_updates(dense_w, v)
+    np.testing.assert_allclose(sparse_w, dense_w, rtol=1e-6, atol=1e-7)
+    for a, b in zip(jax.tree.leaves(sparse_s), jax.tree.leaves(dense_s)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    expected = [(shape[0],)] if len(shape) == 1 else [(n,) for n in shape]
+    state = sparse_s[0]
+    assert [mu.shape for mu in jax.tree.leaves(state.accumulators)] == expected
+
+
+def test_table_momentum_is_lazy():
+    """With momentum, untouched rows keep m (and do not move); touched rows step."""
+    tx = adagrad_jax.sm3(0.1, momentum=0.9)
+    w = jnp.ones((6, 2))
+    state = tx.init(w)
+    g = adagrad_jax.RowSparse(jnp.array([1, 4]), jnp.ones((2, 2)))
+    for _ in range(3):
+        u, state = tx.update(g, state, w)
+        w = adagrad_jax.apply_updates(w, u)
+    g = adagrad_jax.RowSparse(jnp.array([4]), jnp.ones((1, 2)))
+    m_before = state[0].momentum
+    u, state = tx.update(g, state, w)
+    np.testing.assert_array_equal(state[0].momentum[1], m_before[1])
+    assert float(jnp.abs(state[0].momentum[4] - m_before[4]).max()) > 0
+    assert u.indices.tolist() == [4]
+
+
+def test_table_unique_rows_bound():
+    tx = adagrad_jax.sm3(0.1, unique_rows=3)
+    w = jnp.zeros((10, 2))
+    g = adagrad_jax.RowSparse(jnp.array([2, 2, 5, 7, 5]), jnp.ones((5, 2)))
+    u, _ = tx.update(g, tx.init(w), w)
+    assert u.indices.shape == (3,) and sorted(u.indices.tolist()) == [2, 5, 7]
+    with pytest.raises(ValueError, match=r"sm3\(unique_rows=3\).*4 distinct row ids"):
+        tx.update(adagrad_jax.RowSparse(jnp.array([1, 2, 3, 4]), jnp.ones((4, 2))),
+                  tx.init(w), w)
+
+
+def test_table_skip_coordinate_acts_on_summed_rows():
+    """A NaN in the second occurrence of id 3 skips row 3's coordinate (summed, as the
+    engine's optimizers do); row 5, which holds update entry 1 (the NaN's position
+    in the gradient), still steps there."""
+    tx = adagrad_jax.sm3(0.1, nonfinite="skip_coordinate")
+    w = jnp.zeros((8, 2))
+    g = adagrad_jax.RowSparse(
+        jnp.array([3, 3, 5]), jnp.array([[1.0, 1.0], [jnp.nan, 2.0], [1.0, 1.0]])
+    )
+    u, state = tx.update(g, tx.init(w), w)
+    new = adagrad_jax.apply_updates(w, u)
+    assert float(new[3, 0]) == 0.0 and float(new[3, 1]) < 0.0
+    assert float(new[5, 0]) < 0.0 and float(new[5, 1]) < 0.0
+    assert int(state.nonfinite_steps) == 1
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state))

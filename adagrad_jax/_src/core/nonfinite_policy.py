@@ -178,6 +178,7 @@ def wrap(
     inner: optax.GradientTransformation,
     *,
     skips_inside: bool,
+    tables_inside: bool = False,
 ) -> optax.GradientTransformation:
     """`inner` under the policy `nonfinite`; `inner` itself with "propagate".
 
@@ -198,6 +199,12 @@ def wrap(
         pass over the tables, and leaves a table's update rows (deduplicated,
         not the gradient's rows) to the engine. False: `wrap` applies the
         whole policy.
+      tables_inside: with ``skips_inside=False``, whether `inner` applies
+        "skip_coordinate" to table gradients itself, on their summed rows
+        (SM3, whose dense leaves `wrap` handles; a table's update rows are
+        not its gradient's, so `wrap` could not mask them): `wrap` then
+        leaves table gradients and their updates to `inner`, and still
+        applies "skip_step".
     """
     if nonfinite == "propagate":
         return inner
@@ -216,12 +223,18 @@ def wrap(
         if skips_inside:
             inner_grads = updates
         else:
-            inner_grads = _map_values(
-                lambda g: keep_or_zero(keep_mask(g, nonfinite, step_ok), g), updates
+            inner_grads = jax.tree.map(
+                lambda g: (
+                    g
+                    if tables_inside and _is_table(g)
+                    else _map_values(lambda v: keep_or_zero(keep_mask(v, nonfinite, step_ok), v), g)
+                ),
+                updates,
+                is_leaf=_is_table,
             )
         new_updates, new_inner = inner.update(inner_grads, state.inner_state, params)
         new_updates = _zero_skipped_updates(
-            nonfinite, step_ok, new_updates, updates, tables_done=skips_inside
+            nonfinite, step_ok, new_updates, updates, tables_done=skips_inside or tables_inside
         )
         if nonfinite == "skip_step":
             new_inner = jax.tree.map(

@@ -4,6 +4,12 @@ Adagrad's per-coordinate sums in the memory of one vector per axis: for a
 leaf of shape (n_1, ..., n_r), r >= 2, the state is r vectors of lengths
 n_1, ..., n_r instead of n_1 * ... * n_r numbers (the paper's SM3-II with the
 cover of rows, columns, ...: one set per index of each axis).
+
+Tables: a `RowSparse` gradient updates mu_1 at the touched rows and the
+other vectors by a max over those rows (`_table_leaf`), which is exactly the
+dense step with zero rows elsewhere: an untouched row i has nu(i, .) =
+min(mu_1(i), ...) <= each of its covers, which changes no max (mu_1(i) itself
+stays, as the largest of every vector is the same number, max nu).
 """
 
 from __future__ import annotations
@@ -17,8 +23,17 @@ import optax
 
 from adagrad_jax._src.core import checks, nonfinite_policy, placement, slots, trees
 from adagrad_jax._src.core.docs import shared_args
-from adagrad_jax._src.core.numerics import accumulator_dtype_for
-from adagrad_jax._src.tables.row_sparse import check_dense
+from adagrad_jax._src.core.numerics import accumulator_dtype_for, per_row
+from adagrad_jax._src.tables.apply import on_row_values
+from adagrad_jax._src.tables.engine import gather_rows, row_gradient, row_like, scatter_rows
+from adagrad_jax._src.tables.ids import check_id_flags
+from adagrad_jax._src.tables.row_sparse import (
+    RowSparse,
+    check_row_sparse,
+    is_row_sparse,
+    path_name,
+    values_view,
+)
 
 
 class ScaleBySM3State(NamedTuple):
@@ -28,7 +43,8 @@ class ScaleBySM3State(NamedTuple):
       accumulators: a tree like the parameters whose leaves are tuples: for a
         leaf of rank r >= 2, r vectors mu_1, ..., mu_r (mu_k has the leaf's
         k-th dimension; float32 for bfloat16/float16 parameters, the
-        parameter's dtype otherwise; replicated over the parameter's mesh);
+        parameter's dtype otherwise; mu_1 placed like the parameter's row
+        axis, the others replicated over its mesh);
         for a scalar or a vector, a 1-tuple holding one full accumulator of
         the leaf's shape, placed like it.
       momentum: m, a tree like the parameters (in the accumulators' dtype);
@@ -73,11 +89,54 @@ def sm3_accumulators(nu: jax.Array) -> tuple:
     if not _is_covered(nu.shape):
         return (nu,)
     axes = range(nu.ndim)
-    # Replicated, as the state holds them (on an Explicit mesh a max over a split
-    # axis would keep that axis' split in its type).
-    return tuple(
-        placement.replicated(jnp.max(nu, axis=tuple(a for a in axes if a != k))) for k in axes
+    # mu_1 keeps the row axis' placement; the others are replicated, as the state
+    # holds them (on an Explicit mesh a max over a split axis would keep that
+    # axis' split in its type).
+    return (jnp.max(nu, axis=tuple(axes[1:])),) + tuple(
+        placement.replicated(jnp.max(nu, axis=tuple(a for a in axes if a != k))) for k in axes[1:]
     )
+
+
+def _table_leaf(caller, where, g, accumulators, moments, *, eps, momentum, id_rules, nonfinite):
+    """SM3's step on the touched rows of a table (module docstring): (update, accs, m).
+
+    With ``nonfinite="skip_coordinate"`` a non-finite entry of the summed rows
+    counts as a zero gradient (its update is 0); `nonfinite_policy.wrap`
+    applies "skip_step".
+    """
+    mu_rows_table = accumulators[0]
+    dtype = mu_rows_table.dtype
+    rows, summed = row_gradient(caller, where, g, mu_rows_table.shape[0], dtype, **id_rules)
+    if g.indices.shape[0] == 0 or mu_rows_table.shape[0] == 0:  # Nothing to gather.
+        return RowSparse(rows, summed), accumulators, moments
+    if nonfinite == "skip_coordinate":
+        summed = nonfinite_policy.keep_or_zero(jnp.isfinite(summed), summed)
+    like = (mu_rows_table, rows, summed)
+    # Dead entries read 0: their nu = min(0, ...) + 0 changes no max, and their
+    # writes are dropped.
+    mu_rows = gather_rows(mu_rows_table, rows, 0, like)
+    nu = sm3_nu(summed, (mu_rows, *accumulators[1:]), dtype)
+    direction = _direction(summed, nu, eps)
+    if _is_covered(nu.shape):
+        axes = range(nu.ndim)
+        new_rows = jnp.max(nu, axis=tuple(axes[1:]))
+        others = tuple(
+            placement.replicated(
+                jnp.maximum(mu, jnp.max(nu, axis=tuple(a for a in axes if a != k)))
+            )
+            for k, mu in zip(axes[1:], accumulators[1:])
+        )
+    else:
+        new_rows, others = nu, ()
+    accumulators = (scatter_rows(mu_rows_table, rows, new_rows, like), *others)
+    live = per_row(rows < mu_rows_table.shape[0], summed.ndim)
+    if moments is not None:
+        beta = jnp.asarray(momentum).astype(moments.dtype)
+        m_rows = (1 - beta) * direction + beta * gather_rows(moments, rows, 0, like)
+        moments = scatter_rows(moments, rows, m_rows, like)
+        direction = m_rows
+    u = jnp.where(live, direction.astype(g.values.dtype), jnp.zeros((), g.values.dtype))
+    return RowSparse(rows, u), accumulators, moments
 
 
 def _direction(g: jax.Array, nu: jax.Array, eps: Any) -> jax.Array:
@@ -99,9 +158,12 @@ def _check_momentum(caller: str, momentum: Any) -> None:
         )
 
 
-def _sm3(caller: str, momentum: Any, eps: Any) -> optax.GradientTransformation:
+def _sm3(
+    caller: str, momentum: Any, eps: Any, id_rules: dict, nonfinite: str
+) -> optax.GradientTransformation:
     _check_momentum(caller, momentum)
     checks.check_number(caller, "eps", eps)
+    check_id_flags(caller, id_rules["pad_id"], id_rules["out_of_range"], id_rules["unique_rows"])
     keeps_momentum = not checks.is_zero_constant(momentum)
 
     def init_fn(params):
@@ -113,8 +175,12 @@ def _sm3(caller: str, momentum: Any, eps: Any) -> optax.GradientTransformation:
             dtype = accumulator_dtype_for(p.dtype)
             if not _is_covered(p.shape):  # placed like the parameter
                 return (slots.placed_full(p, p.shape, 0, dtype, replicate=False),)
-            # Vectors: replicated over the parameter's mesh (m + n numbers per device).
-            return tuple(slots.placed_full(p, (n,), 0, dtype, replicate=True) for n in p.shape)
+            # mu_1 like the parameter's rows (a table's row axis); the other
+            # vectors replicated over the parameter's mesh.
+            rows = slots.init_sum_of_squares(caller, row_like(p), 0.0, dtype)
+            return (rows,) + tuple(
+                slots.placed_full(p, (n,), 0, dtype, replicate=True) for n in p.shape[1:]
+            )
 
         accumulators = jax.tree_util.tree_map_with_path(leaf, params)
         # m: zeros like the parameters (their shape, sharding, accumulator dtype).
@@ -123,21 +189,47 @@ def _sm3(caller: str, momentum: Any, eps: Any) -> optax.GradientTransformation:
 
     def update_fn(updates, state, params=None):
         del params
-        check_dense(caller, updates)  # Tables: not yet (issue 19's row-sparse SM3).
         trees.check_same_structure(
             caller,
             "updates",
-            updates,
+            values_view(updates),
             "state.accumulators",
             jax.tree.map(lambda a: a[0], state.accumulators, is_leaf=_is_accumulator_tuple),
         )
-        updates = jax.tree.map(jnp.asarray, updates)
-        trees.check_inexact_leaves(caller, "updates", updates)
+        updates = jax.tree.map(
+            lambda g: g if is_row_sparse(g) else jnp.asarray(g), updates, is_leaf=is_row_sparse
+        )
+        trees.check_inexact_leaves(
+            caller,
+            "updates",
+            updates,
+            is_leaf=is_row_sparse,
+            dtype_of=lambda x: x.values.dtype if is_row_sparse(x) else trees.leaf_dtype(x),
+        )
 
-        def leaf(path, g, accumulators):
+        def leaf(path, g, accumulators, m):
             # One full accumulator (rank <= 1) has the parameter's shape; vectors, its dims.
             full = len(accumulators) == 1
             expected = accumulators[0].shape if full else tuple(mu.shape[0] for mu in accumulators)
+            if is_row_sparse(g):
+                where = path_name(path)
+                if not expected:
+                    raise ValueError(
+                        f"{caller}: {where} is a RowSparse but its parameter is a scalar;"
+                        " only tables (arrays with a row axis) take row gradients."
+                    )
+                check_row_sparse(caller, where, g, tuple(expected[1:]))
+                return _table_leaf(
+                    caller,
+                    where,
+                    g,
+                    accumulators,
+                    m,
+                    eps=eps,
+                    momentum=momentum,
+                    id_rules=id_rules,
+                    nonfinite=nonfinite,
+                )
             if tuple(g.shape) != tuple(expected):
                 raise ValueError(
                     f"{caller}: updates{jax.tree_util.keystr(path)} has shape"
@@ -146,23 +238,23 @@ def _sm3(caller: str, momentum: Any, eps: Any) -> optax.GradientTransformation:
                     " parameters."
                 )
             nu = sm3_nu(g, accumulators, accumulators[0].dtype)
-            return _direction(g, nu, eps), sm3_accumulators(nu)
+            direction = _direction(g, nu, eps)
+            if m is not None:
+                beta = jnp.asarray(momentum).astype(m.dtype)
+                direction = m = (1 - beta) * direction + beta * m
+            return direction.astype(g.dtype), sm3_accumulators(nu), m
 
-        leaves, treedef = jax.tree_util.tree_flatten_with_path(updates)
-        acc_leaves = treedef.flatten_up_to(state.accumulators)
-        out = [leaf(path, g, a) for (path, g), a in zip(leaves, acc_leaves)]
-        directions = jax.tree.unflatten(treedef, [d for d, _ in out])
-        accumulators = jax.tree.unflatten(treedef, [a for _, a in out])
-        if not keeps_momentum:
-            new = jax.tree.map(lambda d, g: d.astype(g.dtype), directions, updates)
-            return new, ScaleBySM3State(accumulators, None)
-
-        def average(d, m):
-            beta = jnp.asarray(momentum).astype(m.dtype)
-            return (1 - beta) * d + beta * m
-
-        moments = jax.tree.map(average, directions, state.momentum)
-        new = jax.tree.map(lambda m, g: m.astype(g.dtype), moments, updates)
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_row_sparse)
+        acc_leaves = treedef.flatten_up_to(state.accumulators)  # type: ignore[attr-defined]
+        m_leaves = (
+            treedef.flatten_up_to(state.momentum)  # type: ignore[attr-defined]
+            if keeps_momentum
+            else [None] * len(leaves)
+        )
+        out = [leaf(path, g, a, m) for ((path, g), a, m) in zip(leaves, acc_leaves, m_leaves)]
+        new = jax.tree.unflatten(treedef, [u for u, _, _ in out])
+        accumulators = jax.tree.unflatten(treedef, [a for _, a, _ in out])
+        moments = jax.tree.unflatten(treedef, [m for _, _, m in out]) if keeps_momentum else None
         return new, ScaleBySM3State(accumulators, moments)
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -174,6 +266,9 @@ def scale_by_sm3(
     momentum: jax.typing.ArrayLike = 0.0,
     *,
     eps: jax.typing.ArrayLike = 1e-8,
+    pad_id: int | None = None,
+    out_of_range: str = "drop",
+    unique_rows: int | None = None,
     nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     r"""SM3's scaling without the learning rate (SM3-II, one cover per axis).
@@ -194,9 +289,23 @@ def scale_by_sm3(
     coordinate (the paper's Proposition 1), so SM3 steps are at most
     Adagrad's, with r vectors of state instead of a leaf-sized array.
 
+    Embedding tables: for a `RowSparse` gradient of a (V, n_2, ...) table
+    (duplicate ids summed first, padding and out-of-range ids skipped, as in
+    `scale_by_adagrad`), nu is computed on the touched rows only, mu_1 is
+    written at those rows and every other mu_k becomes
+    max(mu_k, max of nu over the touched rows and the other axes): O(k * D)
+    work, and exactly the dense step with a zero gradient on the other rows
+    (their nu never exceeds a cover, so no max changes). mu_1 is placed like
+    the table's row axis, the other vectors are replicated. With momentum,
+    the m of untouched rows is left as it is (lazy, as the rest of the
+    family), where the dense rule would decay it.
+
     Args:
       momentum: beta in [0, 1). Default 0 (no momentum state).
       eps: added inside the root (>= 0), as in optax. Default 1e-8.
+      {pad_id}
+      {out_of_range}
+      {unique_rows}
       {nonfinite}
 
     Returns:
@@ -228,7 +337,14 @@ def scale_by_sm3(
     """
     caller = "scale_by_sm3"
     nonfinite_policy.check(caller, nonfinite)
-    return nonfinite_policy.wrap(caller, nonfinite, _sm3(caller, momentum, eps), skips_inside=False)
+    id_rules = {"pad_id": pad_id, "out_of_range": out_of_range, "unique_rows": unique_rows}
+    return nonfinite_policy.wrap(
+        caller,
+        nonfinite,
+        _sm3(caller, momentum, eps, id_rules, nonfinite),
+        skips_inside=False,
+        tables_inside=True,
+    )
 
 
 @checks.checked_arguments
@@ -238,6 +354,9 @@ def sm3(
     momentum: jax.typing.ArrayLike = 0.0,
     *,
     eps: jax.typing.ArrayLike = 1e-8,
+    pad_id: int | None = None,
+    out_of_range: str = "drop",
+    unique_rows: int | None = None,
     nonfinite: str = "propagate",
 ) -> optax.GradientTransformation:
     r"""SM3: Adagrad with one accumulator vector per axis of each leaf (SM3-II).
@@ -254,7 +373,10 @@ def sm3(
     Scalars and vectors keep a full accumulator (Adagrad's sum). nu
     upper-bounds Adagrad's per-coordinate sum, so SM3's steps are at most
     Adagrad's; the state of an (m, n) layer is m + n numbers (with momentum,
-    plus m * n).
+    plus m * n). A table's `RowSparse` gradient updates only its touched rows'
+    entries of mu_1 and the other vectors by a max over those rows: the dense
+    rule's numbers (see `scale_by_sm3`), and the update comes back as a
+    `RowSparse` for `adagrad_jax.apply_updates`.
 
     The step applied is -lr(count) * u_t (or * m_t with momentum): this is
     ``optax.chain(scale_by_sm3(momentum, eps=eps),
@@ -266,6 +388,9 @@ def sm3(
       momentum: beta in [0, 1). Default 0 (no momentum state: the memory of a
         (m, n) layer's state is m + n numbers).
       eps: added inside the root (>= 0), as in optax. Default 1e-8.
+      {pad_id}
+      {out_of_range}
+      {unique_rows}
       {nonfinite}
 
     Returns:
@@ -299,9 +424,14 @@ def sm3(
     caller = "sm3"
     checks.check_number(caller, "learning_rate", learning_rate, allow_schedule=True)
     nonfinite_policy.check(caller, nonfinite)
+    id_rules = {"pad_id": pad_id, "out_of_range": out_of_range, "unique_rows": unique_rows}
     return nonfinite_policy.wrap(
         caller,
         nonfinite,
-        optax.chain(_sm3(caller, momentum, eps), optax.scale_by_learning_rate(learning_rate)),
+        optax.chain(
+            _sm3(caller, momentum, eps, id_rules, nonfinite),
+            on_row_values(optax.scale_by_learning_rate(learning_rate)),
+        ),
         skips_inside=False,
+        tables_inside=True,
     )

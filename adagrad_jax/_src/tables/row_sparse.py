@@ -301,7 +301,7 @@ def check_dense(caller: str, updates: Any) -> None:
     """Raises TypeError naming the first `RowSparse` in `updates`, and how to train its table.
 
     For the optimizers whose step for a leaf depends on all of its coordinates
-    (a matrix statistic, a norm, SM3's covers), so that a table's touched rows
+    (a matrix statistic, a norm), so that a table's touched rows
     alone cannot give it. The table trains beside them with a row-sparse
     optimizer.
     """
