@@ -84,6 +84,12 @@ class Spec:
       shares_row_state: whether a table row's coordinates share their state (one
         accumulator and norm per row, FBGEMM's row-wise rule), so that
         ``nonfinite="skip_coordinate"`` keeps the whole row.
+      quantized_state: whether the accumulator is stored in 8 bits
+        (``accumulator_dtype="int8"``), requantized stochastically at every step:
+        its numbers follow the reference to the code's precision (one level, 9%
+        of a sum), not to float rounding, so the clauses that compare with the
+        float64 reference or with a run keyed at other positions use that
+        tolerance.
       rounds_weights: whether such updates land on a stochastically rounded
         weight (``stochastic_rounding=True``): each is then the exact step up
         to one bfloat16 spacing of the weight, not of the step.
@@ -106,6 +112,7 @@ class Spec:
     coordinatewise: bool = True
     float32_low_precision_updates: bool = False
     rounds_weights: bool = False
+    quantized_state: bool = False
     shares_row_state: bool = False
 
     def build(self, **overrides) -> optax.GradientTransformation:
@@ -698,4 +705,38 @@ SPECS += [
     )
     for spec in SPECS
     if spec.name in ("adagrad-all-options", "ftrl-stacked_slots", "adagrad_momentum-stacked_slots")
+]
+
+# 8-bit accumulators (accumulator_dtype="int8"): the reference to the code's precision.
+SPECS += [
+    Spec(
+        name="adagrad-int8",
+        make=adagrad_jax.adagrad,
+        hyperparams=dict(learning_rate=0.1, initial_accumulator_value=0.1, accumulator_dtype="int8"),
+        reference=reference.leafwise(reference.adagrad_step, tau=0.1, lr=0.1, eps=1e-8),
+        converge={"learning_rate": 0.5},
+        accumulators=lambda state: jax.tree.leaves(adagrad_jax.accumulators(state)),
+        row_sparse=True,
+        lazy_matches_dense=True,
+        quantized_state=True,
+    ),
+    Spec(
+        name="proximal_adagrad-int8",
+        make=adagrad_jax.proximal_adagrad,
+        hyperparams=dict(
+            learning_rate=0.2,
+            initial_accumulator_value=0.1,
+            l1=0.01,
+            l2=0.02,
+            eps=1e-6,
+            accumulator_dtype="int8",
+        ),
+        reference=reference.leafwise(
+            reference.proximal_adagrad_step, tau=0.1, lr=0.2, l1=0.01, l2=0.02, eps=1e-6
+        ),
+        converge=None,
+        **{**REGULARIZED, "accumulators": lambda state: jax.tree.leaves(
+            adagrad_jax.accumulators(state))},
+        quantized_state=True,
+    ),
 ]

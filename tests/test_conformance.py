@@ -92,6 +92,20 @@ def assert_trees_close(actual, expected, rtol, atol=0.0):
     )
 
 
+def assert_close_to_reference(spec, actual, expected, start, rtol, atol=0.0):
+    """`actual` against `expected` (trees): to float rounding, or for a spec with an
+    8-bit accumulator (`quantized_state`) to the code's precision: within 15% of
+    the leaf's largest distance travelled from `start` (each step's size is within
+    ~10%; a coordinate that went back and forth travelled more than it moved)."""
+    if not spec.quantized_state:
+        assert_trees_close(actual, expected, rtol=rtol, atol=atol)
+        return
+    for a, e, s0 in zip(*(jax.tree.leaves(t) for t in (actual, expected, start))):
+        a, e, s0 = (np.asarray(x, np.float64) for x in (a, e, s0))
+        travelled = np.max(np.abs(e - s0), initial=0.0)
+        assert np.all(np.abs(a - e) <= 0.15 * travelled + 1e-6 + atol), (a, e)
+
+
 def assert_same_types(a, b):
     """Same tree structure, shapes and dtypes (what jit and lax.cond require)."""
     assert jax.tree.structure(a) == jax.tree.structure(b)
@@ -109,9 +123,11 @@ def test_matches_numpy_reference(spec):
     grads = make_grads(params)
     new_params, state = run_steps(spec.build(), params, grads)
     ref_params, ref_accs = reference_run(spec, params, grads)
-    assert_trees_close(new_params, ref_params, rtol=2e-6, atol=1e-7)
+    assert_close_to_reference(spec, new_params, ref_params, params, rtol=2e-6, atol=1e-7)
     if spec.accumulators is not None and ref_accs is not None:
-        assert_trees_close(spec.accumulators(state), ref_accs, rtol=2e-6)
+        # 8 bits: within two code levels (9% each) of the float64 sum.
+        rtol = 0.2 if spec.quantized_state else 2e-6
+        assert_trees_close(spec.accumulators(state), ref_accs, rtol=rtol)
 
 
 @parametrize
@@ -122,7 +138,7 @@ def test_matches_numpy_reference_float64(spec):
         grads = make_grads(params)
         new_params, _ = run_steps(spec.build(), params, grads)
         ref_params, _ = reference_run(spec, params, grads)
-        assert_trees_close(new_params, ref_params, rtol=1e-13, atol=1e-15)
+        assert_close_to_reference(spec, new_params, ref_params, params, rtol=1e-13, atol=1e-15)
 
 
 @parametrize
@@ -191,7 +207,9 @@ def test_float64_state_stays_float64(spec):
         _, state = run_steps(tx, params, make_grads(params, 2), state0)
         assert_same_types(state, state0)
         assert all(
-            x.dtype in (jnp.float64, jnp.int32)  # floats stay float64; counters
+            # floats stay float64; counters; 8-bit codes and their float32 block scales
+            x.dtype in (jnp.float64, jnp.int32)
+            or (spec.quantized_state and x.dtype in (jnp.uint8, jnp.float32))
             for x in jax.tree.leaves(state)
         )
 
@@ -214,6 +232,10 @@ def test_low_precision_close_to_reference(spec):
         gs = [np.asarray(x.astype(jnp.float32), np.float64) for x in jax.tree.leaves(g)]
         w1, ref_state = spec.reference.step(w0, gs, ref_state, t)
     expected = jax.tree.unflatten(treedef, [a - b for a, b in zip(w1, w0)])
+    if spec.quantized_state:
+        zero = jax.tree.map(jnp.zeros_like, expected)
+        assert_close_to_reference(spec, updates, expected, zero, rtol=1e-2, atol=1e-6)
+        return
     if spec.rounds_weights:  # One bfloat16 spacing (2**-7 relative, or less) of w.
         for u, e, w in zip(jax.tree.leaves(updates), jax.tree.leaves(expected), w0):
             spacing = 2.0**-7 * np.maximum(np.abs(w), np.abs(w + e)) + 1e-6
@@ -515,8 +537,15 @@ def test_row_sparse_untouched_rows_keep_their_values_and_state(spec):
         for new, old in zip(jax.tree.leaves(s_state), jax.tree.leaves(start_state)):
             if new.shape == shape:
                 np.testing.assert_array_equal(new[others], old[others])
-        np.testing.assert_allclose(
-            sparse[name][touched[name]], sub_trained[name], rtol=1e-5, atol=1e-6
+        # (Rows keyed by their ids: a quantized state rounds the sub-table's rows, at
+        # other positions, differently.)
+        assert_close_to_reference(
+            spec,
+            sparse[name][touched[name]],
+            sub_trained[name],
+            params[name][touched[name]],
+            rtol=1e-5,
+            atol=1e-6,
         )
     if spec.lazy_matches_dense:
         dense, _ = _train_rows(spec.build(), params, [p[1] for p in pairs], optax.apply_updates)
@@ -701,7 +730,10 @@ def test_nonfinite_skip_coordinate_keeps_that_coordinate(spec, bad=-np.inf):
             spec.accumulators(new_state.inner_state), spec.accumulators(state.inner_state)
         ):
             if np.shape(new) == (3, 4):
-                assert float(new[1, 2]) == float(old[1, 2])
+                if spec.quantized_state:  # requantized with its block: within a level
+                    assert abs(float(new[1, 2]) / float(old[1, 2]) - 1) < 0.1
+                else:
+                    assert float(new[1, 2]) == float(old[1, 2])
 
 
 @parametrize_row_sparse

@@ -13,6 +13,7 @@ from adagrad_jax._src.beyond_diagonal.adagrad_norm import ScaleByAdagradNormStat
 from adagrad_jax._src.beyond_diagonal.full_matrix import ScaleByFullMatrixAdagradState
 from adagrad_jax._src.beyond_diagonal.shampoo import ScaleByShampooState
 from adagrad_jax._src.compat.fbgemm import FbgemmAdagradState
+from adagrad_jax._src.core import quantized
 from adagrad_jax._src.diagonal import packed
 from adagrad_jax._src.diagonal.adagrad import ScaleByAdagradState
 from adagrad_jax._src.diagonal.adagrad_momentum import ScaleByAdagradMomentumState
@@ -153,9 +154,19 @@ def accumulators(opt_state: Any) -> Any:
         )
         trees.append(
             jax.tree.map(
-                lambda x: None if isinstance(x, optax.MaskedNode) else _unwrap(x),
+                lambda x: (
+                    None
+                    if isinstance(x, optax.MaskedNode)
+                    else quantized.dequantize(x)
+                    if quantized.is_int8(x)
+                    else _unwrap(x)
+                ),
                 tree,
-                is_leaf=lambda x: isinstance(x, optax.MaskedNode) or hasattr(x, "get_value"),
+                is_leaf=lambda x: (
+                    isinstance(x, optax.MaskedNode)
+                    or hasattr(x, "get_value")
+                    or quantized.is_int8(x)
+                ),
             )
         )
     if len(trees) == 1:

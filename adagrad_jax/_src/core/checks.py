@@ -260,6 +260,49 @@ def check_float_dtype(caller: str, arg: str, dtype: Any) -> jnp.dtype | None:
     return parsed
 
 
+def check_accumulator_dtype(caller: str, dtype: Any, *, int8_refused: str | None) -> Any:
+    """``accumulator_dtype``: None, a real floating dtype of >= 16 bits, or ``"int8"``.
+
+    ``"int8"`` (or the int8 dtype) asks for 8-bit accumulators (`core/quantized.py`)
+    and comes back as the string ``"int8"``; `int8_refused` says why this
+    optimizer (or this configuration) has none, or is None where it has them.
+
+    Raises:
+        ValueError: for ``"int8"`` where `int8_refused` is set, naming why; for
+            any other dtype or dtype name that is not real floating (or is
+            narrower than 16 bits), as `check_float_dtype`.
+        TypeError: for a value that is not a dtype.
+    """
+    arg = "accumulator_dtype"
+    is_int8 = isinstance(dtype, str) and dtype == "int8"
+    if not isinstance(dtype, str) and dtype is not None:
+        try:
+            is_int8 = jnp.dtype(dtype) == jnp.dtype(jnp.int8)
+        except TypeError:
+            is_int8 = False
+    if is_int8:
+        if int8_refused is not None:
+            raise ValueError(f"{caller}({arg}={dtype!r}): 8-bit accumulators {int8_refused}.")
+        return "int8"
+    try:
+        return check_float_dtype(caller, arg, dtype)
+    except ValueError as e:
+        if int8_refused is None:
+            raise ValueError(
+                f"{e} Or pass accumulator_dtype='int8' for 8-bit accumulators."
+            ) from None
+        raise
+
+
+def int8_refused_for_two_slots(slots: str, signed: str) -> str:
+    """Why an optimizer whose ``accumulator_dtype`` sets two slots has no 8-bit state."""
+    return (
+        f"are not available here: accumulator_dtype sets the dtype of both slots ({slots}),"
+        f" and {signed} is signed; 8-bit accumulators are for adagrad, scale_by_adagrad,"
+        " sparse_adagrad and proximal_adagrad"
+    )
+
+
 def check_choice(caller: str, arg: str, value: Any, choices: tuple[Any, ...]) -> None:
     """Raises ValueError unless `value` is one of `choices` (strings or None), naming them all.
 

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adagrad_jax._src.core import checks
+from adagrad_jax._src.core import checks, quantized
 from adagrad_jax._src.core.numerics import per_row
 
 NONFINITE_POLICIES = ("propagate", "skip_coordinate", "skip_step")
@@ -152,7 +152,18 @@ def skipping_rule(
         keep = per_row(keep_slot, g.ndim) if row_wise else keep_slot
         u, new_slots = rule(keep_or_zero(keep, g), slots, w, *rounder)
         keep_state = keep_slot[..., None] if stacked else keep_slot
-        new_slots = tuple(keep_or_old(keep_state, new, old) for new, old in zip(new_slots, slots))
+
+        def restore(new, old):
+            if not quantized.is_int8(old):
+                return keep_or_old(keep_state, new, old)
+            # An 8-bit block is coded as a whole: a skipped coordinate took a zero
+            # gradient and is requantized with its block; a skipped step keeps all.
+            if nonfinite == "skip_coordinate":
+                return new
+            keep_all = jnp.all(keep_state)
+            return jax.tree.map(lambda n, o: keep_or_old(keep_all, n, o), new, old)
+
+        new_slots = tuple(restore(new, old) for new, old in zip(new_slots, slots))
         return keep_or_zero(keep, u), new_slots
 
     return guarded

@@ -32,10 +32,13 @@ WEIGHTS = 0
 
 
 class RoundingKey(NamedTuple):
-    """The seed and the step count that key a step's random numbers (uint32 scalars)."""
+    """The seed and the step count that key a step's random numbers (uint32 scalars),
+    and whether the step rounds its new weights too (then the rules compute the
+    updates of low-precision parameters in float32)."""
 
     seed: jax.Array
-    count: jax.Array  # type: ignore[assignment]  # (shadows tuple.count, as in optax)
+    count: jax.Array
+    weights: bool = True  # type: ignore[assignment]  # (shadows tuple.count, as in optax)
 
 
 def _u32(x: Any) -> jax.Array:
@@ -121,6 +124,10 @@ class Rounder:
         self.leaf = leaf
         self.rows = rows
 
+    def uniforms(self, shape: tuple[int, ...], slot: int = 0) -> jax.Array:
+        """The uniforms of the slot's entries (an 8-bit accumulator's requantization)."""
+        return uniforms(self.key, 1 + slot, self.leaf, self.rows, shape)
+
     def round(self, x: jax.Array, dtype: Any, slot: int = 0) -> jax.Array:
         if jnp.dtype(dtype) not in LOW_PRECISION:
             return x.astype(dtype)
@@ -132,7 +139,7 @@ def update_dtype(rounder: Rounder | None, g: jax.Array) -> Any:
     """The dtype a rule computes its update in: float32 for a low-precision `g` under
     stochastic rounding (the rounding of the new weight then sees the exact
     float32 step), `g`'s dtype otherwise."""
-    if rounder is not None and jnp.dtype(g.dtype) in LOW_PRECISION:
+    if rounder is not None and rounder.key.weights and jnp.dtype(g.dtype) in LOW_PRECISION:
         return jnp.dtype(jnp.float32)
     return g.dtype
 

@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from adagrad_jax._src.core import checks, placement, trees
+from adagrad_jax._src.core import checks, placement, quantized, trees
 from adagrad_jax._src.core.numerics import accumulator_dtype_for
 
 
@@ -34,21 +34,52 @@ def init_sum_of_squares(
         if not hasattr(p, "dtype") or not hasattr(p, "shape"):
             p = jnp.asarray(p)  # A Python scalar, as optax accepts them.
         trees.check_param_dtype(caller, path, p.dtype)
-        dtype = accumulator_dtype_for(p.dtype, accumulator_dtype)
+        dtype = accumulator_dtype
+        if quantized.is_int8_dtype(dtype) and len(p.shape) >= 2:
+            codes = quantized.full((), initial_accumulator_value).codes
+            return quantized.Int8Accumulator(
+                placed(p, codes, jnp.uint8),
+                _placed_blocks(p, quantized.scales_shape(p.shape), initial_accumulator_value),
+            )
+        if quantized.is_int8_dtype(dtype):  # vectors and scalars keep float32
+            dtype = jnp.float32
+        return placed(p, initial_accumulator_value, accumulator_dtype_for(p.dtype, dtype))
+
+    def placed(p, value, dtype):
         if isinstance(p, jax.core.Tracer):
             # Under jit on an Explicit mesh the sharding is part of the type:
             # keep it, so the first update does not change the state's type.
             typed = placement.typed_sharding(p)
-            out = jnp.full(p.shape, initial_accumulator_value, dtype, out_sharding=typed)
+            out = jnp.full(p.shape, value, dtype, out_sharding=typed)
             return placement.tie_to(out, p)
         sharding = getattr(p, "sharding", None)
         if isinstance(p, jax.ShapeDtypeStruct) or sharding is None:
             if isinstance(getattr(sharding, "mesh", None), jax.sharding.AbstractMesh):
-                return jnp.full(p.shape, initial_accumulator_value, dtype, out_sharding=sharding)
-            return jnp.full(p.shape, initial_accumulator_value, dtype, device=sharding)
-        return jnp.full_like(p, initial_accumulator_value, dtype=dtype)
+                return jnp.full(p.shape, value, dtype, out_sharding=sharding)
+            return jnp.full(p.shape, value, dtype, device=sharding)
+        return jnp.full_like(p, value, dtype=dtype)
 
     return jax.tree_util.tree_map_with_path(leaf, params)
+
+
+def _placed_blocks(p: Any, shape: tuple[int, ...], value: Any) -> Any:
+    """The float32 block scales of an int8 accumulator of `p`: `shape` (``p.shape[:-1]``
+    plus the blocks), placed like `p` with its last axis unsplit (blocks lie in rows)."""
+    sharding = jax.typeof(p).sharding if checks.is_traced(p) else getattr(p, "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        spec = tuple(sharding.spec)[: max(len(shape) - 1, 0)]
+        sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
+        if checks.is_traced(p):
+            if jax.sharding.get_abstract_mesh().empty and placement.typed_sharding(p) is None:
+                return jnp.full(shape, value, jnp.float32)
+            out = jnp.full(shape, value, jnp.float32, out_sharding=sharding)
+            return placement.tie_to(out, p)
+        if isinstance(sharding.mesh, jax.sharding.AbstractMesh):
+            return jnp.full(shape, value, jnp.float32, out_sharding=sharding)
+        return jnp.full(shape, value, jnp.float32, device=sharding)
+    if checks.is_traced(p):
+        return jnp.full(shape, value, jnp.float32)
+    return jnp.full(shape, value, jnp.float32, device=sharding)
 
 
 def stack_slots(*trees: Any) -> Any:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
-from adagrad_jax._src.core import checks, nonfinite_policy
+from adagrad_jax._src.core import checks, nonfinite_policy, quantized
 from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import adagrad_direction, per_row, row_mean, squared_magnitude
 from adagrad_jax._src.core.rounding import round_sum, update_dtype
@@ -36,6 +36,10 @@ def adagrad_rule(eps: Any, eps_root: Any, tau: Any, row_wise: bool):
         (s,) = slots
         g = g.astype(update_dtype(rounder, g))
         sq = squared_magnitude(g, s.dtype)
+        if quantized.is_int8(s):  # per coordinate; requantized stochastically
+            total = quantized.dequantize(s) + sq
+            new = quantized.quantize(total, rounder.uniforms(total.shape))
+            return adagrad_direction(g, total, eps, eps_root, tau=tau), (new,)
         if not row_wise:
             s = round_sum(rounder, s, sq)  # Exactly scale_by_adagrad's arithmetic.
             return adagrad_direction(g, s, eps, eps_root, tau=tau), (s,)
@@ -76,8 +80,17 @@ def check_hyperparameters(
     checks.check_number(caller, "initial_accumulator_value", h.initial_accumulator_value)
     checks.check_number(caller, "eps", h.eps)
     checks.check_number(caller, "eps_root", h.eps_root)
-    accumulator_dtype = checks.check_float_dtype(caller, "accumulator_dtype", h.accumulator_dtype)
     row_wise = checks.check_bool(caller, "row_wise", h.row_wise)
+    accumulator_dtype = checks.check_accumulator_dtype(
+        caller,
+        h.accumulator_dtype,
+        int8_refused=(
+            "are for per-coordinate accumulators; with row_wise=True the state is"
+            " already one number per row"
+            if row_wise
+            else None
+        ),
+    )
     check_id_flags(caller, h.pad_id, h.out_of_range, h.unique_rows)
     nonfinite_policy.check(caller, h.nonfinite)
     return dataclasses.replace(h, accumulator_dtype=accumulator_dtype, row_wise=row_wise)
@@ -148,6 +161,14 @@ def build_scale_by_adagrad(
     `nonfinite` policy; errors name `caller`."""
     hyperparameters = check_hyperparameters(caller, hyperparameters)
     scale = adagrad_preconditioner(caller, hyperparameters)
+    # 8-bit accumulators are requantized stochastically: the wrapper keys the step (seed 0).
+    scale = rounding.optional(
+        caller,
+        False,
+        0,
+        scale,
+        int8_state=quantized.is_int8_dtype(hyperparameters.accumulator_dtype),
+    )
     return nonfinite_policy.wrap(caller, hyperparameters.nonfinite, scale, skips_inside=True)
 
 
@@ -172,7 +193,13 @@ def build_adagrad(
         adagrad_preconditioner(caller, hyperparameters),
         on_row_values(optax.scale_by_learning_rate(learning_rate)),
     )
-    chain = rounding.optional(caller, stochastic_rounding, seed, chain)
+    chain = rounding.optional(
+        caller,
+        stochastic_rounding,
+        seed,
+        chain,
+        int8_state=quantized.is_int8_dtype(hyperparameters.accumulator_dtype),
+    )
     return nonfinite_policy.wrap(caller, hyperparameters.nonfinite, chain, skips_inside=True)
 
 

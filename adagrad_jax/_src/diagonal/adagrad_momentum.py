@@ -119,7 +119,11 @@ def check_hyperparameters(
     _check_real(caller, "initial_momentum_value", h.initial_momentum_value)
     use_nesterov = checks.check_bool(caller, "use_nesterov", h.use_nesterov)
     stack_slots = checks.check_bool(caller, "stack_slots", h.stack_slots)
-    accumulator_dtype = checks.check_float_dtype(caller, "accumulator_dtype", h.accumulator_dtype)
+    accumulator_dtype = checks.check_accumulator_dtype(
+        caller,
+        h.accumulator_dtype,
+        int8_refused=checks.int8_refused_for_two_slots("a and m", "m"),
+    )
     check_id_flags(caller, h.pad_id, h.out_of_range, h.unique_rows)
     nonfinite_policy.check(caller, h.nonfinite)
     return dataclasses.replace(

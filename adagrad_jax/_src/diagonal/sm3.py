@@ -245,12 +245,8 @@ def _sm3(
             return direction.astype(g.dtype), sm3_accumulators(nu), m
 
         leaves, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_row_sparse)
-        acc_leaves = treedef.flatten_up_to(state.accumulators)  # type: ignore[attr-defined]
-        m_leaves = (
-            treedef.flatten_up_to(state.momentum)  # type: ignore[attr-defined]
-            if keeps_momentum
-            else [None] * len(leaves)
-        )
+        acc_leaves = treedef.flatten_up_to(state.accumulators)
+        m_leaves = treedef.flatten_up_to(state.momentum) if keeps_momentum else [None] * len(leaves)
         out = [leaf(path, g, a, m) for ((path, g), a, m) in zip(leaves, acc_leaves, m_leaves)]
         new = jax.tree.unflatten(treedef, [u for u, _, _ in out])
         accumulators = jax.tree.unflatten(treedef, [a for _, a, _ in out])

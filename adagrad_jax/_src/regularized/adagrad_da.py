@@ -213,7 +213,11 @@ def adagrad_da(
     )
     warm_start = checks.check_bool(caller, "warm_start", warm_start)
     stack_slots = checks.check_bool(caller, "stack_slots", stack_slots)
-    accumulator_dtype = checks.check_float_dtype(caller, "accumulator_dtype", accumulator_dtype)
+    accumulator_dtype = checks.check_accumulator_dtype(
+        caller,
+        accumulator_dtype,
+        int8_refused=checks.int8_refused_for_two_slots("z and G", "z"),
+    )
     check_id_flags(caller, pad_id, out_of_range, unique_rows)
     nonfinite_policy.check(caller, nonfinite)
     stochastic_rounding = rounding.check_arguments(caller, stochastic_rounding, seed)

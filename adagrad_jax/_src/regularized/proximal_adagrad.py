@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adagrad_jax._src.core import checks, nonfinite_policy, numerics, slots
+from adagrad_jax._src.core import checks, nonfinite_policy, numerics, quantized, slots
 from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import squared_magnitude
 from adagrad_jax._src.core.rounding import round_sum, update_dtype
@@ -38,15 +38,19 @@ def proximal_adagrad_rule(lr: Any, l1: Any, l2: Any, eps: Any, eps_root: Any, ta
     def rule(g, slots, w, rounder=None):
         (s,) = slots
         out = update_dtype(rounder, g)
-        s = round_sum(rounder, s, squared_magnitude(g, s.dtype))
-        a = numerics.adagrad_step_size(lr, s, eps, eps_root, tau=tau)
-        g_acc = g.astype(s.dtype)
+        if quantized.is_int8(s):  # requantized stochastically (`core/quantized.py`)
+            total = quantized.dequantize(s) + squared_magnitude(g, s.dtype)
+            s = quantized.quantize(total, rounder.uniforms(total.shape))
+        else:
+            total = s = round_sum(rounder, s, squared_magnitude(g, s.dtype))
+        a = numerics.adagrad_step_size(lr, total, eps, eps_root, tau=tau)
+        g_acc = g.astype(total.dtype)
         if not regularized:  # Plain Adagrad: no parameter read.
             return (-(a * g_acc)).astype(out), (s,)
-        w_acc = w.astype(s.dtype)
+        w_acc = w.astype(total.dtype)
         v = w_acc - a * g_acc
-        shrunk = numerics.soft_threshold(v, a * jnp.asarray(l1, s.dtype))
-        new_w = shrunk / (1 + a * jnp.asarray(l2, s.dtype))
+        shrunk = numerics.soft_threshold(v, a * jnp.asarray(l1, total.dtype))
+        new_w = shrunk / (1 + a * jnp.asarray(l2, total.dtype))
         return (new_w - w_acc).astype(out), (s,)
 
     return rule, regularized
@@ -158,7 +162,7 @@ def proximal_adagrad(
         l2=l2,
         eps_root=eps_root,
     )
-    accumulator_dtype = checks.check_float_dtype(caller, "accumulator_dtype", accumulator_dtype)
+    accumulator_dtype = checks.check_accumulator_dtype(caller, accumulator_dtype, int8_refused=None)
     check_id_flags(caller, pad_id, out_of_range, unique_rows)
     nonfinite_policy.check(caller, nonfinite)
     stochastic_rounding = rounding.check_arguments(caller, stochastic_rounding, seed)
@@ -194,5 +198,11 @@ def proximal_adagrad(
         return updates, ProximalAdagradState(optax.safe_increment(state.count), sums)
 
     tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
-    tx = rounding.optional(caller, stochastic_rounding, seed, tx)
+    tx = rounding.optional(
+        caller,
+        stochastic_rounding,
+        seed,
+        tx,
+        int8_state=quantized.is_int8_dtype(accumulator_dtype),
+    )
     return nonfinite_policy.wrap(caller, nonfinite, tx, skips_inside=True)

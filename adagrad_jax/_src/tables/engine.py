@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from adagrad_jax._src.core import nonfinite_policy, placement, runtime, trees
+from adagrad_jax._src.core import nonfinite_policy, placement, quantized, runtime, trees
 from adagrad_jax._src.core.numerics import per_row
 from adagrad_jax._src.core.rounding import Rounder, RoundingKey
 from adagrad_jax._src.tables.ids import as_int32_ids, check_row_count, dedup
@@ -187,11 +187,11 @@ def _rows_update(
     if g.indices.shape[0] == 0 or num_rows == 0:  # Nothing to gather.
         return RowSparse(rows, summed), tuple(slots)
     like = (*slots, rows, summed)
-    slot_rows = tuple(gather_rows(s, rows, 1, like) for s in slots)
+    slot_rows = tuple(_gather_slot(s, rows, like) for s in slots)
     w_rows = None if param is None else gather_rows(param, rows, 0, like)
     extra = () if rounder is None else (rounder(rows),)
     u, new_slot_rows = rule(summed, slot_rows, w_rows, *extra)
-    new_slots = tuple(scatter_rows(s, rows, r, like) for s, r in zip(slots, new_slot_rows))
+    new_slots = tuple(_scatter_slot(s, rows, r, like) for s, r in zip(slots, new_slot_rows))
     live = per_row(rows < num_rows, u.ndim)
     return RowSparse(rows, jnp.where(live, u, jnp.zeros((), u.dtype))), new_slots + tuple(
         slots[len(new_slot_rows) :]
@@ -275,6 +275,28 @@ def row_gradient(
         )
     live = per_row(rows < num_rows, values.ndim)
     return rows, jnp.where(live, summed.astype(values.dtype), jnp.zeros((), values.dtype))
+
+
+def _gather_slot(slot: Any, rows: jax.Array, like: tuple) -> Any:
+    """A state slot's rows; dead entries read a stand-in value of 1.
+
+    An 8-bit accumulator's codes and block scales are gathered by row (its
+    blocks lie within rows): code 0 at scale 1 decodes to 1.
+    """
+    if quantized.is_int8(slot):
+        return quantized.Int8Accumulator(
+            gather_rows(slot.codes, rows, 0, like), gather_rows(slot.scales, rows, 1, like)
+        )
+    return gather_rows(slot, rows, 1, like)
+
+
+def _scatter_slot(slot: Any, rows: jax.Array, new_rows: Any, like: tuple) -> Any:
+    if quantized.is_int8(slot):
+        return quantized.Int8Accumulator(
+            scatter_rows(slot.codes, rows, new_rows.codes, like),
+            scatter_rows(slot.scales, rows, new_rows.scales, like),
+        )
+    return scatter_rows(slot, rows, new_rows, like)
 
 
 def gather_rows(table: jax.Array, rows: jax.Array, fill: Any, like: tuple) -> jax.Array:
@@ -368,7 +390,11 @@ def map_rule(
         table, or `params` missing when the rule reads them (each naming the
         path).
     """
-    trees.check_same_structure(caller, "updates", values_view(updates), state_name, slots[0])
+    # An 8-bit accumulator (codes and scales) stands for one parameter leaf.
+    state_view = jax.tree.map(
+        lambda x: x.codes if quantized.is_int8(x) else x, slots[0], is_leaf=quantized.is_int8
+    )
+    trees.check_same_structure(caller, "updates", values_view(updates), state_name, state_view)
     trees.check_inexact_leaves(
         caller,
         "updates",
@@ -397,7 +423,7 @@ def map_rule(
     leaves, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_row_sparse)
     slot_leaves = [treedef.flatten_up_to(tree) for tree in slots]  # type: ignore[attr-defined]
     if params is not None:
-        trees.check_same_structure(caller, "params", params, state_name, slots[0])
+        trees.check_same_structure(caller, "params", params, state_name, state_view)
         param_leaves = treedef.flatten_up_to(params)  # type: ignore[attr-defined]
     else:
         param_leaves = [None] * len(leaves)
@@ -429,7 +455,8 @@ def map_rule(
                     shape,
                     state_where,
                 )
-            _check_placement(caller, where, state_where, p, first, row_wise, stacked)
+            placed = first.codes if quantized.is_int8(first) else first
+            _check_placement(caller, where, state_where, p, placed, row_wise, stacked)
             row_shape = (None if p is None else jnp.shape(p)[1:]) if row_wise else shape[1:]
             check_row_sparse(caller, where, g, row_shape)
             u, leaf_slots = _rows_update(

@@ -81,9 +81,14 @@ def _round_leaf(key, i, path, p, u):
 
 
 def wrap(
-    caller: str, seed: Any, inner: optax.GradientTransformation
+    caller: str, seed: Any, inner: optax.GradientTransformation, *, round_weights: bool = True
 ) -> optax.GradientTransformation:
-    """`inner` with stochastic rounding of its low-precision weights and state (module doc)."""
+    """`inner` with stochastic rounding of its low-precision weights and state (module doc).
+
+    With ``round_weights=False`` (8-bit accumulators without
+    ``stochastic_rounding``) only the state is rounded: the step is keyed and
+    counted, the updates pass through and `update` needs no `params`.
+    """
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
@@ -96,16 +101,18 @@ def wrap(
                 " not the StochasticRoundingState that init returns with this option."
                 " Pass the state that tx.init returned."
             )
-        if params is None:
+        if params is None and round_weights:
             raise ValueError(
                 f"{caller}(stochastic_rounding=True): update(updates, state, params) needs"
                 " params: the new weights are rounded, which reads the current ones. Pass"
                 " them as the third argument."
             )
-        key = RoundingKey(_seed_word(seed), state.count.astype(jnp.uint32))
+        key = RoundingKey(_seed_word(seed), state.count.astype(jnp.uint32), round_weights)
         updates, inner_state = inner.update(
             updates, state.inner_state, params, rounding_key=key, **extra_args
         )
+        if not round_weights:
+            return updates, StochasticRoundingState(state.count + 1, inner_state)
         leaves, treedef = jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_row_sparse)
         param_leaves = treedef.flatten_up_to(params)
         rounded = [
@@ -120,7 +127,15 @@ def wrap(
 
 
 def optional(
-    caller: str, stochastic_rounding: bool, seed: Any, inner: optax.GradientTransformation
+    caller: str,
+    stochastic_rounding: bool,
+    seed: Any,
+    inner: optax.GradientTransformation,
+    *,
+    int8_state: bool = False,
 ) -> optax.GradientTransformation:
-    """`wrap` with ``stochastic_rounding=True``; `inner` itself otherwise."""
-    return wrap(caller, seed, inner) if stochastic_rounding else inner
+    """`wrap` with ``stochastic_rounding=True`` or 8-bit accumulators (`int8_state`, whose
+    requantization is always stochastic); `inner` itself otherwise."""
+    if not (stochastic_rounding or int8_state):
+        return inner
+    return wrap(caller, seed, inner, round_weights=stochastic_rounding)
