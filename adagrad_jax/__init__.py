@@ -21,6 +21,7 @@ from adagrad_jax._src.beyond_diagonal.shampoo import ScaleByShampooState as Scal
 from adagrad_jax._src.beyond_diagonal.shampoo import scale_by_shampoo as scale_by_shampoo
 from adagrad_jax._src.beyond_diagonal.shampoo import shampoo as shampoo
 from adagrad_jax._src.core.nonfinite_policy import NonfiniteState as NonfiniteState
+from adagrad_jax._src.core.quantized import Int8Accumulator as Int8Accumulator
 from adagrad_jax._src.diagonal.adagrad import ScaleByAdagradState as ScaleByAdagradState
 from adagrad_jax._src.diagonal.adagrad import adagrad as adagrad
 from adagrad_jax._src.diagonal.adagrad import scale_by_adagrad as scale_by_adagrad
@@ -67,6 +68,7 @@ __version__ = "0.2.0"  # the one place; pyproject.toml reads it
 __all__ = [
     "AdagradDAState",
     "FtrlState",
+    "Int8Accumulator",
     "NonfiniteState",
     "ProximalAdagradState",
     "RowSparse",

@@ -284,6 +284,26 @@ def _flag_cases() -> list[Bad]:
         add(fn, TypeError, stack_slots=1)
         add(fn, TypeError, stack_slots="no")
         add(fn, TypeError, stack_slots=None)
+    for fn in (adagrad_jax.adagrad, adagrad_jax.sparse_adagrad, adagrad_jax.scale_by_adagrad):
+        c.append(
+            Bad(
+                f"{_name(fn)}-int8-row_wise",
+                lambda fn=fn: fn(accumulator_dtype="int8", row_wise=True),
+                ValueError,
+                (f"{_name(fn)}(", "accumulator_dtype='int8'", "row_wise"),
+            )
+        )
+    for fn in (
+        adagrad_jax.ftrl,
+        adagrad_jax.adagrad_da,
+        adagrad_jax.adagrad_momentum,
+        adagrad_jax.scale_by_adagrad_momentum,
+    ):
+        add(fn, ValueError, accumulator_dtype="int8")
+    for fn in (adagrad_jax.adagrad, adagrad_jax.proximal_adagrad):
+        add(fn, ValueError, accumulator_dtype="int4")
+        add(fn, ValueError, accumulator_dtype="uint8")
+        add(fn, TypeError, accumulator_dtype="int-8")
     for flag in ("multiply_linear_by_learning_rate", "allow_zero_accumulator"):
         add(adagrad_jax.ftrl, TypeError, **{flag: 1})
         add(adagrad_jax.ftrl, TypeError, **{flag: "yes"})

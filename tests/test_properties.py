@@ -166,7 +166,10 @@ def test_row_sparse_equals_dense(problem):
     params = jnp.asarray(np.linspace(-1, 1, NUM_ROWS * DIM).reshape(NUM_ROWS, DIM), dtype)
     tx, update, apply = _row_optimizer(hyper.pop("row_wise"))
     state = tx.init(params)
-    hyperparams = {k: jnp.asarray(hyper[k], v.dtype) for k, v in state.hyperparams.items()}
+    hyperparams = {
+        k: jnp.asarray(hyper[k], v.dtype) if k in hyper else v
+        for k, v in state.hyperparams.items()
+    }
     state = state._replace(hyperparams=hyperparams)
     sparse_p, sparse_s = params, state
     dense_p, dense_s = params, state

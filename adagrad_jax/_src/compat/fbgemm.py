@@ -26,13 +26,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adagrad_jax._src.core import checks, nonfinite_policy, numerics, slots
+from adagrad_jax._src.core import checks, nonfinite_policy, numerics, placement, slots
 from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import LOW_PRECISION, per_row, row_mean
 from adagrad_jax._src.core.rounding import round_sum
 from adagrad_jax._src.core.slots import init_sum_of_squares
 from adagrad_jax._src.tables import stochastic_rounding as rounding
-from adagrad_jax._src.tables.engine import map_rule, row_like
+from adagrad_jax._src.tables.engine import map_rule
 from adagrad_jax._src.tables.ids import check_id_flags
 
 # FBGEMM's WeightDecayMode NONE, L2 and DECOUPLE (not COUNTER, COWCLIP, DECOUPLE_GLOBAL).
@@ -151,7 +151,7 @@ def _build(
 
     def init_fn(params):
         checks.check_real_params(caller, params)
-        shapes = jax.tree.map(row_like, params) if row_wise else params
+        shapes = jax.tree.map(placement.row_like, params) if row_wise else params
         return FbgemmAdagradState(
             count=slots.init_count(),
             sum_of_squares=init_sum_of_squares(caller, shapes, 0.0, None),

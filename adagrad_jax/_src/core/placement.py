@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
@@ -118,3 +119,28 @@ def sharded_like(x: jax.Array, like: jax.Array) -> jax.Array:
     """`x` split as `like` is over Explicit mesh axes (a no-op otherwise)."""
     sharding = _explicit_sharding(like)
     return x if sharding is None else jax.sharding.reshard(x, sharding)
+
+
+def _row_sharding(p: Any) -> Any:
+    """The sharding of a row-wise accumulator for a parameter placed like `p`."""
+    sharding = getattr(p, "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        spec = tuple(sharding.spec)[:1]
+        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
+    return None
+
+
+def row_like(p: Any) -> Any:
+    """What a row-wise accumulator for `p` is shaped and placed like (``p.shape[:1]``).
+
+    A `jax.ShapeDtypeStruct` with the row part of `p`'s sharding; under
+    `jax.jit` on an Explicit mesh, an array typed with it and tied to `p`.
+    """
+    typed = typed_sharding(p)
+    if isinstance(p, jax.core.Tracer) and typed is not None:
+        spec = jax.sharding.PartitionSpec(*tuple(spec_of(p, p.ndim))[:1])
+        rows = jnp.zeros(
+            p.shape[:1], p.dtype, out_sharding=jax.sharding.NamedSharding(typed.mesh, spec)
+        )
+        return tie_to(rows, p)
+    return jax.ShapeDtypeStruct(p.shape[:1], p.dtype, sharding=_row_sharding(p))

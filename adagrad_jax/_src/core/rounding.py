@@ -37,8 +37,8 @@ class RoundingKey(NamedTuple):
     updates of low-precision parameters in float32)."""
 
     seed: jax.Array
-    count: jax.Array
-    weights: bool = True  # type: ignore[assignment]  # (shadows tuple.count, as in optax)
+    count: jax.Array  # type: ignore[assignment]  # (shadows tuple.count, as in optax)
+    weights: bool = True
 
 
 def _u32(x: Any) -> jax.Array:
@@ -144,12 +144,17 @@ def update_dtype(rounder: Rounder | None, g: jax.Array) -> Any:
     return g.dtype
 
 
+def rounds(rounder: Rounder | None, x: jax.Array) -> bool:
+    """Whether `round_sum` rounds sums into `x` stochastically (a low-precision `x`)."""
+    return rounder is not None and jnp.dtype(x.dtype) in LOW_PRECISION
+
+
 def round_sum(rounder: Rounder | None, a: jax.Array, b: jax.Array, slot: int = 0) -> jax.Array:
     """a + b in `a`'s dtype: rounded to nearest, or stochastically with a `rounder`.
 
     With a rounder and a bfloat16 or float16 `a`, the sum is taken in float32
     and rounded once, stochastically.
     """
-    if rounder is None or jnp.dtype(a.dtype) not in LOW_PRECISION:
+    if rounder is None or not rounds(rounder, a):
         return a + b
     return rounder.round(a.astype(jnp.float32) + b.astype(jnp.float32), a.dtype, slot)

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
-from adagrad_jax._src.core import checks, nonfinite_policy, quantized
+from adagrad_jax._src.core import checks, nonfinite_policy, placement, quantized
 from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import adagrad_direction, per_row, row_mean, squared_magnitude
 from adagrad_jax._src.core.rounding import round_sum, update_dtype
@@ -24,7 +24,7 @@ from adagrad_jax._src.core.slots import init_sum_of_squares
 from adagrad_jax._src.diagonal.weight_decay import sparse_coupled_weight_decay
 from adagrad_jax._src.tables import stochastic_rounding as rounding
 from adagrad_jax._src.tables.apply import on_row_values
-from adagrad_jax._src.tables.engine import map_rule, row_like
+from adagrad_jax._src.tables.engine import map_rule
 from adagrad_jax._src.tables.ids import check_id_flags
 
 
@@ -81,15 +81,9 @@ def check_hyperparameters(
     checks.check_number(caller, "eps", h.eps)
     checks.check_number(caller, "eps_root", h.eps_root)
     row_wise = checks.check_bool(caller, "row_wise", h.row_wise)
+    refused = "are per coordinate; with row_wise=True the state is one number per row"
     accumulator_dtype = checks.check_accumulator_dtype(
-        caller,
-        h.accumulator_dtype,
-        int8_refused=(
-            "are for per-coordinate accumulators; with row_wise=True the state is"
-            " already one number per row"
-            if row_wise
-            else None
-        ),
+        caller, h.accumulator_dtype, int8_refused=refused if row_wise else None
     )
     check_id_flags(caller, h.pad_id, h.out_of_range, h.unique_rows)
     nonfinite_policy.check(caller, h.nonfinite)
@@ -123,7 +117,7 @@ def adagrad_preconditioner(
 
     def init_fn(params):
         if hyperparameters.row_wise:
-            params = jax.tree.map(row_like, params)
+            params = jax.tree.map(placement.row_like, params)
         return ScaleByAdagradState(
             sum_of_squares=init_sum_of_squares(
                 caller,
@@ -162,13 +156,8 @@ def build_scale_by_adagrad(
     hyperparameters = check_hyperparameters(caller, hyperparameters)
     scale = adagrad_preconditioner(caller, hyperparameters)
     # 8-bit accumulators are requantized stochastically: the wrapper keys the step (seed 0).
-    scale = rounding.optional(
-        caller,
-        False,
-        0,
-        scale,
-        int8_state=quantized.is_int8_dtype(hyperparameters.accumulator_dtype),
-    )
+    int8 = quantized.is_int8_dtype(hyperparameters.accumulator_dtype)
+    scale = rounding.optional(caller, False, 0, scale, int8_state=int8)
     return nonfinite_policy.wrap(caller, hyperparameters.nonfinite, scale, skips_inside=True)
 
 
@@ -193,13 +182,8 @@ def build_adagrad(
         adagrad_preconditioner(caller, hyperparameters),
         on_row_values(optax.scale_by_learning_rate(learning_rate)),
     )
-    chain = rounding.optional(
-        caller,
-        stochastic_rounding,
-        seed,
-        chain,
-        int8_state=quantized.is_int8_dtype(hyperparameters.accumulator_dtype),
-    )
+    int8 = quantized.is_int8_dtype(hyperparameters.accumulator_dtype)
+    chain = rounding.optional(caller, stochastic_rounding, seed, chain, int8_state=int8)
     return nonfinite_policy.wrap(caller, hyperparameters.nonfinite, chain, skips_inside=True)
 
 
@@ -262,10 +246,11 @@ def scale_by_adagrad(
       eps: added to the square root, outside it (>= 0). Default 1e-8.
       eps_root: added to G under the square root (>= 0). Default 0. Adding it
         is the same as starting the accumulator at tau + eps_root.
-      accumulator_dtype: real floating dtype of G. Default None: float32 for
-        bfloat16 and float16 parameters, the real counterpart for complex
-        parameters, the parameter's dtype otherwise. Updates always come back
-        in the gradient's dtype.
+      accumulator_dtype: real floating dtype of G, or ``"int8"``. Default None:
+        float32 for bfloat16 and float16 parameters, the real counterpart for
+        complex parameters, the parameter's dtype otherwise. Updates always
+        come back in the gradient's dtype.
+        {int8}
       row_wise: keep one accumulator entry per row (leading-axis entry) of
         every leaf instead of one per coordinate. Default False. `update` then
         needs `params`: the row-wise state does not record the width of the
@@ -423,9 +408,10 @@ def adagrad(
         decay is set). Any value but None or a Python 0 raises ValueError
         when a `RowSparse` leaf arrives: decay would touch every row of the
         table.
-      accumulator_dtype: real floating dtype of G. Default None: float32 for
-        bfloat16/float16 parameters, the real counterpart for complex ones, the
-        parameter's dtype otherwise.
+      accumulator_dtype: real floating dtype of G, or ``"int8"`` (8-bit sums,
+        see `scale_by_adagrad`). Default None: float32 for bfloat16/float16
+        parameters, the real counterpart for complex ones, the parameter's
+        dtype otherwise.
       row_wise: one accumulator entry per row (leading-axis entry) of every
         leaf, G_r += mean(|g_r|^2). Default False. `update` then needs
         `params` (see `scale_by_adagrad`).

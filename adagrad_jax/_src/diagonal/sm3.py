@@ -25,7 +25,7 @@ from adagrad_jax._src.core import checks, nonfinite_policy, placement, slots, tr
 from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import accumulator_dtype_for, per_row
 from adagrad_jax._src.tables.apply import on_row_values
-from adagrad_jax._src.tables.engine import gather_rows, row_gradient, row_like, scatter_rows
+from adagrad_jax._src.tables.engine import gather_rows, row_gradient, scatter_rows
 from adagrad_jax._src.tables.ids import check_id_flags
 from adagrad_jax._src.tables.row_sparse import (
     RowSparse,
@@ -177,7 +177,7 @@ def _sm3(
                 return (slots.placed_full(p, p.shape, 0, dtype, replicate=False),)
             # mu_1 like the parameter's rows (a table's row axis); the other
             # vectors replicated over the parameter's mesh.
-            rows = slots.init_sum_of_squares(caller, row_like(p), 0.0, dtype)
+            rows = slots.init_sum_of_squares(caller, placement.row_like(p), 0.0, dtype)
             return (rows,) + tuple(
                 slots.placed_full(p, (n,), 0, dtype, replicate=True) for n in p.shape[1:]
             )

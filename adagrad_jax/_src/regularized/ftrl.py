@@ -12,7 +12,7 @@ import optax
 from adagrad_jax._src.core import checks, nonfinite_policy, numerics, slots
 from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import squared_magnitude
-from adagrad_jax._src.core.rounding import round_sum, update_dtype
+from adagrad_jax._src.core.rounding import round_sum, rounds, update_dtype
 from adagrad_jax._src.core.slots import init_sum_of_squares
 from adagrad_jax._src.tables import stochastic_rounding as rounding
 from adagrad_jax._src.tables.engine import map_rule
@@ -86,6 +86,8 @@ def ftrl_rule(
         root_step = _power(new_n, p) - _power(n, p)
         if times_lr:
             z = round_sum(rounder, z, lr_t * g_shrunk - root_step * w_acc, slot=1)
+        elif not rounds(rounder, z):  # 0.2's order of operations: its runs resume exactly
+            z = z + g_shrunk - root_step / lr_t * w_acc
         else:
             z = round_sum(rounder, z, g_shrunk - root_step / lr_t * w_acc, slot=1)
         # The same root again, written so that XLA does not merge the two: merged,

@@ -111,9 +111,11 @@ def proximal_adagrad(
       l1: L1 strength (>= 0): the objective gains l1 * |w|. Default 0.
       l2: L2 strength (>= 0): the objective gains (l2 / 2) * w^2. Default 0.
       eps_root: added to G under the square root (>= 0). Default 0.
-      accumulator_dtype: real floating dtype of G and of the arithmetic.
-        Default None: float32 for bfloat16/float16 parameters, the
-        parameter's dtype otherwise.
+      accumulator_dtype: real floating dtype of G and of the arithmetic, or
+        ``"int8"`` (G in 8 bits, the arithmetic in float32). Default None:
+        float32 for bfloat16/float16 parameters, the parameter's dtype
+        otherwise.
+        {int8}
       {pad_id}
       {out_of_range}
       {unique_rows}

@@ -63,31 +63,6 @@ from adagrad_jax._src.tables.row_sparse import (
 Rule = Callable[..., tuple[jax.Array, tuple]]
 
 
-def _row_sharding(p: Any) -> Any:
-    """The sharding of a row-wise accumulator for a parameter placed like `p`."""
-    sharding = getattr(p, "sharding", None)
-    if isinstance(sharding, jax.sharding.NamedSharding):
-        spec = tuple(sharding.spec)[:1]
-        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
-    return None
-
-
-def row_like(p: Any) -> Any:
-    """What a row-wise accumulator for `p` is shaped and placed like (``p.shape[:1]``).
-
-    A `jax.ShapeDtypeStruct` with the row part of `p`'s sharding; under
-    `jax.jit` on an Explicit mesh, an array typed with it and tied to `p`.
-    """
-    typed = placement.typed_sharding(p)
-    if isinstance(p, jax.core.Tracer) and typed is not None:
-        spec = jax.sharding.PartitionSpec(*tuple(placement.spec_of(p, p.ndim))[:1])
-        rows = jnp.zeros(
-            p.shape[:1], p.dtype, out_sharding=jax.sharding.NamedSharding(typed.mesh, spec)
-        )
-        return placement.tie_to(rows, p)
-    return jax.ShapeDtypeStruct(p.shape[:1], p.dtype, sharding=_row_sharding(p))
-
-
 def _check_placement(caller, where, state_where, p, slot, row_wise, stacked):
     """Trace-time checks of a table's sharding on an Explicit mesh (types carry it).
 
