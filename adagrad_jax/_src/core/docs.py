@@ -162,11 +162,13 @@ def expand(doc: str) -> str:
                 f"docstring placeholder {{{name}}}: no shared entry of that name;"
                 f" the entries are {sorted(ENTRIES)} (adagrad_jax/_src/core/docs.py)."
             )
+        # An argument's entry ("name: ...") hangs; a continuation (int8) does not.
+        hang = "  " if ENTRIES[name].startswith(f"{name}:") else ""
         lines += textwrap.wrap(
             ENTRIES[name],
             width=_WIDTH,
             initial_indent=indent,
-            subsequent_indent=indent + "  ",
+            subsequent_indent=indent + hang,
             break_long_words=False,
             break_on_hyphens=False,
         )
