@@ -86,7 +86,7 @@ class Spec:
         ``nonfinite="skip_coordinate"`` keeps the whole row.
       quantized_state: whether the accumulator is stored in 8 bits
         (``accumulator_dtype="int8"``), requantized stochastically at every step:
-        its numbers follow the reference to the code's precision (one level, 9%
+        its numbers follow the reference to the code's precision (one level, 6.7-12.5%
         of a sum), not to float rounding, so the clauses that compare with the
         float64 reference or with a run keyed at other positions use that
         tolerance.

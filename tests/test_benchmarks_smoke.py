@@ -236,3 +236,20 @@ def test_tables_script_writes_its_report_with_machine_and_load(tmp_path):
     assert "| 1,000 x 8 | 8 bags of 4 | row-wise |" in text
     assert "adagrad_da ms (vs adagrad)" in text
     assert "ftrl[stack_slots=True] ms (vs adagrad)" in text
+
+
+@pytest.mark.parametrize(
+    "module, rows",
+    [
+        ("benchmarks.table_optimizers", ("adagrad_momentum", "compat.fbgemm_rowwise_adagrad",
+                                         "stochastic_rounding")),
+        ("benchmarks.memory", ("int8 accumulator", "sm3", "optax.adagrad")),
+    ],
+)
+def test_issue_18_and_19_benchmarks_run_at_toy_sizes(module, rows):
+    """benchmarks/table_optimizers.py and benchmarks/memory.py, ``--tiny``: a table with a
+    row per method (the figures are in their *_latest.md files)."""
+    out = _benchmark(module, "--tiny")
+    assert "| group |" in out or "| optimizer |" in out
+    for row in rows:
+        assert row in out, (row, out[-2000:])

@@ -2,7 +2,7 @@
 
 What must hold:
 
-* the code: values within a block decode within one level (9%) of themselves
+* the code: values within a block decode within half a level (6%) of themselves
   to nearest, unbiased under stochastic requantization (mean of many draws
   within 1%), constants such as tau exactly, zeros as zeros;
 * memory: the state of a (V, 64) table or a 4096 x 4096 layer is at most 0.3x
@@ -39,10 +39,12 @@ def test_code_precision_zeros_and_constants():
     coded = quantized.quantize(x, None)
     assert coded.codes.dtype == jnp.uint8 and coded.scales.shape == (5, 3)
     back = quantized.dequantize(coded)
-    in_range = x >= quantized.SMALLEST * jnp.repeat(coded.scales, 64, axis=1)[:, :130]
+    block_max = jnp.repeat(coded.scales, 64, axis=1)[:, :130]
+    in_range = x >= 2.0**-32 * block_max
     ratio = jnp.where(in_range & (x > 0), back / jnp.where(x > 0, x, 1.0), 1.0)
-    assert float(jnp.max(jnp.abs(ratio - 1))) <= 2 ** (1 / 16) - 1 + 1e-6  # half a level
+    assert float(jnp.max(jnp.abs(ratio - 1))) <= 1 / 16 + 1e-6  # half a level (1/8 of 1.0)
     assert float(back[1, 7]) == 0.0
+    np.testing.assert_array_equal(jnp.max(back[:, :64], axis=1), coded.scales[:, 0])  # exact max
     for tau in (0.0, 0.1, 3.0):
         np.testing.assert_array_equal(quantized.dequantize(quantized.full((4, 70), tau)),
                                       np.float32(tau))
@@ -50,8 +52,8 @@ def test_code_precision_zeros_and_constants():
 
 def test_stochastic_requantization_is_unbiased():
     x = jnp.asarray(10.0 ** np.random.default_rng(1).uniform(-4, 1, (2, 64)), jnp.float32)
-    draws = jax.random.uniform(jax.random.key(0), (2000, 2, 64))
-    mean = jnp.mean(jax.vmap(lambda u: quantized.dequantize(quantized.quantize(x, u)))(draws), 0)
+    bits = jax.random.bits(jax.random.key(0), (2000, 2, 64), jnp.uint32)
+    mean = jnp.mean(jax.vmap(lambda b: quantized.dequantize(quantized.quantize(x, b)))(bits), 0)
     assert float(jnp.max(jnp.abs(mean / x - 1))) < 0.01
 
 
@@ -113,38 +115,35 @@ def test_table_rows_equal_dense_and_untouched_rows_keep_their_codes(make):
 
 
 def test_least_squares_final_loss_within_two_percent_of_float32():
-    """256 features whose scales span three decades, minibatches of 32; the best of a
-    small learning-rate sweep for each (the same sweep)."""
+    """256 features whose scales span two decades, full-batch steps (no sampling noise:
+    the difference is the accumulator's); the best of one learning-rate sweep each."""
     rng = np.random.default_rng(0)
     n, d = 2048, 256
-    a = rng.standard_normal((n, d)) * 10.0 ** rng.uniform(-1.5, 1.5, d)
-    b = a @ (rng.standard_normal(d) / 10.0 ** rng.uniform(-1.5, 1.5, d)) + 0.01 * rng.standard_normal(n)
+    a = rng.standard_normal((n, d)) * 10.0 ** rng.uniform(-1, 1, d)
+    b = a @ rng.standard_normal(d) + 0.1 * rng.standard_normal(n)
     a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
-    floor = float(0.5 * jnp.mean((a @ jnp.linalg.lstsq(a, b)[0] - b) ** 2))
-    batches = [rng.choice(n, 32) for _ in range(600)]
 
-    def loss(w, i):
-        return 0.5 * jnp.mean((a[i] @ w - b[i]) ** 2)
+    def loss(w):
+        return 0.5 * jnp.mean((a @ w[0] - b) ** 2)
 
     def final(accumulator_dtype, lr):
         # A 2-D parameter (1, d), so that the 8-bit code applies (vectors keep float32).
         tx = adagrad_jax.adagrad(lr, accumulator_dtype=accumulator_dtype)
+
+        def step(carry, _):
+            w, state = carry
+            u, state = tx.update(jax.grad(loss)(w), state, w)
+            return (optax.apply_updates(w, u), state), None
+
         w = jnp.zeros((1, d))
-        state = tx.init(w)
+        (w, _), _ = jax.lax.scan(step, (w, tx.init(w)), None, length=60)
+        return float(loss(w))
 
-        @jax.jit
-        def step(w, state, i):
-            g = jax.grad(lambda w: loss(w[0], i))(w)
-            u, state = tx.update(g, state, w)
-            return optax.apply_updates(w, u), state
-
-        for i in batches:
-            w, state = step(w, state, i)
-        return float(0.5 * jnp.mean((a @ w[0] - b) ** 2)) - floor
-
-    rates = (0.03, 0.1, 0.3)
+    rates = (0.1, 0.3, 1.0)
     f32 = min(final(None, lr) for lr in rates)
     int8 = min(final("int8", lr) for lr in rates)
+    floor = float(loss(jnp.linalg.lstsq(a, b)[0][None]))
+    assert f32 < 1.5 * floor  # trained: the comparison is of trained models
     assert abs(int8 / f32 - 1) < 0.02, (int8, f32)
 
 

@@ -66,7 +66,7 @@ def test_rounding_is_unbiased_and_lands_on_a_neighbour(dtype):
     x = jnp.asarray(rng.normal(size=64) * 10.0 ** rng.integers(-3, 3, 64), jnp.float32)
     draws = 4096
     counts = jnp.arange(draws, dtype=jnp.uint32)
-    u = jax.vmap(lambda c: rounding.uniforms(
+    u = jax.vmap(lambda c: rounding.random_bits(
         rounding.RoundingKey(jnp.uint32(1), c), 0, 0, None, x.shape))(counts)
     y = jax.vmap(lambda ui: rounding.stochastic_round(x, dtype, ui))(u).astype(jnp.float32)
     nearest = x.astype(dtype)
@@ -85,22 +85,25 @@ def test_rounding_is_unbiased_and_lands_on_a_neighbour(dtype):
 def test_exact_values_infinities_and_nan_are_kept():
     x = jnp.array([1.0, -0.5, 0.0, jnp.inf, -jnp.inf, jnp.nan, 3.0e38], jnp.float32)
     for dtype in LOW:
-        y = rounding.stochastic_round(x, dtype, jnp.full(x.shape, 0.999, jnp.float32))
+        y = rounding.stochastic_round(x, dtype, jnp.full(x.shape, 0xFFFF0000, jnp.uint32))
         nearest = x.astype(dtype)
         np.testing.assert_array_equal(np.asarray(y[:6], np.float32), np.asarray(nearest[:6],
                                                                                np.float32))
 
 
-def test_uniforms_are_keyed_by_position_not_by_layout():
+def test_random_bits_are_keyed_by_position_not_by_layout():
     key = _key(3, 5)
-    whole = rounding.uniforms(key, 1, 2, None, (40, 3, 2))
+    whole = rounding.random_bits(key, 1, 2, None, (40, 3, 2))
     rows = jnp.array([31, 4, 17])
-    np.testing.assert_array_equal(whole[rows], rounding.uniforms(key, 1, 2, rows, (3, 3, 2)))
-    assert not np.array_equal(whole, rounding.uniforms(_key(4, 5), 1, 2, None, (40, 3, 2)))
-    assert not np.array_equal(whole, rounding.uniforms(_key(3, 6), 1, 2, None, (40, 3, 2)))
-    assert not np.array_equal(whole, rounding.uniforms(key, 2, 2, None, (40, 3, 2)))
-    assert float(whole.min()) >= 0.0 and float(whole.max()) < 1.0
-    assert abs(float(whole.mean()) - 0.5) < 0.05
+    np.testing.assert_array_equal(whole[rows], rounding.random_bits(key, 1, 2, rows, (3, 3, 2)))
+    assert not np.array_equal(whole, rounding.random_bits(_key(4, 5), 1, 2, None, (40, 3, 2)))
+    assert not np.array_equal(whole, rounding.random_bits(_key(3, 6), 1, 2, None, (40, 3, 2)))
+    assert not np.array_equal(whole, rounding.random_bits(key, 2, 2, None, (40, 3, 2)))
+    u = np.asarray(whole, np.float64) / 2.0**32
+    assert abs(u.mean() - 0.5) < 0.05
+    # Every bit is used: each of the 32 bits is set in about half the entries.
+    set_bits = [(np.asarray(whole) >> b & 1).mean() for b in range(32)]
+    assert all(0.3 < f < 0.7 for f in set_bits), set_bits
 
 
 def _train(tx, params, grads):

@@ -1,31 +1,32 @@
-"""8-bit accumulators (``accumulator_dtype="int8"``): a logarithmic code with a scale per block.
+"""8-bit accumulators (``accumulator_dtype="int8"``): a float-like code with a scale per block.
 
 An accumulator G >= 0 of shape S (rank >= 2: vectors and scalars, small next
 to the matrices and tables, keep a float32 accumulator) is stored as
-``codes`` (uint8, shape S) and
-``scales`` (float32, one per block of `BLOCK` consecutive entries of the last
-axis, or of the whole last axis when it is shorter: shape
-``S[:-1] + (ceil(S[-1] / BLOCK),)``)::
+``codes`` (uint8, shape S) and ``scales`` (float32, the largest G of each
+block of `BLOCK` consecutive entries of the last axis, or of the whole last
+axis when it is shorter: shape ``S[:-1] + (ceil(S[-1] / BLOCK),)``)::
 
-    G = scale * 2 ** (-code / LEVELS_PER_OCTAVE)     code = 0, 1, ..., 254
-    G = 0                                            code = 255
+    G = scale * r,   r = 2**(-e) * (1 + m / 8)    (code = 8 * e + 7 - m ... see below)
+    G = 0                                         code = 255
 
-with ``scale`` the largest G of the block. So a block holds values from its
-maximum down to 2**-31.75 (3.3e-10) of it, 8 codes per octave (each 9% above
-the next). Adagrad's sums are positive, only grow and span many orders of
-magnitude across coordinates; a logarithmic code keeps every coordinate's
+r = G / scale in (0, 1] is kept to 3 mantissa bits over 32 octaves: the code
+counts down from 1.0 in steps of one eighth of an octave's width (the float32
+bits of r, shifted right by 20, below those of 1.0), so a block holds values
+from its maximum down to 2**-32 of it, each level 6.7-12.5% above the next.
+Encoding and decoding are integer operations on float32 bits (no logarithm).
+Adagrad's sums are positive, only grow and span many orders of magnitude
+across coordinates: a code with a floating point keeps every coordinate's
 *relative* precision, where a linear one (codes proportional to G) rounds the
-small sums of a block to 0 and gives their coordinates steps as large as the
-learning rate (measured in the closing note of issue 19).
+small sums of a block to 0 (measured in the closing note of issue 19).
 
-Each step dequantizes, adds, and quantizes again with stochastic rounding
-between the two nearest codes, unbiased in G (`core/rounding.py`'s uniforms,
-keyed by the entry's position): round-to-nearest would drop any square under
-half a code's step (4.5% of G), which stalls a sum of small squares at once.
-The rounding noise is the price: it is zero-mean, and a sum's relative error
-stays near sqrt(step / 2) of G (~ 10% of a step size), whatever the number of
-steps. Blocks lie within rows (the last axis), so a table's touched rows are
-requantized alone.
+Each step decodes, adds, and encodes again with stochastic rounding of the
+mantissa, unbiased in G (the low 20 bits of r plus 20 random bits, carried;
+`core/rounding.py`'s hash, keyed by the entry's position): round-to-nearest
+would drop any square under half a level, which stalls a sum of small squares
+at once. The rounding noise is the price: zero-mean, and a sum's relative
+error stays near sqrt(level / 2) of G (about 10% of a step size), whatever the
+number of steps. Blocks lie within rows (the last axis), so a table's touched
+rows are encoded alone.
 """
 
 from __future__ import annotations
@@ -36,9 +37,8 @@ import jax
 import jax.numpy as jnp
 
 BLOCK = 64
-LEVELS_PER_OCTAVE = 8.0
 ZERO_CODE = 255
-SMALLEST = 2.0 ** (-254 / LEVELS_PER_OCTAVE)  # the smallest nonzero level, times the scale
+_ONE = 127 << 3  # the float32 bits of 1.0, shifted right by 20: r = 1.0 is code 0
 INT8 = "int8"
 
 
@@ -108,47 +108,38 @@ def _unblocked(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 def dequantize(acc: Int8Accumulator) -> jax.Array:
     """The float32 values of `acc`."""
-    codes = _blocked(acc.codes.astype(jnp.float32))
-    levels = jnp.exp2(-codes / LEVELS_PER_OCTAVE) * acc.scales[..., None]
-    values = jnp.where(codes == ZERO_CODE, 0.0, levels)
+    codes = _blocked(acc.codes.astype(jnp.uint32))
+    bits = (jnp.uint32(_ONE) - jnp.minimum(codes, jnp.uint32(254))) << 20
+    r = jax.lax.bitcast_convert_type(bits, jnp.float32)
+    values = jnp.where(codes == ZERO_CODE, 0.0, r * acc.scales[..., None])
     return _unblocked(values, acc.shape)
 
 
-def quantize(values: jax.Array, u: jax.Array | None) -> Int8Accumulator:
-    """`values` (>= 0) coded per block; rounded up or down with uniforms `u` (same
-    shape; None: to nearest in the logarithm, for constants such as tau at init).
+def quantize(values: jax.Array, bits: jax.Array | None) -> Int8Accumulator:
+    """`values` (>= 0) coded per block; the mantissa rounded with random uint32 `bits`
+    (same shape; None: to nearest, for constants such as tau at init).
 
-    Between the two codes around a value v, lo < v < hi, it takes hi with
-    probability (v - lo) / (hi - lo): the expected decoded value is v. Below
-    the smallest level (SMALLEST * scale) the two neighbours are 0 and that
-    level.
+    r = v / scale is rounded to 3 mantissa bits: up with probability equal to its
+    position between the two levels around it (the expected decoded value is v).
+    Values below 2**-32 of their block's maximum are coded as 0.
     """
     shape = tuple(values.shape)
     v = _blocked(values.astype(jnp.float32))
     scales = jnp.max(v, axis=-1)
     safe = jnp.where(scales > 0, scales, 1.0)[..., None]
-    ratio = jnp.clip(v / safe, 0.0, 1.0)
-    position = -jnp.log2(jnp.maximum(ratio, 1e-38)) * LEVELS_PER_OCTAVE  # 0 at the max
-    below = jnp.floor(position)  # the code of the level just above (larger value)
-    upper = jnp.exp2(-below / LEVELS_PER_OCTAVE)
-    lower = jnp.where(below >= 254, 0.0, jnp.exp2(-(below + 1) / LEVELS_PER_OCTAVE))
-    upper = jnp.where(below >= 254, SMALLEST, upper)
-    if u is None:
-        take_upper = position - below < 0.5
-    else:
-        p_upper = jnp.where(upper > lower, (ratio - lower) / (upper - lower), 1.0)
-        take_upper = _blocked(u) < p_upper
-    code_upper = jnp.minimum(below, 254.0)
-    code_lower = jnp.where(below >= 254, float(ZERO_CODE), below + 1)
-    codes = jnp.where(take_upper, code_upper, code_lower)
-    codes = jnp.where(ratio <= 0, float(ZERO_CODE), codes)
+    r = jnp.clip(v / safe, 0.0, 1.0)
+    raw = jax.lax.bitcast_convert_type(r, jnp.uint32)
+    carry = jnp.uint32(1 << 19) if bits is None else _blocked(bits) >> 12  # 20 bits
+    q = (raw + carry) >> 20
+    codes = jnp.uint32(_ONE) - jnp.minimum(q, jnp.uint32(_ONE))
+    codes = jnp.where((r <= 0) | (codes > 254), jnp.uint32(ZERO_CODE), codes)
     return Int8Accumulator(_unblocked(codes, shape).astype(jnp.uint8), scales)
 
 
 def full(shape: tuple[int, ...], value: Any) -> Int8Accumulator:
     """An accumulator of `shape` holding `value` everywhere (exact: code 0 at scale `value`)."""
     value = jnp.asarray(value, jnp.float32)
-    code = jnp.where(value > 0, 0, ZERO_CODE).astype(jnp.uint8)
+    code = jnp.where(value > 0, 0, ZERO_CODE).astype(jnp.uint8)  # r = 1.0, or 0
     return Int8Accumulator(
         jnp.full(shape, code, jnp.uint8), jnp.full(scales_shape(shape), value, jnp.float32)
     )

@@ -54,8 +54,10 @@ def fmix32(h: jax.Array) -> jax.Array:
     return h ^ (h >> 16)
 
 
-def uniforms(key: RoundingKey, stream: int, leaf: int, rows: jax.Array | None, shape) -> jax.Array:
-    """float32 uniforms in [0, 1) for an array of `shape`, keyed by position.
+def random_bits(
+    key: RoundingKey, stream: int, leaf: int, rows: jax.Array | None, shape
+) -> jax.Array:
+    """uint32 random bits for an array of `shape`, keyed by position.
 
     Args:
       key: the seed and step count.
@@ -69,8 +71,7 @@ def uniforms(key: RoundingKey, stream: int, leaf: int, rows: jax.Array | None, s
     base = fmix32(_u32(key.seed) ^ fmix32(_u32(key.count) + jnp.uint32(0x9E3779B9)))
     base = fmix32(base ^ jnp.uint32((stream * 0x632BE5AB + leaf * 0x85157AF5) & 0xFFFFFFFF))
     if not shape:
-        row_hash = fmix32(base)
-        return (fmix32(row_hash) >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+        return fmix32(fmix32(base))
     if rows is None:
         rows = lax.iota(jnp.int32, shape[0])
     row_hash = fmix32(base ^ fmix32(_u32(rows) * jnp.uint32(0x27D4EB2F) + jnp.uint32(1)))
@@ -79,23 +80,29 @@ def uniforms(key: RoundingKey, stream: int, leaf: int, rows: jax.Array | None, s
         width *= d
     cols = lax.iota(jnp.uint32, width).reshape((1, *shape[1:]))
     col_hash = fmix32(cols * jnp.uint32(0x165667B1) + jnp.uint32(0x9E3779B9))
-    bits = fmix32(row_hash.reshape(shape[:1] + (1,) * (len(shape) - 1)) ^ col_hash)
-    return (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+    return fmix32(row_hash.reshape(shape[:1] + (1,) * (len(shape) - 1)) ^ col_hash)
 
 
-def stochastic_round(x: jax.Array, dtype: Any, u: jax.Array) -> jax.Array:
-    """`x` rounded to `dtype` up with probability (x - lo) / (hi - lo), given uniforms `u`.
+def stochastic_round(x: jax.Array, dtype: Any, bits: jax.Array) -> jax.Array:
+    """`x` rounded to `dtype` up with probability (x - lo) / (hi - lo), given random uint32 `bits`.
 
     `x` is float32 (or wider); `dtype` bfloat16 or float16 (any other dtype is
     a plain cast). Values the dtype holds exactly stay as they are; infinities
-    and NaN are cast as they are, and so is a value that rounds to infinity
-    (beyond the dtype's largest finite number) or lies between the largest
-    finite number and infinity: as round-to-nearest rounds them.
+    and NaN are cast as they are. bfloat16 keeps float32's top 16 bits: the low
+    16 bits of x plus 16 random bits carry into them with exactly that
+    probability (a value within a spacing of the largest finite number may
+    carry to infinity). float16 picks between its two neighbours.
     """
     dtype = jnp.dtype(dtype)
     if dtype not in LOW_PRECISION:
         return x.astype(dtype)
     x = x.astype(jnp.float32)
+    if dtype == jnp.dtype(jnp.bfloat16):
+        raw = jax.lax.bitcast_convert_type(x, jnp.uint32)
+        kept = (raw + (bits >> 16)) & jnp.uint32(0xFFFF0000)
+        rounded = jax.lax.bitcast_convert_type(kept, jnp.float32).astype(dtype)
+        return jnp.where(jnp.isfinite(x), rounded, x.astype(dtype))
+    u = (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
     nearest = x.astype(dtype)
     near = nearest.astype(jnp.float32)
     toward = jnp.where(near < x, jnp.inf, -jnp.inf).astype(dtype)
@@ -124,15 +131,15 @@ class Rounder:
         self.leaf = leaf
         self.rows = rows
 
-    def uniforms(self, shape: tuple[int, ...], slot: int = 0) -> jax.Array:
-        """The uniforms of the slot's entries (an 8-bit accumulator's requantization)."""
-        return uniforms(self.key, 1 + slot, self.leaf, self.rows, shape)
+    def bits(self, shape: tuple[int, ...], slot: int = 0) -> jax.Array:
+        """The random bits of the slot's entries (an 8-bit accumulator's requantization)."""
+        return random_bits(self.key, 1 + slot, self.leaf, self.rows, shape)
 
     def round(self, x: jax.Array, dtype: Any, slot: int = 0) -> jax.Array:
         if jnp.dtype(dtype) not in LOW_PRECISION:
             return x.astype(dtype)
-        u = uniforms(self.key, 1 + slot, self.leaf, self.rows, jnp.shape(x))
-        return stochastic_round(x, dtype, u)
+        bits = random_bits(self.key, 1 + slot, self.leaf, self.rows, jnp.shape(x))
+        return stochastic_round(x, dtype, bits)
 
 
 def update_dtype(rounder: Rounder | None, g: jax.Array) -> Any:

@@ -14,12 +14,13 @@ import dataclasses
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from adagrad_jax._src.core import checks, nonfinite_policy, placement, quantized
 from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import adagrad_direction, per_row, row_mean, squared_magnitude
-from adagrad_jax._src.core.rounding import round_sum, update_dtype
+from adagrad_jax._src.core.rounding import round_sum, rounds, update_dtype
 from adagrad_jax._src.core.slots import init_sum_of_squares
 from adagrad_jax._src.diagonal.weight_decay import sparse_coupled_weight_decay
 from adagrad_jax._src.tables import stochastic_rounding as rounding
@@ -35,10 +36,11 @@ def adagrad_rule(eps: Any, eps_root: Any, tau: Any, row_wise: bool):
         del w
         (s,) = slots
         g = g.astype(update_dtype(rounder, g))
-        sq = squared_magnitude(g, s.dtype)
+        # (Rounded stochastically, a low-precision sum takes its square in float32.)
+        sq = squared_magnitude(g, jnp.float32 if rounds(rounder, s) else s.dtype)
         if quantized.is_int8(s):  # per coordinate; requantized stochastically
             total = quantized.dequantize(s) + sq
-            new = quantized.quantize(total, rounder.uniforms(total.shape))
+            new = quantized.quantize(total, rounder.bits(total.shape))
             return adagrad_direction(g, total, eps, eps_root, tau=tau), (new,)
         if not row_wise:
             s = round_sum(rounder, s, sq)  # Exactly scale_by_adagrad's arithmetic.

@@ -11,7 +11,7 @@ import optax
 from adagrad_jax._src.core import checks, nonfinite_policy, numerics, quantized, slots
 from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import squared_magnitude
-from adagrad_jax._src.core.rounding import round_sum, update_dtype
+from adagrad_jax._src.core.rounding import round_sum, rounds, update_dtype
 from adagrad_jax._src.core.slots import init_sum_of_squares
 from adagrad_jax._src.tables import stochastic_rounding as rounding
 from adagrad_jax._src.tables.engine import map_rule
@@ -40,9 +40,10 @@ def proximal_adagrad_rule(lr: Any, l1: Any, l2: Any, eps: Any, eps_root: Any, ta
         out = update_dtype(rounder, g)
         if quantized.is_int8(s):  # requantized stochastically (`core/quantized.py`)
             total = quantized.dequantize(s) + squared_magnitude(g, s.dtype)
-            s = quantized.quantize(total, rounder.uniforms(total.shape))
+            s = quantized.quantize(total, rounder.bits(total.shape))
         else:
-            total = s = round_sum(rounder, s, squared_magnitude(g, s.dtype))
+            sq = squared_magnitude(g, jnp.float32 if rounds(rounder, s) else s.dtype)
+            total = s = round_sum(rounder, s, sq)
         a = numerics.adagrad_step_size(lr, total, eps, eps_root, tau=tau)
         g_acc = g.astype(total.dtype)
         if not regularized:  # Plain Adagrad: no parameter read.

@@ -30,7 +30,7 @@ import optax
 
 from adagrad_jax._src.core import checks
 from adagrad_jax._src.core.numerics import LOW_PRECISION
-from adagrad_jax._src.core.rounding import WEIGHTS, RoundingKey, stochastic_round, uniforms
+from adagrad_jax._src.core.rounding import WEIGHTS, RoundingKey, random_bits, stochastic_round
 from adagrad_jax._src.tables.engine import gather_rows
 from adagrad_jax._src.tables.row_sparse import RowSparse, is_row_sparse, path_name
 
@@ -72,11 +72,11 @@ def _round_leaf(key, i, path, p, u):
         rows = u.indices
         w = gather_rows(p, rows, 0, like=(p, rows, u.values)).astype(jnp.float32)
         x = w + u.values.astype(jnp.float32)
-        new = stochastic_round(x, p.dtype, uniforms(key, WEIGHTS, i, rows, x.shape))
+        new = stochastic_round(x, p.dtype, random_bits(key, WEIGHTS, i, rows, x.shape))
         return RowSparse(rows, new.astype(jnp.float32) - w)
     w = p.astype(jnp.float32)
     x = w + jnp.asarray(u).astype(jnp.float32)
-    new = stochastic_round(x, p.dtype, uniforms(key, WEIGHTS, i, None, x.shape))
+    new = stochastic_round(x, p.dtype, random_bits(key, WEIGHTS, i, None, x.shape))
     return new.astype(jnp.float32) - w
 
 
