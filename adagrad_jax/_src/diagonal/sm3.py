@@ -29,6 +29,7 @@ from adagrad_jax._src.tables.engine import gather_rows, row_gradient, scatter_ro
 from adagrad_jax._src.tables.ids import check_id_flags
 from adagrad_jax._src.tables.row_sparse import (
     RowSparse,
+    check_gradient_dtypes,
     check_row_sparse,
     is_row_sparse,
     path_name,
@@ -199,13 +200,7 @@ def _sm3(
         updates = jax.tree.map(
             lambda g: g if is_row_sparse(g) else jnp.asarray(g), updates, is_leaf=is_row_sparse
         )
-        trees.check_inexact_leaves(
-            caller,
-            "updates",
-            updates,
-            is_leaf=is_row_sparse,
-            dtype_of=lambda x: x.values.dtype if is_row_sparse(x) else trees.leaf_dtype(x),
-        )
+        check_gradient_dtypes(caller, updates)
 
         def leaf(path, g, accumulators, m):
             # One full accumulator (rank <= 1) has the parameter's shape; vectors, its dims.

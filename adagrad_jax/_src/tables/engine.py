@@ -54,6 +54,7 @@ from adagrad_jax._src.core.rounding import Rounder, RoundingKey
 from adagrad_jax._src.tables.ids import as_int32_ids, check_row_count, dedup
 from adagrad_jax._src.tables.row_sparse import (
     RowSparse,
+    check_gradient_dtypes,
     check_row_sparse,
     is_row_sparse,
     path_name,
@@ -370,13 +371,7 @@ def map_rule(
         lambda x: x.codes if quantized.is_int8(x) else x, slots[0], is_leaf=quantized.is_int8
     )
     trees.check_same_structure(caller, "updates", values_view(updates), state_name, state_view)
-    trees.check_inexact_leaves(
-        caller,
-        "updates",
-        updates,
-        is_leaf=is_row_sparse,
-        dtype_of=lambda x: x.values.dtype if is_row_sparse(x) else trees.leaf_dtype(x),
-    )
+    check_gradient_dtypes(caller, updates)
     if read_params and params is None:
         raise ValueError(
             f"{caller}: update(updates, state, params) needs params: this rule reads the"

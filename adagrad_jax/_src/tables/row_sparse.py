@@ -10,6 +10,7 @@ import jax.extend
 import jax.numpy as jnp
 from jax.tree_util import GetAttrKey
 
+from adagrad_jax._src.core import trees
 from adagrad_jax._src.tables.ids import as_int32_ids, clean_ids
 
 
@@ -278,6 +279,17 @@ def values_view(tree: Any) -> Any:
 
 def path_name(path: Any, name: str = "updates") -> str:
     return name + jax.tree_util.keystr(path)
+
+
+def check_gradient_dtypes(caller: str, updates: Any) -> None:
+    """`trees.check_inexact_leaves` for a gradient tree with `RowSparse` leaves (their values)."""
+    trees.check_inexact_leaves(
+        caller,
+        "updates",
+        updates,
+        is_leaf=is_row_sparse,
+        dtype_of=lambda x: x.values.dtype if is_row_sparse(x) else trees.leaf_dtype(x),
+    )
 
 
 def check_row_sparse(caller: str, where: str, g: RowSparse, row_shape: Any) -> None:
