@@ -179,8 +179,7 @@ def _build(
         return updates, FbgemmAdagradState(optax.safe_increment(state.count), sums)
 
     tx: optax.GradientTransformation = optax.GradientTransformationExtraArgs(init_fn, update_fn)
-    if stochastic_rounding:
-        tx = rounding.wrap(caller, seed, tx)
+    tx = rounding.optional(caller, stochastic_rounding, seed, tx)
     return nonfinite_policy.wrap(caller, nonfinite, tx, skips_inside=True)
 
 

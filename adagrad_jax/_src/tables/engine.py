@@ -254,25 +254,13 @@ def row_gradient(
 
 
 def _gather_slot(slot: Any, rows: jax.Array, like: tuple) -> Any:
-    """A state slot's rows; dead entries read a stand-in value of 1.
-
-    An 8-bit accumulator's codes and block scales are gathered by row (its
-    blocks lie within rows): code 0 at scale 1 decodes to 1.
-    """
-    if quantized.is_int8(slot):
-        return quantized.Int8Accumulator(
-            gather_rows(slot.codes, rows, 0, like), gather_rows(slot.scales, rows, 1, like)
-        )
-    return gather_rows(slot, rows, 1, like)
+    """A state slot's rows (each array of an 8-bit accumulator's codes and scales alike:
+    its blocks lie within rows); dead entries read a stand-in value of 1."""
+    return jax.tree.map(lambda a: gather_rows(a, rows, 1, like), slot)
 
 
 def _scatter_slot(slot: Any, rows: jax.Array, new_rows: Any, like: tuple) -> Any:
-    if quantized.is_int8(slot):
-        return quantized.Int8Accumulator(
-            scatter_rows(slot.codes, rows, new_rows.codes, like),
-            scatter_rows(slot.scales, rows, new_rows.scales, like),
-        )
-    return scatter_rows(slot, rows, new_rows, like)
+    return jax.tree.map(lambda a, r: scatter_rows(a, rows, r, like), slot, new_rows)
 
 
 def gather_rows(table: jax.Array, rows: jax.Array, fill: Any, like: tuple) -> jax.Array:
