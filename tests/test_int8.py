@@ -3,7 +3,7 @@
 What must hold:
 
 * the code: values within a block decode within half a level (6%) of themselves
-  to nearest, unbiased under stochastic requantization (mean of many draws
+  to nearest, a block's scale bounds its values within a factor of the block size, unbiased under stochastic requantization (mean of many draws
   within 1%), constants such as tau exactly, zeros as zeros;
 * memory: the state of a (V, 64) table or a 4096 x 4096 layer is at most 0.3x
   the float32 accumulator's bytes; vectors keep float32;
@@ -55,6 +55,33 @@ def test_stochastic_requantization_is_unbiased():
     bits = jax.random.bits(jax.random.key(0), (2000, 2, 64), jnp.uint32)
     mean = jnp.mean(jax.vmap(lambda b: quantized.dequantize(quantized.quantize(x, b)))(bits), 0)
     assert float(jnp.max(jnp.abs(mean / x - 1))) < 0.01
+
+
+def test_scales_bound_their_blocks_within_a_factor_of_the_block_size():
+    """A block's scale grows by the block's largest square (no pass over the new sums):
+    it bounds every decoded value and stays within 64x (the block size) of the
+    largest float32 sum of the block, over many steps of very uneven squares (the
+    decoded sums differ from the float32 ones by the rounding noise)."""
+    rng = np.random.default_rng(3)
+    tx = adagrad_jax.adagrad(0.1, accumulator_dtype="int8", initial_accumulator_value=0.0)
+    w = jnp.zeros((4, 130))
+    state = tx.init(w)
+    exact = np.zeros((4, 130))
+    update = jax.jit(tx.update)
+    for _ in range(60):
+        g = rng.normal(size=(4, 130)) * 10.0 ** rng.uniform(-3, 1, (4, 130))
+        exact += np.float32(g) ** 2
+        _, state = update(jnp.asarray(g, jnp.float32), state, w)
+        (acc,) = [x for x in jax.tree.leaves(state, is_leaf=quantized.is_int8)
+                  if quantized.is_int8(x)]
+        decoded = np.asarray(quantized.dequantize(acc))
+        for b, cols in enumerate((slice(0, 64), slice(64, 128), slice(128, 130))):
+            scale = np.asarray(acc.scales[:, b])
+            assert np.all(decoded[:, cols].max(axis=1) <= scale)
+            # The scale keeps up with the sums (a stale one would clip them: r <= 1)...
+            assert np.all(exact[:, cols].max(axis=1) <= 1.5 * scale)
+            # ...and exceeds them by at most the block size.
+            assert np.all(scale <= 64 * exact[:, cols].max(axis=1) * (1 + 1e-5))
 
 
 @pytest.mark.parametrize("shape", [(1000, 64), (4096, 4096), (300, 16)], ids=str)

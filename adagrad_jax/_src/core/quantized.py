@@ -2,7 +2,7 @@
 
 An accumulator G >= 0 of shape S (rank >= 2: vectors and scalars, small next
 to the matrices and tables, keep a float32 accumulator) is stored as
-``codes`` (uint8, shape S) and ``scales`` (float32, the largest G of each
+``codes`` (uint8, shape S) and ``scales`` (float32, a bound on the G of each
 block of `BLOCK` consecutive entries of the last axis, or of the whole last
 axis when it is shorter: shape ``S[:-1] + (ceil(S[-1] / BLOCK),)``)::
 
@@ -19,7 +19,9 @@ across coordinates: a code with a floating point keeps every coordinate's
 *relative* precision, where a linear one (codes proportional to G) rounds the
 small sums of a block to 0 (measured in the closing note of issue 19).
 
-Each step decodes, adds, and encodes again with stochastic rounding of the
+A block's scale starts at its largest value and grows each step by the
+block's largest square (`add_squares`), so that one pass decodes, adds,
+steps and encodes. Each step encodes again with stochastic rounding of the
 mantissa, unbiased in G (the low 20 bits of r plus 20 random bits, carried;
 `core/rounding.py`'s hash, keyed by the entry's position): round-to-nearest
 would drop any square under half a level, which stalls a sum of small squares
@@ -36,6 +38,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from adagrad_jax._src.core.numerics import squared_magnitude
+
 BLOCK = 64
 ZERO_CODE = 255
 _ONE = 127 << 3  # the float32 bits of 1.0, shifted right by 20: r = 1.0 is code 0
@@ -44,7 +48,7 @@ INT8 = "int8"
 
 class Int8Accumulator(NamedTuple):
     """An 8-bit accumulator: ``codes`` (uint8, the parameter's shape) and ``scales``
-    (float32, the largest value of each block of `BLOCK` entries of the last axis).
+    (float32, a bound on the values of each block of `BLOCK` entries of the last axis).
 
     `adagrad_jax.accumulators` returns it dequantized (float32).
     """
@@ -115,25 +119,61 @@ def dequantize(acc: Int8Accumulator) -> jax.Array:
     return _unblocked(values, acc.shape)
 
 
-def quantize(values: jax.Array, bits: jax.Array | None) -> Int8Accumulator:
+def quantize(values: jax.Array, bits: jax.Array | None,
+             scales: jax.Array | None = None) -> Int8Accumulator:
     """`values` (>= 0) coded per block; the mantissa rounded with random uint32 `bits`
     (same shape; None: to nearest, for constants such as tau at init).
 
+    `scales` (shape ``scales_shape(values.shape)``) must bound each block's values
+    from above; None takes each block's maximum (a pass over `values`).
     r = v / scale is rounded to 3 mantissa bits: up with probability equal to its
     position between the two levels around it (the expected decoded value is v).
-    Values below 2**-32 of their block's maximum are coded as 0.
+    Values below 2**-32 of their block's scale are coded as 0.
     """
     shape = tuple(values.shape)
     v = _blocked(values.astype(jnp.float32))
-    scales = jnp.max(v, axis=-1)
-    safe = jnp.where(scales > 0, scales, 1.0)[..., None]
-    r = jnp.clip(v / safe, 0.0, 1.0)
+    if scales is None:
+        scales = jnp.max(v, axis=-1)
+    inverse = jnp.where(scales > 0, 1.0 / jnp.where(scales > 0, scales, 1.0), 0.0)
+    r = jnp.minimum(v * inverse[..., None], 1.0)  # in [0, 1]
     raw = jax.lax.bitcast_convert_type(r, jnp.uint32)
     carry = jnp.uint32(1 << 19) if bits is None else _blocked(bits) >> 12  # 20 bits
-    q = (raw + carry) >> 20
-    codes = jnp.uint32(_ONE) - jnp.minimum(q, jnp.uint32(_ONE))
-    codes = jnp.where((r <= 0) | (codes > 254), jnp.uint32(ZERO_CODE), codes)
+    q = (raw + carry) >> 20  # at most _ONE: r <= 1
+    # Levels below the 255th (and r = 0, whose q is 0) are the zero code.
+    codes = jnp.minimum(jnp.uint32(_ONE) - q, jnp.uint32(ZERO_CODE))
     return Int8Accumulator(_unblocked(codes, shape).astype(jnp.uint8), scales)
+
+
+def _block_abs_max(x: jax.Array) -> jax.Array:
+    """The largest |x| of each block, in float32 (max and min of `x` itself: a reduction
+    of a computed value such as x * x is several times slower on XLA:CPU)."""
+    blocks = _blocked(x)
+    return jnp.maximum(jnp.max(blocks, axis=-1), -jnp.min(blocks, axis=-1)).astype(jnp.float32)
+
+
+def add_squares(
+    acc: Int8Accumulator, g: jax.Array, bits: jax.Array
+) -> tuple[jax.Array, Int8Accumulator]:
+    """Adagrad's sum: ``(total, coded)`` where total = dequantize(acc) + |g|^2 in float32
+    and `coded` is total requantized stochastically with random uint32 `bits`.
+
+    The new scale of a block is its old scale plus the block's largest |g|^2 (for
+    complex g, the largest re^2 plus the largest im^2): a bound on the new values
+    that needs no pass over them before encoding, so that decoding, adding,
+    stepping and encoding share one pass (2.2x faster than a block maximum of
+    the new values, measured on a 4096 x 4096 leaf). A scale so found exceeds
+    its block's largest sum by at most a factor of the block's size (the
+    squares added to one block's scale are at most all the block's squares),
+    which costs at most 6 of the code's 32 octaves at the bottom; the relative
+    precision of a value does not depend on its scale.
+    """
+    if jnp.iscomplexobj(g):
+        re, im = jnp.real(g), jnp.imag(g)
+        bound = _block_abs_max(re) ** 2 + _block_abs_max(im) ** 2
+    else:
+        bound = _block_abs_max(g) ** 2
+    total = dequantize(acc) + squared_magnitude(g, jnp.float32)
+    return total, quantize(total, bits, acc.scales + bound)
 
 
 def full(shape: tuple[int, ...], value: Any) -> Int8Accumulator:

@@ -12,8 +12,10 @@ row is the entry's index along the leading axis (a table row's id, for a
 a table's row gets the same numbers whether the table is trained densely or
 row by row, on one device or sharded: the same seed and step round alike.
 
-The hash is Murmur3's 32-bit finalizer (``fmix32``), applied to the key words
-and to the row and column in turn. It is not cryptographic; it only needs
+The hash is Murmur3's 32-bit finalizer (``fmix32``): the key words and the
+row are mixed once per row, and each entry mixes its row's hash plus its
+column times the golden ratio (one finalizer per entry, which keeps the
+rounding cheap next to the step). It is not cryptographic; it only needs
 numbers that look independent across entries and steps.
 """
 
@@ -78,9 +80,11 @@ def random_bits(
     width = 1
     for d in shape[1:]:
         width *= d
+    # One finalizer per entry: the row's hash plus the column times the golden
+    # ratio (a Weyl sequence, as in SplitMix), then mixed.
     cols = lax.iota(jnp.uint32, width).reshape((1, *shape[1:]))
-    col_hash = fmix32(cols * jnp.uint32(0x165667B1) + jnp.uint32(0x9E3779B9))
-    return fmix32(row_hash.reshape(shape[:1] + (1,) * (len(shape) - 1)) ^ col_hash)
+    row_hash = row_hash.reshape(shape[:1] + (1,) * (len(shape) - 1))
+    return fmix32(row_hash + cols * jnp.uint32(0x9E3779B9))
 
 
 def stochastic_round(x: jax.Array, dtype: Any, bits: jax.Array) -> jax.Array:

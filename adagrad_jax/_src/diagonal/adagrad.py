@@ -36,12 +36,11 @@ def adagrad_rule(eps: Any, eps_root: Any, tau: Any, row_wise: bool):
         del w
         (s,) = slots
         g = g.astype(update_dtype(rounder, g))
+        if quantized.is_int8(s):  # per coordinate; requantized stochastically
+            total, new = quantized.add_squares(s, g, rounder.bits(g.shape))
+            return adagrad_direction(g, total, eps, eps_root, tau=tau), (new,)
         # (Rounded stochastically, a low-precision sum takes its square in float32.)
         sq = squared_magnitude(g, jnp.float32 if rounds(rounder, s) else s.dtype)
-        if quantized.is_int8(s):  # per coordinate; requantized stochastically
-            total = quantized.dequantize(s) + sq
-            new = quantized.quantize(total, rounder.bits(total.shape))
-            return adagrad_direction(g, total, eps, eps_root, tau=tau), (new,)
         if not row_wise:
             s = round_sum(rounder, s, sq)  # Exactly scale_by_adagrad's arithmetic.
             return adagrad_direction(g, s, eps, eps_root, tau=tau), (s,)

@@ -39,8 +39,7 @@ def proximal_adagrad_rule(lr: Any, l1: Any, l2: Any, eps: Any, eps_root: Any, ta
         (s,) = slots
         out = update_dtype(rounder, g)
         if quantized.is_int8(s):  # requantized stochastically (`core/quantized.py`)
-            total = quantized.dequantize(s) + squared_magnitude(g, s.dtype)
-            s = quantized.quantize(total, rounder.bits(total.shape))
+            total, s = quantized.add_squares(s, g, rounder.bits(g.shape))
         else:
             sq = squared_magnitude(g, jnp.float32 if rounds(rounder, s) else s.dtype)
             total = s = round_sum(rounder, s, sq)
