@@ -119,8 +119,9 @@ def dequantize(acc: Int8Accumulator) -> jax.Array:
     return _unblocked(values, acc.shape)
 
 
-def quantize(values: jax.Array, bits: jax.Array | None,
-             scales: jax.Array | None = None) -> Int8Accumulator:
+def quantize(
+    values: jax.Array, bits: jax.Array | None, scales: jax.Array | None = None
+) -> Int8Accumulator:
     """`values` (>= 0) coded per block; the mantissa rounded with random uint32 `bits`
     (same shape; None: to nearest, for constants such as tau at init).
 
