@@ -299,7 +299,14 @@ def _flag_cases() -> list[Bad]:
         adagrad_jax.adagrad_momentum,
         adagrad_jax.scale_by_adagrad_momentum,
     ):
-        add(fn, ValueError, accumulator_dtype="int8")
+        c.append(
+            Bad(
+                f"{_name(fn)}-int8-stack_slots",
+                lambda fn=fn: fn(accumulator_dtype="int8", stack_slots=True),
+                ValueError,
+                (f"{_name(fn)}(", "accumulator_dtype='int8'", "stack_slots=True"),
+            )
+        )
     for fn in (adagrad_jax.adagrad, adagrad_jax.proximal_adagrad):
         add(fn, ValueError, accumulator_dtype="int4")
         add(fn, ValueError, accumulator_dtype="uint8")

@@ -11,12 +11,18 @@ What must hold:
   touched: the requantization is keyed by row ids), untouched rows keep their
   codes and scales; an 8-device sharded table trains as on one device;
 * quality: least squares within 2% of float32 adagrad's final excess loss;
-* errors: row_wise and the two-slot optimizers refuse "int8" by name, any other
-  non-float string or dtype is refused naming accumulator_dtype.
+* the two-slot optimizers (ftrl, adagrad_da, adagrad_momentum) keep the sum of
+  squares in 8 bits and the signed slot in float32, and train near float32;
+* a sum that decodes to 0 (below 2**-32 of its block's scale) gives a zero step,
+  not NaN, whatever tau;
+* errors: row_wise, and stack_slots=True on the two-slot optimizers, refuse
+  "int8" by name; any other non-float string or dtype is refused naming
+  accumulator_dtype.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -110,11 +116,20 @@ def _train(tx, params, grads, apply):
     return params, state
 
 
-@pytest.mark.parametrize("make", [
-    lambda: adagrad_jax.adagrad(0.1, accumulator_dtype="int8"),
-    lambda: adagrad_jax.proximal_adagrad(0.1, 0.1, l1=1e-3, accumulator_dtype="int8"),
-], ids=["adagrad", "proximal_adagrad"])
-def test_table_rows_equal_dense_and_untouched_rows_keep_their_codes(make):
+ALL_INT8 = {
+    "adagrad": lambda: adagrad_jax.adagrad(0.1, accumulator_dtype="int8"),
+    "proximal_adagrad": lambda: adagrad_jax.proximal_adagrad(
+        0.1, 0.1, l1=1e-3, accumulator_dtype="int8"),
+    "ftrl": lambda: adagrad_jax.ftrl(0.1, l1=1e-3, accumulator_dtype="int8"),
+    "adagrad_da": lambda: adagrad_jax.adagrad_da(0.1, l1=1e-3, accumulator_dtype="int8"),
+    "adagrad_momentum": lambda: adagrad_jax.adagrad_momentum(
+        0.1, momentum=0.9, accumulator_dtype="int8"),
+}
+
+
+@pytest.mark.parametrize("name", ALL_INT8)
+def test_table_rows_equal_dense_and_untouched_rows_keep_their_codes(name):
+    make = ALL_INT8[name]
     v, d = 40, 70  # two blocks per row, the second partial
     rng = np.random.default_rng(2)
     w0 = jnp.asarray(rng.normal(size=(v, d)), jnp.float32)
@@ -124,9 +139,13 @@ def test_table_rows_equal_dense_and_untouched_rows_keep_their_codes(make):
     dense, dense_state = _train(make(), w0, grads, optax.apply_updates)
     rows, rows_state = _train(make(), w0, [RowSparse(p, g[p]) for p, g in zip(perms, grads)],
                               adagrad_jax.apply_updates)
-    np.testing.assert_array_equal(dense, rows)
+    # adagrad_momentum's float32 m may differ by an ulp: XLA contracts its multiply-add
+    # into one rounding in one of the two programs and not in the other.
+    same = np.testing.assert_array_equal if name != "adagrad_momentum" else functools.partial(
+        np.testing.assert_allclose, rtol=1e-6, atol=1e-7)
+    same(dense, rows)
     for a, b in zip(jax.tree.leaves(dense_state), jax.tree.leaves(rows_state)):
-        np.testing.assert_array_equal(a, b)
+        (np.testing.assert_array_equal if a.dtype == jnp.uint8 else same)(a, b)
     # Rows 0-9 only: the other rows keep codes, scales and weights.
     tx = make()
     state0 = tx.init(w0)
@@ -139,6 +158,12 @@ def test_table_rows_equal_dense_and_untouched_rows_keep_their_codes(make):
     np.testing.assert_array_equal(acc[10:], acc0[10:])
     # (An 8-bit sum may come down one level, its expectation is the sum: on average up.)
     assert float(jnp.mean(acc[:10])) > float(jnp.mean(acc0[:10]))
+    # The sum of squares is the 8-bit slot; a signed slot beside it is float32.
+    coded = [x for x in jax.tree.leaves(state, is_leaf=quantized.is_int8) if quantized.is_int8(x)]
+    assert len(coded) == 1
+    others = [x for x in jax.tree.leaves(state, is_leaf=quantized.is_int8)
+              if not quantized.is_int8(x) and x.shape == (v, d)]
+    assert all(x.dtype == jnp.float32 for x in others), [x.dtype for x in others]
 
 
 def test_least_squares_final_loss_within_two_percent_of_float32():
@@ -174,6 +199,58 @@ def test_least_squares_final_loss_within_two_percent_of_float32():
     assert abs(int8 / f32 - 1) < 0.02, (int8, f32)
 
 
+@pytest.mark.parametrize("name", ["ftrl", "adagrad_da", "adagrad_momentum"])
+def test_two_slot_optimizers_train_near_float32(name):
+    """A (40, 70) table trained 30 steps on gradients whose scales span 4 decades: the
+    int8 run ends within 10% of the float32 run's mean distance moved (measured:
+    ftrl 2.6%, adagrad_da 4.9%, adagrad_momentum 1.5%; ftrl reads n as stored, so
+    that its z does not gather the rounding noise, which cost it about 130% of
+    the largest move when it read the unrounded sum)."""
+    rng = np.random.default_rng(4)
+    w0 = jnp.asarray(rng.normal(size=(40, 70)), jnp.float32)
+    grads = [jnp.asarray(rng.normal(size=(40, 70)) * 10.0 ** rng.uniform(-3, 1, 70),
+                         jnp.float32) for _ in range(30)]
+    make = {"ftrl": adagrad_jax.ftrl, "adagrad_da": adagrad_jax.adagrad_da,
+            "adagrad_momentum": adagrad_jax.adagrad_momentum}[name]
+    args = {"momentum": 0.9} if name == "adagrad_momentum" else {"l1": 1e-3}
+    f32, _ = _train(make(0.1, **args), w0, grads, optax.apply_updates)
+    int8, state = _train(make(0.1, accumulator_dtype="int8", **args), w0, grads,
+                         optax.apply_updates)
+    moved = float(jnp.mean(jnp.abs(f32 - w0)))
+    assert float(jnp.mean(jnp.abs(int8 - f32))) < 0.1 * moved
+    _, f32_state = _train(make(0.1, **args), w0, grads, optax.apply_updates)
+    ratio = adagrad_jax.accumulators(state) / adagrad_jax.accumulators(f32_state)
+    assert abs(float(jnp.median(ratio)) - 1) < 0.05
+
+
+ZERO_FLOOR = {  # eps = 0 (beta = 0 for ftrl): only tau keeps a float32 sum above 0
+    "adagrad": lambda: adagrad_jax.adagrad(0.1, 0.1, eps=0.0, accumulator_dtype="int8"),
+    "proximal_adagrad": lambda: adagrad_jax.proximal_adagrad(
+        0.1, 0.1, eps=0.0, accumulator_dtype="int8"),
+    "ftrl": lambda: adagrad_jax.ftrl(0.1, beta=0.0, accumulator_dtype="int8"),
+    "adagrad_da": lambda: adagrad_jax.adagrad_da(0.1, eps=0.0, accumulator_dtype="int8"),
+    "adagrad_momentum": lambda: adagrad_jax.adagrad_momentum(
+        0.1, eps=0.0, initial_accumulator_value=0.1, accumulator_dtype="int8"),
+}
+
+
+@pytest.mark.parametrize("name", ZERO_FLOOR)
+def test_a_sum_decoded_as_zero_steps_by_zero(name):
+    """tau = 0.1 beside a coordinate whose squares reach 1e16: 0.1 is below 2**-32 of
+    the block's scale and decodes to 0. Nothing but the guard then keeps that
+    coordinate's step finite: it must be 0 (a guard compiled out for tau > 0
+    would give 0/0)."""
+    tx = ZERO_FLOOR[name]()
+    w = jnp.ones((2, 8))
+    state = tx.init(w)
+    g = jnp.zeros((2, 8)).at[:, 0].set(1e8)
+    for _ in range(2):
+        u, state = tx.update(g, state, w)
+        w = optax.apply_updates(w, u)
+    assert bool(jnp.all(jnp.isfinite(w))), w
+    assert float(jnp.min(adagrad_jax.accumulators(state)[:, 1:])) == 0.0  # decoded as 0
+
+
 def test_skip_step_keeps_the_codes():
     tx = adagrad_jax.adagrad(0.1, accumulator_dtype="int8", nonfinite="skip_step")
     w = jnp.ones((3, 8))
@@ -189,9 +266,12 @@ def test_skip_step_keeps_the_codes():
 @pytest.mark.parametrize("make, words", [
     (lambda: adagrad_jax.adagrad(accumulator_dtype="int8", row_wise=True),
      ("adagrad(accumulator_dtype='int8')", "row_wise")),
-    (lambda: adagrad_jax.ftrl(accumulator_dtype="int8"), ("ftrl(accumulator_dtype='int8')", "n and z")),
-    (lambda: adagrad_jax.adagrad_da(accumulator_dtype="int8"), ("adagrad_da(", "z and G")),
-    (lambda: adagrad_jax.adagrad_momentum(accumulator_dtype="int8"), ("adagrad_momentum(", "a and m")),
+    (lambda: adagrad_jax.ftrl(accumulator_dtype="int8", stack_slots=True),
+     ("ftrl(accumulator_dtype='int8')", "stack_slots=True holds n and z")),
+    (lambda: adagrad_jax.adagrad_da(accumulator_dtype="int8", stack_slots=True),
+     ("adagrad_da(accumulator_dtype='int8')", "stack_slots=True holds z and G")),
+    (lambda: adagrad_jax.adagrad_momentum(accumulator_dtype="int8", stack_slots=True),
+     ("adagrad_momentum(accumulator_dtype='int8')", "stack_slots=True holds a and m")),
     (lambda: adagrad_jax.adagrad(accumulator_dtype="int4"), ("accumulator_dtype='int4'", "'int8'")),
     (lambda: adagrad_jax.adagrad(accumulator_dtype="uint8"), ("accumulator_dtype='uint8'", "'int8'")),
 ], ids=["row_wise", "ftrl", "adagrad_da", "adagrad_momentum", "int4", "uint8"])

@@ -294,12 +294,17 @@ def check_accumulator_dtype(caller: str, dtype: Any, *, int8_refused: str | None
         raise
 
 
-def int8_refused_for_two_slots(slots: str, signed: str) -> str:
-    """Why an optimizer whose ``accumulator_dtype`` sets two slots has no 8-bit state."""
+def int8_refused_when_stacked(stack_slots: bool, slots: str) -> str | None:
+    """Why an optimizer with two slots has no 8-bit accumulator in this configuration:
+    ``stack_slots=True`` holds both slots (`slots`, e.g. "n and z") in one array of
+    one dtype. None with the slots apart (the sum of squares is then 8-bit, the
+    signed slot float32)."""
+    if not stack_slots:
+        return None
     return (
-        f"are not available here: accumulator_dtype sets the dtype of both slots ({slots}),"
-        f" and {signed} is signed; 8-bit accumulators are for adagrad, scale_by_adagrad,"
-        " sparse_adagrad and proximal_adagrad"
+        f"need the slots apart: stack_slots=True holds {slots} in one array of one dtype."
+        " Pass stack_slots=False (the sum of squares is then kept in 8 bits, the other"
+        " slot in float32)"
     )
 
 
@@ -368,17 +373,55 @@ def checked_arguments(constructor: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-def check_real_params(constructor: str, params: Any) -> None:
-    """TypeError for complex parameter leaves, naming the leaf's path."""
+def check_real_params(constructor: str, params: Any, *, subject: str | None = None) -> None:
+    """TypeError for complex parameter leaves, naming the leaf's path; `subject` is what is
+    defined for real parameters only (default: the L1 and L2 terms)."""
+    subject = subject or f"the L1 and L2 terms of {constructor} are"
     for path, p in jax.tree_util.tree_flatten_with_path(params)[0]:
         dtype = jnp.dtype(p.dtype if hasattr(p, "dtype") else jnp.result_type(p))
         if jnp.issubdtype(dtype, jnp.complexfloating):
             raise TypeError(
                 f"{constructor}: parameter {jax.tree_util.keystr(path) or '<root>'} is"
-                f" {dtype.name}; the L1 and L2 terms of {constructor} are defined"
+                f" {dtype.name}; {subject} defined"
                 " for real parameters only. Train complex leaves with"
                 " adagrad_jax.adagrad (split the tree with optax.multi_transform)."
             )
+
+
+def concrete_number(value: Any) -> float | None:
+    """A concrete real scalar (Python, NumPy or JAX, at most 64 bits) as a float; else None."""
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        dtype = jnp.dtype(value.dtype)
+        real = jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
+        ok = real and dtype.itemsize <= 8 and np.shape(value) == () and not is_traced(value)
+        return float(np.asarray(value).item()) if ok else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):  # A big int: inf.
+        return float(value) if abs(value) < 1e308 else math.copysign(math.inf, value)
+    return None
+
+
+def check_in_range(caller: str, arg: str, value: Any, ok: Any, bound: str) -> None:
+    """ValueError unless a concrete `value` satisfies `ok` (`bound` says how); JAX values
+    that are traced pass."""
+    number = concrete_number(value)
+    if number is not None and not ok(number):
+        raise ValueError(f"{caller}({arg}={describe(value)}): {arg} must be {bound}.")
+
+
+def check_signed_number(caller: str, arg: str, value: Any) -> None:
+    """A finite real scalar of either sign (`checks.check_number`'s types and shapes)."""
+    number = concrete_number(value)
+    if number is None:
+        check_number(caller, arg, value)  # Refuses types and shapes; tracers pass.
+        return
+    default = jnp.dtype(jnp.result_type(float))
+    with np.errstate(over="ignore"):
+        in_range = math.isfinite(number) and np.isfinite(np.asarray(number, default))
+    if not in_range:
+        raise ValueError(
+            f"{caller}({arg}={describe(value)}): {arg} must be a finite number (of"
+            f" either sign) in {default.name}, JAX's default float dtype."
+        )
 
 
 def check_bool(constructor: str, arg: str, value: Any) -> bool:

@@ -109,13 +109,14 @@ SEED = (
 )
 
 INT8 = (
-    "With ``accumulator_dtype='int8'`` every accumulator of rank >= 2 is kept in 8 bits:"
-    " a float-like code (G over the largest value of its block of 64 entries of the"
-    " last axis, to 3 mantissa bits over 32 octaves: levels 6.7-12.5% apart) and a"
-    " float32 scale per block; blocks lie within rows, so tables update their touched"
-    " rows' blocks only: about 0.27x the float32 accumulator's bytes for rows of 64 or"
-    " more. Each step decodes G, adds |g|^2 in float32, uses that sum for the step and"
-    " codes it again with stochastic rounding (unbiased, keyed like"
+    "With ``accumulator_dtype='int8'`` every sum of squares of rank >= 2 is kept in 8 bits:"
+    " a float-like code (G over its block's scale, to 3 mantissa bits over 32 octaves:"
+    " levels 6.7-12.5% apart) and a float32 scale per block of 64 entries of the last"
+    " axis (a bound on the block's sums: it starts at their largest and grows by the"
+    " block's largest square each step); blocks lie within rows, so tables update their"
+    " touched rows' blocks only: about 0.27x the float32 accumulator's bytes for rows of"
+    " 64 or more. Each step decodes G, adds |g|^2 in float32, uses that sum for the step"
+    " and codes it again with stochastic rounding (unbiased, keyed like"
     " ``stochastic_rounding``; the state is then a ``StochasticRoundingState``): a"
     " stored sum is within about 10% of the float32 one and may come down one level,"
     " its expectation is the sum. Vectors and scalars keep float32."

@@ -153,28 +153,39 @@ def _block_abs_max(x: jax.Array) -> jax.Array:
 
 
 def add_squares(
-    acc: Int8Accumulator, g: jax.Array, bits: jax.Array
+    acc: Int8Accumulator,
+    g: jax.Array,
+    bits: jax.Array,
+    *,
+    decay: jax.Array | None = None,
+    weight: jax.Array | None = None,
 ) -> tuple[jax.Array, Int8Accumulator]:
-    """Adagrad's sum: ``(total, coded)`` where total = dequantize(acc) + |g|^2 in float32
-    and `coded` is total requantized stochastically with random uint32 `bits`.
+    """Adagrad's sum: ``(total, coded)`` where total = decay * dequantize(acc) + weight *
+    |g|^2 in float32 (decay and weight: float32 scalars, None for 1: a plain sum) and
+    `coded` is total requantized stochastically with random uint32 `bits`.
 
-    The new scale of a block is its old scale plus the block's largest |g|^2 (for
-    complex g, the largest re^2 plus the largest im^2): a bound on the new values
-    that needs no pass over them before encoding, so that decoding, adding,
-    stepping and encoding share one pass (2.2x faster than a block maximum of
-    the new values, measured on a 4096 x 4096 leaf). A scale so found exceeds
-    its block's largest sum by at most a factor of the block's size (the
-    squares added to one block's scale are at most all the block's squares),
-    which costs at most 6 of the code's 32 octaves at the bottom; the relative
-    precision of a value does not depend on its scale.
+    The new scale of a block is decay * its old scale plus weight * the block's
+    largest |g|^2 (for complex g, the largest re^2 plus the largest im^2): a
+    bound on the new values that needs no pass over them before encoding, so
+    that decoding, adding, stepping and encoding share one pass (2.2x faster
+    than a block maximum of the new values, measured on a 4096 x 4096 leaf). A
+    scale so found exceeds its block's largest sum by at most a factor of the
+    block's size (the squares added to one block's scale are at most all the
+    block's squares), which costs at most 6 of the code's 32 octaves at the
+    bottom; the relative precision of a value does not depend on its scale.
     """
     if jnp.iscomplexobj(g):
         re, im = jnp.real(g), jnp.imag(g)
         bound = _block_abs_max(re) ** 2 + _block_abs_max(im) ** 2
     else:
         bound = _block_abs_max(g) ** 2
-    total = dequantize(acc) + squared_magnitude(g, jnp.float32)
-    return total, quantize(total, bits, acc.scales + bound)
+    old, sq, scales = dequantize(acc), squared_magnitude(g, jnp.float32), acc.scales
+    if decay is not None:
+        old, scales = decay * old, decay * scales
+    if weight is not None:
+        sq, bound = weight * sq, weight * bound
+    total = old + sq
+    return total, quantize(total, bits, scales + bound)
 
 
 def full(shape: tuple[int, ...], value: Any) -> Int8Accumulator:

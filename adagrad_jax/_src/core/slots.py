@@ -62,6 +62,12 @@ def init_sum_of_squares(
     return jax.tree_util.tree_map_with_path(leaf, params)
 
 
+def companion_dtype(accumulator_dtype: Any) -> Any:
+    """The dtype of a slot kept beside the sum of squares (ftrl's z, adagrad_da's z,
+    adagrad_momentum's m): float32 when the sum is 8-bit, `accumulator_dtype` otherwise."""
+    return jnp.float32 if quantized.is_int8_dtype(accumulator_dtype) else accumulator_dtype
+
+
 def _placed_blocks(p: Any, shape: tuple[int, ...], value: Any) -> Any:
     """The float32 block scales of an int8 accumulator of `p`: `shape` (``p.shape[:-1]``
     plus the blocks), placed like `p` with its last axis unsplit (blocks lie in rows)."""

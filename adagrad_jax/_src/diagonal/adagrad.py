@@ -38,7 +38,8 @@ def adagrad_rule(eps: Any, eps_root: Any, tau: Any, row_wise: bool):
         g = g.astype(update_dtype(rounder, g))
         if quantized.is_int8(s):  # per coordinate; requantized stochastically
             total, new = quantized.add_squares(s, g, rounder.bits(g.shape))
-            return adagrad_direction(g, total, eps, eps_root, tau=tau), (new,)
+            # (tau keeps no sum normal here: a coded sum may decode to 0.)
+            return adagrad_direction(g, total, eps, eps_root, tau=0.0), (new,)
         # (Rounded stochastically, a low-precision sum takes its square in float32.)
         sq = squared_magnitude(g, jnp.float32 if rounds(rounder, s) else s.dtype)
         if not row_wise:

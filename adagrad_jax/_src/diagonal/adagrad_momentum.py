@@ -7,15 +7,13 @@ leaf rule, `adagrad_momentum_rule`, for dense leaves and table rows (`tables/eng
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from adagrad_jax._src.core import checks, nonfinite_policy, numerics, slots
+from adagrad_jax._src.core import checks, nonfinite_policy, numerics, quantized, slots
 from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import LOW_PRECISION, squared_magnitude
 from adagrad_jax._src.core.rounding import update_dtype
@@ -69,60 +67,26 @@ class AdagradMomentumHyperparameters:
     nonfinite: str
 
 
-def _concrete(value: Any) -> float | None:
-    """A concrete real scalar (Python, NumPy or JAX, at most 64 bits) as a float; else None."""
-    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
-        dtype = jnp.dtype(value.dtype)
-        real = jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
-        ok = real and dtype.itemsize <= 8 and np.shape(value) == () and not checks.is_traced(value)
-        return float(np.asarray(value).item()) if ok else None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):  # A big int: inf.
-        return float(value) if abs(value) < 1e308 else math.copysign(math.inf, value)
-    return None
-
-
-def _check_range(caller: str, arg: str, value: Any, ok: Any, bound: str) -> None:
-    number = _concrete(value)
-    if number is not None and not ok(number):
-        raise ValueError(f"{caller}({arg}={checks.describe(value)}): {arg} must be {bound}.")
-
-
-def _check_real(caller: str, arg: str, value: Any) -> None:
-    """A finite real scalar of either sign (`checks.check_number`'s types and shapes)."""
-    number = _concrete(value)
-    if number is None:
-        checks.check_number(caller, arg, value)  # Refuses types and shapes; tracers pass.
-        return
-    default = jnp.dtype(jnp.result_type(float))
-    with np.errstate(over="ignore"):
-        in_range = math.isfinite(number) and np.isfinite(np.asarray(number, default))
-    if not in_range:
-        raise ValueError(
-            f"{caller}({arg}={checks.describe(value)}): {arg} must be a finite number (of"
-            f" either sign) in {default.name}, JAX's default float dtype."
-        )
-
-
 def check_hyperparameters(
     caller: str, h: AdagradMomentumHyperparameters
 ) -> AdagradMomentumHyperparameters:
     """Checks the arguments `adagrad_momentum` and `scale_by_adagrad_momentum` share."""
     checks.check_number(caller, "momentum", h.momentum)
-    _check_range(caller, "momentum", h.momentum, lambda x: x < 1, "in [0, 1)")
+    checks.check_in_range(caller, "momentum", h.momentum, lambda x: x < 1, "in [0, 1)")
     checks.check_number(caller, "beta2", h.beta2, positive=True)
-    _check_range(
+    checks.check_in_range(
         caller, "beta2", h.beta2, lambda x: x <= 1, "in (0, 1] (1: a sum; < 1: an average)"
     )
     checks.check_number(caller, "exponent", h.exponent, positive=True)
     checks.check_number(caller, "eps", h.eps)
     checks.check_number(caller, "initial_accumulator_value", h.initial_accumulator_value)
-    _check_real(caller, "initial_momentum_value", h.initial_momentum_value)
+    checks.check_signed_number(caller, "initial_momentum_value", h.initial_momentum_value)
     use_nesterov = checks.check_bool(caller, "use_nesterov", h.use_nesterov)
     stack_slots = checks.check_bool(caller, "stack_slots", h.stack_slots)
     accumulator_dtype = checks.check_accumulator_dtype(
         caller,
         h.accumulator_dtype,
-        int8_refused=checks.int8_refused_for_two_slots("a and m", "m"),
+        int8_refused=checks.int8_refused_when_stacked(stack_slots, "a and m"),
     )
     check_id_flags(caller, h.pad_id, h.out_of_range, h.unique_rows)
     nonfinite_policy.check(caller, h.nonfinite)
@@ -154,11 +118,25 @@ def _store(rounder: Any, x: jax.Array, dtype: Any, slot: int) -> jax.Array:
     return x.astype(dtype) if rounder is None else rounder.round(x, dtype, slot)
 
 
+def _average(h: AdagradMomentumHyperparameters, beta2: float | None, dtype: Any) -> tuple:
+    """(decay, weight) of a' = decay * a + weight * g^2: (None, None) for a sum (beta2 = 1),
+    else (beta2, 1 - beta2); `beta2` is h.beta2 as a Python number, None for a JAX
+    value (inject_hyperparams), which may be 1: then (1, 1), a sum."""
+    if beta2 == 1.0:
+        return None, None
+    b2, one = jnp.asarray(h.beta2).astype(dtype), jnp.ones((), dtype)
+    if beta2 is None:
+        average = b2 != one
+        return jnp.where(average, b2, one), jnp.where(average, one - b2, one)
+    return b2, one - b2
+
+
 def adagrad_momentum_rule(h: AdagradMomentumHyperparameters):
     """The leaf rule of `scale_by_adagrad_momentum` (see `tables/engine.py`)."""
     beta2 = checks.python_number(h.beta2)  # None: a JAX value (inject_hyperparams)
     exponent = checks.python_number(h.exponent)
-    floor = _root_floor(h)
+    # (A coded a may decode to 0: tau keeps no root normal.)
+    floor = None if quantized.is_int8_dtype(h.accumulator_dtype) else _root_floor(h)
 
     def rule(g, state, w, rounder=None):
         del w
@@ -166,15 +144,14 @@ def adagrad_momentum_rule(h: AdagradMomentumHyperparameters):
         dtype = a.dtype
         # With stochastic rounding a low-precision state is computed in float32, rounded once.
         wide = jnp.float32 if rounder is not None and dtype in LOW_PRECISION else dtype
-        sq = squared_magnitude(g, wide)
-        a = a.astype(wide)
-        if beta2 == 1.0:
-            new_a = a + sq
-        else:  # An average; a JAX beta2 (inject_hyperparams) may be 1: then a sum.
-            b2 = jnp.asarray(h.beta2).astype(wide)
-            new_a = b2 * a + (jnp.ones((), wide) - b2) * sq
-            if beta2 is None:
-                new_a = jnp.where(b2 == jnp.ones((), wide), a + sq, new_a)
+        decay, weight = _average(h, beta2, wide)
+        if quantized.is_int8(a):  # a in 8 bits, requantized stochastically; m float32
+            bits = rounder.bits(g.shape, slot=0)
+            new_a, stored_a = quantized.add_squares(a, g, bits, decay=decay, weight=weight)
+        else:
+            a, sq = a.astype(wide), squared_magnitude(g, wide)
+            new_a = (a if decay is None else decay * a) + (sq if weight is None else weight * sq)
+            stored_a = _store(rounder, new_a, dtype, 0)
         base = new_a + jnp.asarray(h.eps).astype(wide)
         normal_root = floor is not None and checks.is_positive_in(floor, wide)
         if not normal_root:  # A subnormal base counts as 0 (XLA may flush it) -> s = 0.
@@ -186,23 +163,11 @@ def adagrad_momentum_rule(h: AdagradMomentumHyperparameters):
         beta1 = jnp.asarray(h.momentum).astype(wide)
         new_m = beta1 * m.astype(wide) + s
         d = beta1 * new_m + s if h.use_nesterov else new_m
-        new_slots = (_store(rounder, new_a, dtype, 0), _store(rounder, new_m, dtype, 1))
+        new_slots = (stored_a, _store(rounder, new_m, m.dtype, 1))
         # Under stochastic rounding a low-precision weight's update stays float32.
         return d.astype(update_dtype(rounder, g)), slots.pack(new_slots, h.stack_slots)
 
     return rule
-
-
-def _check_real_params(caller: str, params: Any) -> None:
-    for path, p in jax.tree_util.tree_flatten_with_path(params)[0]:
-        dtype = jnp.dtype(p.dtype if hasattr(p, "dtype") else jnp.result_type(p))
-        if jnp.issubdtype(dtype, jnp.complexfloating):
-            raise TypeError(
-                f"{caller}: parameter {jax.tree_util.keystr(path) or '<root>'} is"
-                f" {dtype.name}; {caller} is defined for real parameters only (as on"
-                " TPU embeddings). Train complex leaves with adagrad_jax.adagrad (split"
-                " the tree with optax.multi_transform)."
-            )
 
 
 def adagrad_momentum_preconditioner(
@@ -212,9 +177,10 @@ def adagrad_momentum_preconditioner(
     rule = adagrad_momentum_rule(h)
 
     def init_fn(params):
-        _check_real_params(caller, params)
+        checks.check_real_params(caller, params, subject=f"{caller}, as on TPU embeddings, is")
         a = init_sum_of_squares(caller, params, h.initial_accumulator_value, h.accumulator_dtype)
-        m = init_sum_of_squares(caller, params, h.initial_momentum_value, h.accumulator_dtype)
+        m_dtype = slots.companion_dtype(h.accumulator_dtype)
+        m = init_sum_of_squares(caller, params, h.initial_momentum_value, m_dtype)
         return ScaleByAdagradMomentumState(slots.layout_slots((a, m), h.stack_slots))
 
     def update_fn(updates, state, params=None, *, rounding_key=None, **extra_args):
@@ -274,9 +240,11 @@ def scale_by_adagrad_momentum(
       {initial_accumulator_value}
         Here a. Must be >= 0. Default 0.1.
       initial_momentum_value: m_0, any finite number. Default 0.
-      accumulator_dtype: real floating dtype of a, m and the arithmetic.
-        Default None: float32 for bfloat16/float16 parameters, the
-        parameter's dtype otherwise.
+      accumulator_dtype: real floating dtype of a, m and the arithmetic, or
+        ``"int8"`` (a in 8 bits, m and the arithmetic in float32; with
+        ``stack_slots=False``). Default None: float32 for bfloat16/float16
+        parameters, the parameter's dtype otherwise.
+        {int8}
       {stack_slots}
       {pad_id}
       {out_of_range}
@@ -323,6 +291,8 @@ def scale_by_adagrad_momentum(
         ),
     )
     scale = adagrad_momentum_preconditioner(caller, h)
+    int8 = quantized.is_int8_dtype(h.accumulator_dtype)
+    scale = rounding.optional(caller, False, 0, scale, int8_state=int8)
     return nonfinite_policy.wrap(caller, nonfinite, scale, skips_inside=True)
 
 
@@ -398,9 +368,11 @@ def adagrad_momentum(
       {initial_accumulator_value}
         Here a. Must be >= 0. Default 0.1.
       initial_momentum_value: m_0, any finite number. Default 0.
-      accumulator_dtype: real floating dtype of a, m and the arithmetic.
-        Default None: float32 for bfloat16/float16 parameters, the
-        parameter's dtype otherwise.
+      accumulator_dtype: real floating dtype of a, m and the arithmetic, or
+        ``"int8"`` (a in 8 bits, m and the arithmetic in float32; with
+        ``stack_slots=False``). Default None: float32 for bfloat16/float16
+        parameters, the parameter's dtype otherwise.
+        {int8}
       {stack_slots}
       {pad_id}
       {out_of_range}
@@ -494,5 +466,6 @@ def adagrad_momentum(
         adagrad_momentum_preconditioner(caller, h),
         on_row_values(optax.scale_by_learning_rate(learning_rate)),
     )
-    chain = rounding.optional(caller, stochastic_rounding, seed, chain)
+    int8 = quantized.is_int8_dtype(h.accumulator_dtype)
+    chain = rounding.optional(caller, stochastic_rounding, seed, chain, int8_state=int8)
     return nonfinite_policy.wrap(caller, nonfinite, chain, skips_inside=True)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adagrad_jax._src.core import checks, nonfinite_policy, numerics, slots
+from adagrad_jax._src.core import checks, nonfinite_policy, numerics, quantized, slots
 from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import squared_magnitude
 from adagrad_jax._src.core.rounding import round_sum, update_dtype
@@ -68,7 +68,11 @@ def adagrad_da_rule(
         z, s = slots.unpack(state, 2, stacked)
         dtype = s.dtype
         z = round_sum(rounder, z, g.astype(dtype), slot=0)
-        s = round_sum(rounder, s, squared_magnitude(g, dtype), slot=1)
+        coded = quantized.is_int8(s)
+        if coded:  # G in 8 bits, requantized stochastically; z float32
+            s, stored_s = quantized.add_squares(s, g, rounder.bits(g.shape, slot=1))
+        else:
+            s = stored_s = round_sum(rounder, s, squared_magnitude(g, dtype), slot=1)
         h = jnp.sqrt(s) + jnp.asarray(eps, dtype)
         lr_t = jnp.asarray(lr).astype(dtype)
         t_ = t.astype(dtype)
@@ -77,12 +81,13 @@ def adagrad_da_rule(
         denominator = h + lr_t * jnp.asarray(l2, dtype) * t_
         shrunk = numerics.soft_threshold(numerator, lr_t * jnp.asarray(l1, dtype) * t_)
         # Nothing accumulated and no l2 (tau = eps = 0): stay at the centre. The
-        # guard is compiled out when tau or eps alone keeps h normal (h >= sqrt(tau)).
+        # guard is compiled out when tau or eps alone keeps h normal (h >= sqrt(tau);
+        # not for a coded G, which may decode to 0).
         new_w = numerics.guarded_divide(
-            shrunk, denominator, keeps_normal=(tau, eps), fallback=centre
+            shrunk, denominator, keeps_normal=(eps,) if coded else (tau, eps), fallback=centre
         )
         update = (new_w - w.astype(dtype)).astype(update_dtype(rounder, g))
-        return update, slots.pack((z, s), stacked)  # w_0 (state[-1]) is read only.
+        return update, slots.pack((z, stored_s), stacked)  # w_0 (state[-1]) is read only.
 
     return rule
 
@@ -164,9 +169,11 @@ def adagrad_da(
       eps: added to the square root (>= 0). Default 0.
       warm_start: centre the proximal term at the initial parameters (True)
         or at 0 (False, TF1). Default True.
-      accumulator_dtype: real floating dtype of z, G and the arithmetic.
-        Default None: float32 for bfloat16/float16 parameters, the
-        parameter's dtype otherwise.
+      accumulator_dtype: real floating dtype of z, G and the arithmetic, or
+        ``"int8"`` (G in 8 bits, z and the arithmetic in float32; with
+        ``stack_slots=False``). Default None: float32 for bfloat16/float16
+        parameters, the parameter's dtype otherwise.
+        {int8}
       {stack_slots}
       {pad_id}
       {out_of_range}
@@ -216,7 +223,7 @@ def adagrad_da(
     accumulator_dtype = checks.check_accumulator_dtype(
         caller,
         accumulator_dtype,
-        int8_refused=checks.int8_refused_for_two_slots("z and G", "z"),
+        int8_refused=checks.int8_refused_when_stacked(stack_slots, "z and G"),
     )
     check_id_flags(caller, pad_id, out_of_range, unique_rows)
     nonfinite_policy.check(caller, nonfinite)
@@ -225,9 +232,12 @@ def adagrad_da(
     def init_fn(params):
         checks.check_real_params(caller, params)
         sums = init_sum_of_squares(caller, params, initial_accumulator_value, accumulator_dtype)
+        gradient_sums = init_sum_of_squares(
+            caller, params, 0.0, slots.companion_dtype(accumulator_dtype)
+        )
         return AdagradDAState(
             count=slots.init_count(),
-            slots=slots.layout_slots((jax.tree.map(jnp.zeros_like, sums), sums), stack_slots),
+            slots=slots.layout_slots((gradient_sums, sums), stack_slots),
             initial_params=_copy_params(params) if warm_start else None,
         )
 
@@ -262,5 +272,7 @@ def adagrad_da(
         )
 
     tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
-    tx = rounding.optional(caller, stochastic_rounding, seed, tx)
+    tx = rounding.optional(
+        caller, stochastic_rounding, seed, tx, int8_state=quantized.is_int8_dtype(accumulator_dtype)
+    )
     return nonfinite_policy.wrap(caller, nonfinite, tx, skips_inside=True)

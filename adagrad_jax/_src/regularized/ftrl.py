@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adagrad_jax._src.core import checks, nonfinite_policy, numerics, slots
+from adagrad_jax._src.core import checks, nonfinite_policy, numerics, quantized, slots
 from adagrad_jax._src.core.docs import shared_args
 from adagrad_jax._src.core.numerics import squared_magnitude
 from adagrad_jax._src.core.rounding import round_sum, rounds, update_dtype
@@ -82,8 +82,16 @@ def ftrl_rule(
         w_acc = w.astype(dtype)
         g_acc = g.astype(dtype)
         g_shrunk = g_acc + jnp.asarray(l2_shrinkage, dtype) * w_acc if shrinkage else g_acc
-        new_n = round_sum(rounder, n, squared_magnitude(g, dtype), slot=0)
-        root_step = _power(new_n, p) - _power(n, p)
+        if quantized.is_int8(n):  # n in 8 bits, requantized stochastically; z float32
+            # The step reads n as stored, so that z's sigma terms telescope over the
+            # stored values (the rounding noise does not build up in z).
+            old_n = quantized.dequantize(n)
+            stored_n = quantized.add_squares(n, g, rounder.bits(g.shape, slot=0))[1]
+            new_n = quantized.dequantize(stored_n)
+        else:
+            old_n = n
+            new_n = stored_n = round_sum(rounder, n, squared_magnitude(g, dtype), slot=0)
+        root_step = _power(new_n, p) - _power(old_n, p)
         if times_lr:
             z = round_sum(rounder, z, lr_t * g_shrunk - root_step * w_acc, slot=1)
         elif not rounds(rounder, z):  # 0.2's order of operations: its runs resume exactly
@@ -107,7 +115,7 @@ def ftrl_rule(
         # constant compiles the guard out: a schedule's lr_t = 0 makes it 0/0.
         new_w = numerics.guarded_divide(shrunk, quadratic, fallback=w_acc)
         update = (new_w - w_acc).astype(update_dtype(rounder, g))
-        return update, slots.pack((new_n, z), stacked)
+        return update, slots.pack((stored_n, z), stacked)
 
     return rule
 
@@ -234,9 +242,11 @@ def ftrl(
         it too (optimization_parameters.proto marks it deprecated: "zero or
         near-zero accumulator values are now always supported"). Default
         False.
-      accumulator_dtype: real floating dtype of n, z and the arithmetic.
-        Default None: float32 for bfloat16/float16 parameters, the
-        parameter's dtype otherwise.
+      accumulator_dtype: real floating dtype of n, z and the arithmetic, or
+        ``"int8"`` (n in 8 bits, z and the arithmetic in float32; with
+        ``stack_slots=False``). Default None: float32 for bfloat16/float16
+        parameters, the parameter's dtype otherwise.
+        {int8}
       {stack_slots}
       {pad_id}
       {out_of_range}
@@ -296,7 +306,7 @@ def ftrl(
     accumulator_dtype = checks.check_accumulator_dtype(
         caller,
         accumulator_dtype,
-        int8_refused=checks.int8_refused_for_two_slots("n and z", "z"),
+        int8_refused=checks.int8_refused_when_stacked(stack_slots, "n and z"),
     )
     check_id_flags(caller, pad_id, out_of_range, unique_rows)
     nonfinite_policy.check(caller, nonfinite)
@@ -306,6 +316,7 @@ def ftrl(
     checks.check_bool(caller, "allow_zero_accumulator", allow_zero_accumulator)
     stochastic_rounding = rounding.check_arguments(caller, stochastic_rounding, seed)
     p = -cast(Any, learning_rate_power)  # A number or a JAX scalar (checked above).
+    z_dtype = slots.companion_dtype(accumulator_dtype)
 
     def init_fn(params):
         checks.check_real_params(caller, params)
@@ -314,6 +325,8 @@ def ftrl(
             lr0 = numerics.learning_rate_at(learning_rate, slots.init_count())
 
             def linear(n, w):
+                if quantized.is_int8(n):
+                    n = quantized.dequantize(n)
                 if isinstance(w, jax.ShapeDtypeStruct):
                     return jnp.zeros_like(n)
                 lr0_ = jnp.asarray(lr0).astype(n.dtype)
@@ -322,9 +335,9 @@ def ftrl(
                     scale = scale / lr0_
                 return -scale * w.astype(n.dtype)
 
-            linears = jax.tree.map(linear, sums, params)
+            linears = jax.tree.map(linear, sums, params, is_leaf=quantized.is_int8)
         else:
-            linears = jax.tree.map(jnp.zeros_like, sums)
+            linears = init_sum_of_squares(caller, params, 0.0, z_dtype)
         return FtrlState(slots.init_count(), slots.layout_slots((sums, linears), stack_slots))
 
     def update_fn(updates, state, params=None, *, rounding_key=None, **extra_args):
@@ -350,5 +363,7 @@ def ftrl(
         return updates, FtrlState(optax.safe_increment(state.count), new_slots)
 
     tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
-    tx = rounding.optional(caller, stochastic_rounding, seed, tx)
+    tx = rounding.optional(
+        caller, stochastic_rounding, seed, tx, int8_state=quantized.is_int8_dtype(accumulator_dtype)
+    )
     return nonfinite_policy.wrap(caller, nonfinite, tx, skips_inside=True)

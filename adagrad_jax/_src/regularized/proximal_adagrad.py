@@ -38,12 +38,14 @@ def proximal_adagrad_rule(lr: Any, l1: Any, l2: Any, eps: Any, eps_root: Any, ta
     def rule(g, slots, w, rounder=None):
         (s,) = slots
         out = update_dtype(rounder, g)
-        if quantized.is_int8(s):  # requantized stochastically (`core/quantized.py`)
+        coded = quantized.is_int8(s)
+        if coded:  # requantized stochastically (`core/quantized.py`)
             total, s = quantized.add_squares(s, g, rounder.bits(g.shape))
         else:
             sq = squared_magnitude(g, jnp.float32 if rounds(rounder, s) else s.dtype)
             total = s = round_sum(rounder, s, sq)
-        a = numerics.adagrad_step_size(lr, total, eps, eps_root, tau=tau)
+        # (tau keeps no coded sum normal: it may decode to 0.)
+        a = numerics.adagrad_step_size(lr, total, eps, eps_root, tau=0.0 if coded else tau)
         g_acc = g.astype(total.dtype)
         if not regularized:  # Plain Adagrad: no parameter read.
             return (-(a * g_acc)).astype(out), (s,)
