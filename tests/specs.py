@@ -724,3 +724,19 @@ SPECS += [
         quantized_state=True,
     ),
 ]
+# The two-slot path (n in 8 bits beside a float32 z; slots apart): ftrl, whose z sums
+# terms of n (tests/test_int8.py trains adagrad_da and adagrad_momentum in 8 bits).
+SPECS += [
+    dataclasses.replace(
+        spec,
+        name="ftrl-int8",
+        hyperparams={**spec.hyperparams, "accumulator_dtype": "int8"},
+        accumulators=lambda state: jax.tree.leaves(adagrad_jax.accumulators(state)),
+        quantized_state=True,
+        # The step reads n as stored, decoded with its block's scale: a non-finite
+        # gradient under "propagate" spoils its whole block of 64.
+        coordinatewise=False,
+    )
+    for spec in SPECS
+    if spec.name == "ftrl"
+]
