@@ -100,11 +100,11 @@ def _blocked(x: jax.Array) -> jax.Array:
     pad = num_blocks(x.shape) * size - x.shape[-1]
     if pad:
         x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
-    return x.reshape(*x.shape[:-1], -1, size)
+    return x.reshape(*x.shape[:-1], num_blocks(x.shape), size)  # (no -1: a leaf may be empty)
 
 
 def _unblocked(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    x = x.reshape(*x.shape[:-2], -1)
+    x = x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
     if not shape:
         return x[0]
     return x[..., : shape[-1]]
