@@ -307,6 +307,14 @@ def _flag_cases() -> list[Bad]:
                 (f"{_name(fn)}(", "accumulator_dtype='int8'", "stack_slots=True"),
             )
         )
+    c.append(
+        Bad(
+            "packed_adagrad-int8",
+            lambda: adagrad_jax.experimental.packed_adagrad(accumulator_dtype="int8"),
+            ValueError,
+            ("packed_adagrad(accumulator_dtype='int8')", "adagrad_jax.adagrad(accumulator_dtype"),
+        )
+    )
     for fn in (adagrad_jax.adagrad, adagrad_jax.proximal_adagrad):
         add(fn, ValueError, accumulator_dtype="int4")
         add(fn, ValueError, accumulator_dtype="uint8")

@@ -150,7 +150,8 @@ def packed_adagrad(
         accumulated (>= 0). Default 0.
       accumulator_dtype: real floating dtype of G. Default None: float32 for
         bfloat16/float16 parameters, the parameter's dtype for float32/float64,
-        the real counterpart for complex ones.
+        the real counterpart for complex ones. No ``"int8"``: the buffers hold
+        G beside the weights (`adagrad_jax.adagrad` has 8-bit sums).
       interleave: keyword-only. Default True: store w and G of a group in one
         complex buffer when w fits exactly in G's dtype (float32, bfloat16 and
         float16 parameters with a float32 G; float64 with float64), one loop
@@ -222,7 +223,12 @@ def packed_adagrad(
     checks.check_number(FN, "eps", eps)
     checks.check_number(FN, "eps_root", eps_root)
     checks.check_number(FN, "weight_decay", weight_decay)
-    accumulator_dtype = checks.check_float_dtype(FN, "accumulator_dtype", accumulator_dtype)
+    accumulator_dtype = checks.check_accumulator_dtype(
+        FN,
+        accumulator_dtype,
+        int8_refused="are not available here: the packed buffers hold G beside the weights"
+        " in one float dtype. Use adagrad_jax.adagrad(accumulator_dtype='int8')",
+    )
     interleave = checks.check_bool(FN, "interleave", interleave)
     grad_buffer = checks.check_bool(FN, "grad_buffer", grad_buffer)
     nonfinite = nonfinite_policy.check(FN, nonfinite)
