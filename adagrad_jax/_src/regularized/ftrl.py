@@ -244,7 +244,9 @@ def ftrl(
         False.
       accumulator_dtype: real floating dtype of n, z and the arithmetic, or
         ``"int8"`` (n in 8 bits, z and the arithmetic in float32; with
-        ``stack_slots=False``). Default None: float32 for bfloat16/float16
+        ``stack_slots=False``; unlike the other optimizers' 8-bit sums, the
+        step reads n as stored, before and after its update, so that z's
+        sigma terms telescope). Default None: float32 for bfloat16/float16
         parameters, the parameter's dtype otherwise.
         {int8}
       {stack_slots}
