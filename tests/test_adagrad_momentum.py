@@ -18,10 +18,11 @@ import adagrad_jax
 from adagrad_jax import RowSparse
 
 
-def _run(tx, params, grads, apply=optax.apply_updates):
+def _run(tx, params, grads, apply=optax.apply_updates, *, jit=False):
     state = tx.init(params)
+    update = jax.jit(tx.update) if jit else tx.update
     for g in grads:
-        updates, state = tx.update(g, state, params)
+        updates, state = update(g, state, params)
         params = apply(params, updates)
     return params, state
 
@@ -181,14 +182,14 @@ def test_stochastic_rounding_keeps_bfloat16_tables_moving():
     rounded = adagrad_jax.adagrad_momentum(
         lr, 0.0, initial_accumulator_value=0.0, stochastic_rounding=True, seed=3
     )
-    w_plain, _ = _run(plain, params, [g] * 20, adagrad_jax.apply_updates)
-    w_round, _ = _run(rounded, params, [g] * 20, adagrad_jax.apply_updates)
+    w_plain, _ = _run(plain, params, [g] * 20, adagrad_jax.apply_updates, jit=True)
+    w_round, _ = _run(rounded, params, [g] * 20, adagrad_jax.apply_updates, jit=True)
     np.testing.assert_array_equal(w_plain["t"], params["t"])
     # Exact float32 run: s_t = 1 / sqrt(t), w = 1 - lr * sum_t 1/sqrt(t).
     expected = 1.0 - lr * sum(1 / np.sqrt(t) for t in range(1, 21))
     mean = float(jnp.mean(w_round["t"].astype(jnp.float32)))
     assert abs(mean - expected) < 0.25 * (1.0 - expected)  # about 4 standard errors
-    again, _ = _run(rounded, params, [g] * 20, adagrad_jax.apply_updates)
+    again, _ = _run(rounded, params, [g] * 20, adagrad_jax.apply_updates, jit=True)
     np.testing.assert_array_equal(again["t"], w_round["t"])  # deterministic
 
 
