@@ -560,8 +560,15 @@ BOUNDED = [
 ]
 
 
-@pytest.mark.parametrize("spec", BOUNDED, ids=[s.name for s in BOUNDED])
-@pytest.mark.parametrize("slack", [0, 3])
+# Slack 3 (padding entries) on one spec of each state layout the engine compacts:
+# the padding is the engine's, the same for every rule (CI time is bounded).
+PADDED = {"sparse_adagrad-dense-leaves", "ftrl", "ftrl-stacked_slots", "sm3", "adagrad-int8"}
+BOUND_CASES = [(s, 0) for s in BOUNDED] + [(s, 3) for s in BOUNDED if s.name in PADDED]
+
+
+@pytest.mark.parametrize(
+    "spec, slack", BOUND_CASES, ids=[f"{slack}-{s.name}" for s, slack in BOUND_CASES]
+)
 def test_row_sparse_unique_rows_bound_trains_bit_for_bit_as_no_bound(spec, slack):
     """unique_rows=U compacts a step's distinct live ids into U entries (padding
     and out-of-range ids take none); with U the exact distinct count of the
