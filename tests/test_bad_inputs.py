@@ -284,29 +284,25 @@ def _flag_cases() -> list[Bad]:
         add(fn, TypeError, stack_slots=1)
         add(fn, TypeError, stack_slots="no")
         add(fn, TypeError, stack_slots=None)
-    for fn in (adagrad_jax.adagrad, adagrad_jax.sparse_adagrad, adagrad_jax.scale_by_adagrad):
-        c.append(
-            Bad(
-                f"{_name(fn)}-int8-row_wise",
-                lambda fn=fn: fn(accumulator_dtype="int8", row_wise=True),
-                ValueError,
-                (f"{_name(fn)}(", "accumulator_dtype='int8'", "row_wise"),
+    # 8-bit sums refused by a flag: row_wise (one number per row already) and
+    # stack_slots (both slots in one array of one dtype).
+    int8_flags = [
+        ("row_wise", "row_wise", (adagrad_jax.adagrad, adagrad_jax.sparse_adagrad,
+                                  adagrad_jax.scale_by_adagrad)),
+        ("stack_slots", "stack_slots=True", (adagrad_jax.ftrl, adagrad_jax.adagrad_da,
+                                             adagrad_jax.adagrad_momentum,
+                                             adagrad_jax.scale_by_adagrad_momentum)),
+    ]
+    for flag, words, fns in int8_flags:
+        for fn in fns:
+            c.append(
+                Bad(
+                    f"{_name(fn)}-int8-{flag}",
+                    lambda fn=fn, flag=flag: fn(accumulator_dtype="int8", **{flag: True}),
+                    ValueError,
+                    (f"{_name(fn)}(", "accumulator_dtype='int8'", words),
+                )
             )
-        )
-    for fn in (
-        adagrad_jax.ftrl,
-        adagrad_jax.adagrad_da,
-        adagrad_jax.adagrad_momentum,
-        adagrad_jax.scale_by_adagrad_momentum,
-    ):
-        c.append(
-            Bad(
-                f"{_name(fn)}-int8-stack_slots",
-                lambda fn=fn: fn(accumulator_dtype="int8", stack_slots=True),
-                ValueError,
-                (f"{_name(fn)}(", "accumulator_dtype='int8'", "stack_slots=True"),
-            )
-        )
     c.append(
         Bad(
             "packed_adagrad-int8",

@@ -155,12 +155,11 @@ def build_scale_by_adagrad(
 ) -> optax.GradientTransformation:
     """`scale_by_adagrad` (and `scale_by_sparse_adagrad`): checks, the transform, the
     `nonfinite` policy; errors name `caller`."""
-    hyperparameters = check_hyperparameters(caller, hyperparameters)
-    scale = adagrad_preconditioner(caller, hyperparameters)
+    h = check_hyperparameters(caller, hyperparameters)
+    scale = adagrad_preconditioner(caller, h)
     # 8-bit accumulators are requantized stochastically: the wrapper keys the step (seed 0).
-    int8 = quantized.is_int8_dtype(hyperparameters.accumulator_dtype)
-    scale = rounding.optional(caller, False, 0, scale, int8_state=int8)
-    return nonfinite_policy.wrap(caller, hyperparameters.nonfinite, scale, skips_inside=True)
+    scale = rounding.optional(caller, False, 0, scale, accumulator_dtype=h.accumulator_dtype)
+    return nonfinite_policy.wrap(caller, h.nonfinite, scale, skips_inside=True)
 
 
 def build_adagrad(
@@ -177,16 +176,16 @@ def build_adagrad(
     checks.check_number(caller, "learning_rate", learning_rate, allow_schedule=True)
     if weight_decay is not None:
         checks.check_number(caller, "weight_decay", weight_decay)
-    hyperparameters = check_hyperparameters(caller, hyperparameters)
+    h = check_hyperparameters(caller, hyperparameters)
     stochastic_rounding = rounding.check_arguments(caller, stochastic_rounding, seed)
     chain = optax.chain(
         sparse_coupled_weight_decay(caller, weight_decay),
-        adagrad_preconditioner(caller, hyperparameters),
+        adagrad_preconditioner(caller, h),
         on_row_values(optax.scale_by_learning_rate(learning_rate)),
     )
-    int8 = quantized.is_int8_dtype(hyperparameters.accumulator_dtype)
-    chain = rounding.optional(caller, stochastic_rounding, seed, chain, int8_state=int8)
-    return nonfinite_policy.wrap(caller, hyperparameters.nonfinite, chain, skips_inside=True)
+    dtype = h.accumulator_dtype
+    chain = rounding.optional(caller, stochastic_rounding, seed, chain, accumulator_dtype=dtype)
+    return nonfinite_policy.wrap(caller, h.nonfinite, chain, skips_inside=True)
 
 
 @checks.checked_arguments

@@ -291,8 +291,7 @@ def scale_by_adagrad_momentum(
         ),
     )
     scale = adagrad_momentum_preconditioner(caller, h)
-    int8 = quantized.is_int8_dtype(h.accumulator_dtype)
-    scale = rounding.optional(caller, False, 0, scale, int8_state=int8)
+    scale = rounding.optional(caller, False, 0, scale, accumulator_dtype=h.accumulator_dtype)
     return nonfinite_policy.wrap(caller, nonfinite, scale, skips_inside=True)
 
 
@@ -466,6 +465,7 @@ def adagrad_momentum(
         adagrad_momentum_preconditioner(caller, h),
         on_row_values(optax.scale_by_learning_rate(learning_rate)),
     )
-    int8 = quantized.is_int8_dtype(h.accumulator_dtype)
-    chain = rounding.optional(caller, stochastic_rounding, seed, chain, int8_state=int8)
+    chain = rounding.optional(
+        caller, stochastic_rounding, seed, chain, accumulator_dtype=h.accumulator_dtype
+    )
     return nonfinite_policy.wrap(caller, nonfinite, chain, skips_inside=True)

@@ -273,6 +273,6 @@ def adagrad_da(
 
     tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
     tx = rounding.optional(
-        caller, stochastic_rounding, seed, tx, int8_state=quantized.is_int8_dtype(accumulator_dtype)
+        caller, stochastic_rounding, seed, tx, accumulator_dtype=accumulator_dtype
     )
     return nonfinite_policy.wrap(caller, nonfinite, tx, skips_inside=True)

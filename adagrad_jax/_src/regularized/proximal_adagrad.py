@@ -207,6 +207,6 @@ def proximal_adagrad(
         stochastic_rounding,
         seed,
         tx,
-        int8_state=quantized.is_int8_dtype(accumulator_dtype),
+        accumulator_dtype=accumulator_dtype,
     )
     return nonfinite_policy.wrap(caller, nonfinite, tx, skips_inside=True)

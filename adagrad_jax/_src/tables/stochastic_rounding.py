@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adagrad_jax._src.core import checks
+from adagrad_jax._src.core import checks, quantized
 from adagrad_jax._src.core.numerics import LOW_PRECISION
 from adagrad_jax._src.core.rounding import WEIGHTS, RoundingKey, random_bits, stochastic_round
 from adagrad_jax._src.tables.engine import gather_rows
@@ -132,10 +132,10 @@ def optional(
     seed: Any,
     inner: optax.GradientTransformation,
     *,
-    int8_state: bool = False,
+    accumulator_dtype: Any = None,
 ) -> optax.GradientTransformation:
-    """`wrap` with ``stochastic_rounding=True`` or 8-bit accumulators (`int8_state`, whose
-    requantization is always stochastic); `inner` itself otherwise."""
-    if not (stochastic_rounding or int8_state):
+    """`wrap` with ``stochastic_rounding=True`` or 8-bit accumulators (``accumulator_dtype``
+    "int8", whose requantization is always stochastic); `inner` itself otherwise."""
+    if not (stochastic_rounding or quantized.is_int8_dtype(accumulator_dtype)):
         return inner
     return wrap(caller, seed, inner, round_weights=stochastic_rounding)
